@@ -1,0 +1,63 @@
+"""Multiply-accumulates (MACs) of Conv and Linear layers, counted from shapes.
+
+Conventions of ``../shared/reference/architectures.md``: only convolutions and linear layers
+count, batch 1; FLOPs = 2 x MACs. Counting hooks read shapes only, so a forward pass on the
+``meta`` device counts a model at no compute cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+    """MACs of one Conv or Linear call (whole batch); 0 for any other module."""
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        # Every input element is scattered into (out_channels / groups) * prod(kernel) outputs.
+        return inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        # Every output element needs (in_channels / groups) * prod(kernel) multiply-adds.
+        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    if isinstance(module, nn.Bilinear):
+        return output.numel() * module.in1_features * module.in2_features
+    return 0
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, ...], device: str | torch.device = "meta") -> int:
+    """Total Conv + Linear MACs of one forward pass at batch 1 for an input of ``input_size``.
+
+    The model is run in eval mode (GoogLeNet's auxiliary heads are not counted) and restored
+    to its previous mode. ``device="meta"`` counts from shapes without computing.
+    """
+    total = 0
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        total += layer_macs(module, inputs, output)
+
+    was_training = model.training
+    counted = model if device != "meta" else _meta_copy(model)
+    handles = [m.register_forward_hook(hook) for m in counted.modules()]
+    try:
+        counted.eval()
+        counted(torch.zeros((1, *input_size), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """The model with its parameters and buffers on the meta device, leaving ``model`` alone."""
+    if all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+        return model
+    clone = copy.deepcopy(model)
+    return clone.to("meta")

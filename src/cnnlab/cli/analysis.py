@@ -1,0 +1,256 @@
+"""``cnnlab summary``, ``cnnlab compare`` and ``cnnlab gradients``: measuring models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+
+import torch
+
+from cnnlab.analysis.compare import check_plot_path, compare_models, plot_comparison
+from cnnlab.analysis.gradients import gradient_norms, plot_gradients, random_batches
+from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
+from cnnlab.cli._format import format_table, human, print_json
+from cnnlab.registry import create_model, model_info
+
+MIB = 2**20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "summary", help="per-layer params, MACs, activations and memory of a model"
+    )
+    p.add_argument("model", help="registered model name (see `cnnlab models`)")
+    p.add_argument("--input", help="input size CxHxW (default: the model's native size)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--depth", type=int, default=2, help="show modules down to this depth")
+    p.add_argument(
+        "--measure-memory",
+        action="store_true",
+        help="also run a real forward and training step on CPU and report their peak memory",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_summary)
+
+    p = subparsers.add_parser("compare", help="one row per model: params, MACs, memory, latency")
+    p.add_argument("patterns", nargs="*", default=["*"], help="model names or wildcards")
+    p.add_argument(
+        "--measure-latency",
+        action="store_true",
+        help="time a CPU forward at batch 1 and images/s at --batch-size",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="throughput batch (default 8)")
+    p.add_argument("--plot", help="write a bubble chart to this .png/.svg/.pdf file")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
+    fmt.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=run_compare)
+
+    p = subparsers.add_parser(
+        "gradients", help="per-layer gradient norms at init and after N training steps"
+    )
+    p.add_argument("models", nargs="+", help="one or more registered model names")
+    p.add_argument("--steps", type=int, default=0, help="SGD steps before the second look")
+    p.add_argument(
+        "--data",
+        default="random",
+        help="'random' (a fixed random batch), 'fashion-mnist', 'synthetic' or an image folder",
+    )
+    p.add_argument("--input", help="input size CxHxW (default: the model's native size)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the total norm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", help="write the per-layer norms to this .png/.svg/.pdf file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_gradients)
+
+
+def parse_input(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
+    """'3x224x224' -> (3, 224, 224); '224' -> the default channels at 224x224."""
+    if text is None:
+        return tuple(default)
+    if re.fullmatch(r"\d+", text):
+        return (default[0], int(text), int(text))
+    if not re.fullmatch(r"\d+x\d+x\d+", text):
+        raise ValueError(f"--input must look like 3x224x224 (CxHxW), got {text!r}")
+    size = tuple(int(v) for v in text.split("x"))
+    if 0 in size:
+        raise ValueError(f"--input sizes must be positive, got {text!r}")
+    return size
+
+
+def _build(name: str, input_text: str | None, meta: bool = True) -> tuple[torch.nn.Module, tuple]:
+    model_info(name)  # unknown names fail here with a suggestion
+    default = model_info(name)["input_size"]
+    size = parse_input(input_text, default)
+    if meta:
+        with torch.device("meta"):
+            model = create_model(name, in_chans=size[0])
+    else:
+        model = create_model(name, in_chans=size[0])
+    return model, check_input_size(model, size)
+
+
+def _mib(n: int) -> str:
+    return f"{n / MIB:,.1f} MiB"
+
+
+def summary_text(name: str, prof: Profile, depth: int) -> str:
+    rows = []
+    shown = [r for r in prof.layers if r.depth <= depth]
+    for r in shown:
+        collapsed = r.is_leaf or r.depth == depth
+        rows.append(
+            (
+                "  " * (r.depth - 1) + f"{r.name.rsplit('.', 1)[-1]} ({r.type})",
+                "x".join(map(str, r.output_shape)) if r.output_shape else "-",
+                f"{r.params:,}" if collapsed else "--",
+                human(r.macs) if collapsed else "--",
+                f"{r.activations:,}" if collapsed else "--",
+            )
+        )
+    table = format_table(["layer (type)", "output shape", "params", "MACs", "activations"], rows)
+    size = "x".join(map(str, prof.input_size))
+    lines = [
+        f"{name}: input {prof.batch_size}x{size}",
+        table,
+        "",
+        f"params:            {prof.params:,} ({prof.trainable_params:,} trainable)",
+        f"MACs:              {prof.macs:,} ({human(prof.macs)}); FLOPs = 2 x MACs = "
+        f"{human(prof.flops)}",
+        f"activations:       {prof.activations:,} values (input included)",
+        f"param size:        {_mib(prof.param_bytes)} (+ {_mib(prof.buffer_bytes)} buffers)",
+        f"forward memory:    {_mib(prof.forward_bytes)} (activations kept for backward)",
+        f"training memory:   {_mib(prof.training_bytes['sgd_momentum'])} SGD-momentum, "
+        f"{_mib(prof.training_bytes['adam'])} Adam (activations, params, grads, state)",
+    ]
+    if prof.uncounted:
+        kinds = ", ".join(f"{k} x{v}" for k, v in prof.uncounted.items())
+        lines.append(f"NOT COUNTED:       {kinds} (neither Conv/Linear nor known free: MACs missing)")
+    if prof.measured:
+        m = prof.measured
+        rest = prof.param_bytes + prof.buffer_bytes + prof.input_bytes
+        lines += [
+            f"measured forward:  {_mib(m['forward_held_bytes'])} held at the end, "
+            f"{_mib(m['forward_peak_bytes'])} peak (analytic "
+            f"{_mib(prof.forward_bytes - prof.input_bytes)}, input excluded)",
+            f"measured training: {_mib(m['training_peak_bytes'])} peak above params+input "
+            f"(analytic {_mib(prof.training_bytes['sgd_momentum'] - rest)})",
+        ]
+    return "\n".join(lines)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    if args.depth < 1:
+        raise ValueError(f"--depth must be >= 1, got {args.depth}")
+    model, size = _build(args.model, args.input)
+    prof = profile(model, size, args.batch_size)
+    if args.measure_memory:
+        torch.manual_seed(0)
+        prof.measured = measure_memory(create_model(args.model, in_chans=size[0]), size, args.batch_size)
+    if args.json:
+        print_json({"model": args.model, **prof.to_dict()})
+    else:
+        print(summary_text(args.model, prof, args.depth))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.plot:
+        check_plot_path(args.plot)
+    rows = compare_models(
+        args.patterns, latency=args.measure_latency, throughput_batch=args.batch_size
+    )
+    if args.plot:
+        plot_comparison(rows, args.plot)
+    if args.json:
+        print_json(rows)
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({**r, "input_size": "x".join(map(str, r["input_size"]))})
+    else:
+        headers = ["model", "input", "params", "MMACs", "activations", "fp32 size",
+                   "forward/img", "train/img (SGD)"]
+        if args.measure_latency:
+            headers += ["latency b1 (ms)", f"img/s b{args.batch_size}"]
+        table = []
+        for r in rows:
+            line = [
+                r["model"],
+                "x".join(map(str, r["input_size"])),
+                f"{r['params']:,}",
+                f"{r['macs'] / 1e6:,.1f}",
+                f"{r['activations']:,}",
+                _mib(r["param_bytes"]),
+                _mib(r["forward_bytes"]),
+                _mib(r["training_bytes"]),
+            ]
+            if args.measure_latency:
+                line += [f"{r['latency_ms']:.1f}", f"{r['images_per_s']:.1f}"]
+            table.append(line)
+        print(format_table(headers, table))
+        print("MACs = multiply-accumulates of Conv+Linear at batch 1 (FLOPs = 2 x MACs)")
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def run_gradients(args: argparse.Namespace) -> int:
+    if args.plot:
+        check_plot_path(args.plot)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    reports = {}
+    for name in args.models:
+        _, size = _build(name, args.input)
+        if args.data == "random":
+            num_classes = 10
+            batches = random_batches(size, num_classes, args.batch_size, args.seed)
+        else:
+            from cnnlab.data import build_loaders
+
+            train, _, classes = build_loaders(
+                args.data,
+                img_size=size[1],
+                in_chans=size[0],
+                batch_size=args.batch_size,
+                seed=args.seed,
+                limit=args.batch_size * (args.steps + 1),
+            )
+            num_classes, batches = len(classes), train
+        torch.manual_seed(args.seed)
+        model = create_model(name, num_classes=num_classes, in_chans=size[0])
+        reports[name] = gradient_norms(
+            model, batches, args.steps, lr=args.lr, clip_grad_norm=args.clip_grad_norm
+        )
+    if args.plot:
+        plot_gradients(reports, args.plot)
+    if args.json:
+        print_json({name: r.to_dict() for name, r in reports.items()})
+        return 0
+    for name, r in reports.items():
+        third = max(1, len(r.layers) // 3)
+        first, last = r.init[:third], r.init[-third:]
+        rows = [("first third (input side)", sum(first) / len(first)),
+                ("last third (output side)", sum(last) / len(last))]
+        print(f"{name}: {len(r.layers)} weight layers, mean ||dL/dW|| at init")
+        print(format_table(["layers", "mean grad norm"], [(k, f"{v:.3g}") for k, v in rows]))
+        print(f"  ratio first/last at init: {rows[0][1] / rows[1][1]:.3g}")
+        if r.final is not None:
+            f1, f3 = r.final[:third], r.final[-third:]
+            print(
+                f"  after {r.steps} steps: first/last {(sum(f1) / len(f1)) / (sum(f3) / len(f3)):.3g}; "
+                f"loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}; max total norm "
+                f"{max(r.total_norms):.3g}"
+                + (f" (clipped to {r.clip_grad_norm:g})" if r.clip_grad_norm else "")
+            )
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0

@@ -1,0 +1,576 @@
+"""The ``.cnz`` file: a compressed model that really is small and really loads back.
+
+Layout (every integer little-endian; ``varint`` = unsigned LEB128; docs/compression.md has the
+byte-by-byte table)::
+
+    magic      8 bytes   89 43 4E 5A 0D 0A 1A 0A   ("\\x89CNZ\\r\\n\\x1a\\n", PNG-style)
+    version    u8        1
+    hdr_len    u32       length of the JSON header
+    header     hdr_len   UTF-8 JSON: {"format", "model", "config", "extra"} (never pickle)
+    hdr_crc    u32       CRC32 of the header bytes
+    n_sections u32       one section per state-dict tensor
+    sections   n x [ body_len u32 | body | CRC32(body) u32 ]
+    file_crc   u32       CRC32 of every byte before it
+
+    body = name_len varint | name UTF-8 | dtype u8 | ndim u8 | dims varint x ndim
+           | encoding u8 | payload
+
+Encodings: RAW (the tensor's bytes), HALF (a float32 tensor whose values are all exact in
+float16, stored as float16) and SHARED (Deep Compression, Han et al. 2016, sections 2-4: a
+float32 codebook, the positions of the non-zero weights as Huffman-coded relative indices with
+filler entries, and the Huffman-coded codebook index of every non-zero weight). Decoding is
+exact: every tensor comes back bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.compress import huffman
+from cnnlab.io import CnnlabError, atomic_path
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "CnzReport",
+    "TensorReport",
+    "decode_bytes",
+    "default_index_bits",
+    "encode_state_dict",
+    "load",
+    "load_state_dict",
+    "plain_state_dict",
+    "read",
+    "read_header",
+    "save",
+]
+
+MAGIC = b"\x89CNZ\r\n\x1a\n"
+FORMAT_VERSION = 1
+RAW, HALF, SHARED = 0, 1, 2
+ENCODING_NAMES = {RAW: "raw", HALF: "half", SHARED: "shared"}
+MAX_SHARED_CODEBOOK = 1 << 16  # weights with more distinct values are stored raw
+MAX_INDEX_BITS = 16
+MAX_ELEMENTS = 1 << 31  # per tensor; a tiny sparse file must not claim a giant tensor
+LENGTH_BITS = 5  # Huffman code lengths (<= 24) are stored in 5 bits each
+
+_DTYPES: list[torch.dtype] = [
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
+_DTYPE_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
+
+
+class _Corrupt(ValueError):
+    """A structural problem in a .cnz file (turned into one CnnlabError line by the loaders)."""
+
+
+# --------------------------------------------------------------------------- report
+
+
+@dataclass
+class TensorReport:
+    """What one section of the file holds and how many bytes each part takes."""
+
+    name: str
+    numel: int
+    encoding: str
+    bytes: int  # the whole section: framing, name, shape, codebook, tables, streams
+    nonzero: int
+    codebook_size: int = 0
+    weight_bits: int = 0  # fixed-width bits per weight index, ceil(log2(codebook size))
+    index_bits: int = 0  # fixed width of a relative position index
+    weight_stream_bits: int = 0  # Huffman-coded weight indices, in bits
+    index_stream_bits: int = 0  # Huffman-coded relative indices (fillers included), in bits
+    index_entries: int = 0  # relative indices including fillers
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CnzReport:
+    """Byte accounting of a whole file: ``size`` is the file size, every byte included."""
+
+    size: int
+    header_bytes: int
+    tensors: list[TensorReport] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "header_bytes": self.header_bytes,
+            "tensors": [t.as_dict() for t in self.tensors],
+        }
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError(f"varint must be non-negative, got {n}")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _pack_lengths(lengths: np.ndarray) -> bytes:
+    """Code lengths up to the last used symbol, ``LENGTH_BITS`` bits each, MSB first."""
+    used = int(np.flatnonzero(lengths)[-1]) + 1
+    bits = ((lengths[:used, None] >> np.arange(LENGTH_BITS - 1, -1, -1)) & 1).astype(np.uint8)
+    return _varint(used) + np.packbits(bits.reshape(-1)).tobytes()
+
+
+def _encode_stream(symbols: np.ndarray, alphabet: int) -> tuple[bytes, int]:
+    """One Huffman stream: count, code lengths, total bits, block lengths, bits."""
+    out = bytearray(_varint(len(symbols)))
+    if len(symbols) == 0:
+        return bytes(out), 0
+    lengths = huffman.code_lengths(np.bincount(symbols, minlength=alphabet))
+    data, block_bits = huffman.encode(symbols, lengths)
+    total = int(block_bits.sum())
+    out += _pack_lengths(lengths)
+    out += _varint(total)
+    out += block_bits[:-1].astype("<u2").tobytes()
+    out += data
+    return bytes(out), total
+
+
+def _relative_indices(positions: np.ndarray, index_bits: int) -> np.ndarray:
+    """Gaps between non-zero positions; a gap too wide for ``index_bits`` gets filler symbols.
+
+    Symbol ``M = 2**index_bits - 1`` is a filler: "skip M positions, no weight here". Any other
+    symbol ``g`` means "the next weight is ``g + 1`` positions after the previous one".
+    """
+    top = (1 << index_bits) - 1
+    gaps = np.diff(positions, prepend=-1) - 1
+    fillers = gaps // top
+    out_len = len(gaps) + int(fillers.sum())
+    symbols = np.full(out_len, top, dtype=np.int64)
+    # each weight's own symbol comes after its fillers
+    ends = np.cumsum(fillers + 1) - 1
+    symbols[ends] = gaps % top
+    return symbols
+
+
+def _shared_payload(flat_bits: np.ndarray, index_bits: int) -> tuple[bytes, TensorReport] | None:
+    """SHARED payload of a float32 tensor given as int32 bit patterns, or None if not shareable."""
+    positions = np.flatnonzero(flat_bits)
+    values = flat_bits[positions]
+    sample = values[:: max(1, len(values) // 100_000)]
+    if len(np.unique(sample)) > MAX_SHARED_CODEBOOK:
+        return None
+    codebook, weight_idx = np.unique(values, return_inverse=True)
+    if len(codebook) > MAX_SHARED_CODEBOOK:
+        return None
+    gaps = _relative_indices(positions, index_bits)
+    out = bytearray(_varint(len(codebook)))
+    out += codebook.astype("<i4").tobytes()
+    out += struct.pack("<B", index_bits)
+    gap_bytes, gap_bits = _encode_stream(gaps, 1 << index_bits)
+    weight_bytes, weight_bits = _encode_stream(weight_idx.reshape(-1), max(1, len(codebook)))
+    out += gap_bytes + weight_bytes
+    report = TensorReport(
+        name="",
+        numel=len(flat_bits),
+        encoding="shared",
+        bytes=0,
+        nonzero=len(positions),
+        codebook_size=len(codebook),
+        weight_bits=max(1, math.ceil(math.log2(max(1, len(codebook))))),
+        index_bits=index_bits,
+        weight_stream_bits=weight_bits,
+        index_stream_bits=gap_bits,
+        index_entries=len(gaps),
+    )
+    return bytes(out), report
+
+
+def _encode_tensor(name: str, tensor: torch.Tensor, index_bits: int) -> tuple[bytes, TensorReport]:
+    if tensor.dtype not in _DTYPE_CODE:
+        raise ValueError(f"tensor {name!r}: dtype {tensor.dtype} is not supported by .cnz")
+    if tensor.dim() > 255:
+        raise ValueError(f"tensor {name!r} has too many dimensions")
+    tensor = tensor.detach().cpu().contiguous()
+    raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+    nonzero = int(torch.count_nonzero(tensor))
+    options: list[tuple[int, bytes, TensorReport | None]] = [(RAW, raw, None)]
+    if tensor.dtype == torch.float32 and tensor.numel():
+        half = tensor.half()
+        if torch.equal(half.float().view(torch.int32), tensor.view(torch.int32)):
+            options.append((HALF, half.reshape(-1).view(torch.uint8).numpy().tobytes(), None))
+        if tensor.dim() >= 2:
+            shared = _shared_payload(tensor.reshape(-1).view(torch.int32).numpy(), index_bits)
+            if shared is not None:
+                options.append((SHARED, *shared))
+    encoding, payload, report = min(options, key=lambda o: len(o[1]))
+    name_bytes = name.encode("utf-8")
+    body = bytearray(_varint(len(name_bytes)) + name_bytes)
+    body += struct.pack("<BB", _DTYPE_CODE[tensor.dtype], tensor.dim())
+    for d in tensor.shape:
+        body += _varint(int(d))
+    body += struct.pack("<B", encoding)
+    body += payload
+    section = struct.pack("<I", len(body)) + bytes(body) + struct.pack("<I", zlib.crc32(body))
+    if report is None:
+        report = TensorReport(name, tensor.numel(), ENCODING_NAMES[encoding], 0, nonzero)
+    report.name = name
+    report.bytes = len(section)
+    return section, report
+
+
+def encode_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    header: Mapping[str, Any] | None = None,
+    index_bits: Mapping[str, int] | None = None,
+    default_bits: int = 8,
+) -> tuple[bytes, CnzReport]:
+    """The bytes of a .cnz file holding ``state_dict`` and its byte accounting.
+
+    ``index_bits`` gives the relative-index width per tensor name (Deep Compression: 8 for conv,
+    5 for fc; see :func:`default_index_bits`), ``default_bits`` the width for any other tensor.
+    """
+    head = json.dumps(
+        {"format": "cnnlab-cnz", **(header or {})}, sort_keys=True, separators=(",", ":")
+    ).encode("utf-8")
+    out = bytearray(MAGIC + struct.pack("<BI", FORMAT_VERSION, len(head)))
+    out += head + struct.pack("<I", zlib.crc32(head))
+    out += struct.pack("<I", len(state_dict))
+    header_bytes = len(out) + 4  # the closing file CRC counts as framing too
+    reports = []
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"state dict entry {name!r} is not a tensor")
+        bits = (index_bits or {}).get(name, default_bits)
+        if not 1 <= bits <= MAX_INDEX_BITS:
+            raise ValueError(f"index bits must be in 1..{MAX_INDEX_BITS}, got {bits} for {name!r}")
+        section, report = _encode_tensor(name, tensor, bits)
+        out += section
+        reports.append(report)
+    out += struct.pack("<I", zlib.crc32(out))
+    return bytes(out), CnzReport(size=len(out), header_bytes=header_bytes, tensors=reports)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _Reader:
+    """Bounds-checked reads from a byte buffer; every overrun is a _Corrupt error."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise _Corrupt(f"{self.what}: length {n} at byte {self.pos} runs past the end")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16_array(self, n: int) -> np.ndarray:
+        return np.frombuffer(self.take(2 * n), dtype="<u2").astype(np.int64)
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
+
+    def varint(self, limit: int = 1 << 63) -> int:
+        value = shift = 0
+        while True:
+            byte = self.u8()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise _Corrupt(f"{self.what}: varint too long at byte {self.pos}")
+        if value > limit:
+            raise _Corrupt(f"{self.what}: value {value} exceeds the limit {limit}")
+        return value
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise _Corrupt(f"{self.what}: {len(self.data) - self.pos} unexpected trailing bytes")
+
+
+def _decode_stream(r: _Reader, alphabet: int, max_count: int) -> np.ndarray:
+    count = r.varint(max_count)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    used = r.varint(alphabet)
+    if used == 0:
+        raise _Corrupt(f"{r.what}: empty Huffman table")
+    packed = np.frombuffer(r.take(-(-used * LENGTH_BITS // 8)), dtype=np.uint8)
+    bits = np.unpackbits(packed)[: used * LENGTH_BITS].reshape(used, LENGTH_BITS)
+    lengths = bits.astype(np.int64) @ (1 << np.arange(LENGTH_BITS - 1, -1, -1))
+    if lengths.max() > huffman.MAX_CODE_LENGTH:
+        raise _Corrupt(f"{r.what}: Huffman code length above {huffman.MAX_CODE_LENGTH}")
+    total = r.varint(count * huffman.MAX_CODE_LENGTH)
+    n_blocks = -(-count // huffman.BLOCK_SYMBOLS)
+    block_bits = r.u16_array(n_blocks - 1)
+    rest = total - int(block_bits.sum())
+    if rest < 0:
+        raise _Corrupt(f"{r.what}: Huffman block lengths exceed the stream length")
+    data = r.take(-(-total // 8))
+    try:
+        return huffman.decode(data, lengths, count, np.append(block_bits, rest))
+    except ValueError as exc:
+        raise _Corrupt(f"{r.what}: {exc}") from None
+
+
+def _decode_shared(r: _Reader, numel: int) -> torch.Tensor:
+    k = r.varint(min(numel, MAX_SHARED_CODEBOOK))
+    codebook = np.frombuffer(r.take(4 * k), dtype="<i4").astype(np.int32)
+    index_bits = r.u8()
+    if not 1 <= index_bits <= MAX_INDEX_BITS:
+        raise _Corrupt(f"{r.what}: index width {index_bits} outside 1..{MAX_INDEX_BITS}")
+    top = (1 << index_bits) - 1
+    gaps = _decode_stream(r, 1 << index_bits, numel + numel // top + 1)
+    filler = gaps == top
+    positions = np.cumsum(np.where(filler, top, gaps + 1)) - 1
+    positions = positions[~filler]
+    weight_idx = _decode_stream(r, max(1, k), numel)
+    if len(weight_idx) != len(positions):
+        raise _Corrupt(f"{r.what}: {len(positions)} positions but {len(weight_idx)} weights")
+    if len(positions) and (positions[-1] >= numel or k == 0):
+        raise _Corrupt(f"{r.what}: a sparse index points past the end of the tensor")
+    if len(weight_idx) and weight_idx.max() >= k:
+        raise _Corrupt(f"{r.what}: a weight index is outside the codebook")
+    flat = np.zeros(numel, dtype=np.int32)
+    flat[positions] = codebook[weight_idx]
+    return torch.from_numpy(flat).view(torch.float32)
+
+
+def _decode_section(body: bytes, index: int) -> tuple[str, torch.Tensor]:
+    r = _Reader(body, f"section {index}")
+    try:
+        name = r.take(r.varint(len(body))).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Corrupt(f"section {index}: tensor name is not UTF-8") from None
+    r.what = f"tensor {name!r}"
+    dtype_code, ndim = r.u8(), r.u8()
+    if dtype_code >= len(_DTYPES):
+        raise _Corrupt(f"{r.what}: unknown dtype code {dtype_code}")
+    dtype = _DTYPES[dtype_code]
+    shape = [r.varint(MAX_ELEMENTS) for _ in range(ndim)]
+    numel = math.prod(shape)
+    if numel > MAX_ELEMENTS:
+        raise _Corrupt(f"{r.what}: {numel} elements exceed the limit {MAX_ELEMENTS}")
+    encoding = r.u8()
+    if encoding in (RAW, HALF) and numel == 0:
+        tensor = torch.empty(0, dtype=dtype)
+    elif encoding == RAW:
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        flat = torch.frombuffer(bytearray(r.take(numel * itemsize)), dtype=torch.uint8)
+        tensor = flat.view(dtype)
+    elif encoding == HALF and dtype == torch.float32:
+        flat = torch.frombuffer(bytearray(r.take(2 * numel)), dtype=torch.uint8)
+        tensor = flat.view(torch.float16).float()
+    elif encoding == SHARED and dtype == torch.float32:
+        tensor = _decode_shared(r, numel)
+    else:
+        raise _Corrupt(f"{r.what}: encoding {encoding} is not valid for {dtype}")
+    r.done()
+    return name, tensor.reshape(shape)
+
+
+def decode_bytes(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse a whole .cnz file: (header, state dict). Raises ``ValueError`` if it is invalid."""
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise _Corrupt("not a .cnz file (bad magic bytes)")
+    r = _Reader(data, "file")
+    r.take(len(MAGIC))
+    version = r.u8()
+    if version != FORMAT_VERSION:
+        raise _Corrupt(f"format version {version} is not supported (this cnnlab reads 1)")
+    if len(data) < r.pos + 8 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise _Corrupt("file checksum mismatch (truncated or corrupted)")
+    r = _Reader(data[:-4], "file")
+    r.pos = len(MAGIC) + 1
+    head = r.take(r.u32())
+    if zlib.crc32(head) != r.u32():
+        raise _Corrupt("header checksum mismatch")
+    try:
+        header = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _Corrupt("header is not valid UTF-8 JSON") from None
+    if not isinstance(header, dict) or header.get("format") != "cnnlab-cnz":
+        raise _Corrupt("header is not a cnnlab-cnz header")
+    n_sections = r.u32()
+    state: dict[str, torch.Tensor] = {}
+    total_elements = 0
+    for i in range(n_sections):
+        body = r.take(r.u32())
+        if zlib.crc32(body) != r.u32():
+            raise _Corrupt(f"section {i}: checksum mismatch")
+        name, tensor = _decode_section(body, i)
+        if name in state:
+            raise _Corrupt(f"section {i}: duplicate tensor name {name!r}")
+        total_elements += tensor.numel()
+        if total_elements > MAX_ELEMENTS:
+            raise _Corrupt(f"more than {MAX_ELEMENTS} elements in total")
+        state[name] = tensor
+    r.done()
+    return header, state
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CnnlabError(f"compressed model {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise CnnlabError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    try:
+        return decode_bytes(data)
+    except (ValueError, IndexError, OverflowError, MemoryError, RuntimeError) as exc:
+        raise CnnlabError(f"{str(path)!r} is not a valid .cnz file: {exc}") from None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with parametrized weights (masks, shared weights) evaluated."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if "parametrizations." not in key:
+            out[key] = value
+            continue
+        prefix, rest = key.rsplit("parametrizations.", 1)
+        pname, _, tail = rest.partition(".")
+        if tail == "original":
+            module = model.get_submodule(prefix[:-1]) if prefix else model
+            out[prefix + pname] = getattr(module, pname).detach()
+    return out
+
+
+def default_index_bits(model: nn.Module, conv_bits: int = 8, fc_bits: int = 5) -> dict[str, int]:
+    """Relative-index width per weight: 8 bits for conv, 5 for fc (Deep Compression, sec. 2)."""
+    bits = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.modules.conv._ConvNd):
+            bits[prefix + "weight"] = conv_bits
+        elif isinstance(module, nn.Linear):
+            bits[prefix + "weight"] = fc_bits
+    return bits
+
+
+def _model_config(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """num_classes / in_chans that rebuild ``model`` with create_model (checked on 'meta')."""
+    from cnnlab.registry import create_model
+
+    name = model.model_name
+    in_chans = model.input_size[0] if getattr(model, "input_size", None) else 3
+    num_classes = getattr(model, "num_classes", None)
+    if not isinstance(num_classes, int):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        num_classes = linears[-1].out_features if linears else 1000
+    config = {"num_classes": num_classes, "in_chans": in_chans}
+    with torch.device("meta"):
+        ref = create_model(name, **config).state_dict()
+    if {k: tuple(v.shape) for k, v in ref.items()} != {k: tuple(v.shape) for k, v in state.items()}:
+        raise ValueError(
+            f"cannot tell how to rebuild this {name!r} (tried {config}); pass config=..."
+        )
+    return config
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any] | None = None,
+    index_bits: Mapping[str, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> CnzReport:
+    """Write ``model`` to ``path`` as a .cnz file (atomically) and return the byte accounting.
+
+    A registry model (one with ``model_name``) is stored with the ``create_model`` keyword
+    arguments that rebuild it (``config``, inferred when not given); ``index_bits`` defaults to
+    :func:`default_index_bits`. Weights that hold few distinct values (after
+    :func:`cnnlab.compress.quantize.share_weights`) are stored SHARED; storage is lossless.
+    """
+    state = plain_state_dict(model)
+    name = getattr(model, "model_name", None)
+    if name is not None and config is None:
+        config = _model_config(model, state)
+    header = {"model": name, "config": dict(config) if config else None, "extra": extra or {}}
+    bits = dict(default_index_bits(model)) if index_bits is None else dict(index_bits)
+    data, report = encode_state_dict(state, header=header, index_bits=bits)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return report
+
+
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, tensors) of a .cnz file, fully verified; ``CnnlabError`` if it is invalid."""
+    return _read(path)
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON header of a .cnz file (model name, config, extra); the file is fully verified."""
+    return _read(path)[0]
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a .cnz file, bit-identical to those saved; ``CnnlabError`` if invalid."""
+    return _read(path)[1]
+
+
+def load(path: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild the model stored in a .cnz file (``create_model`` + its weights), in eval mode."""
+    from cnnlab.registry import create_model
+
+    header, state = _read(path)
+    name, config = header.get("model"), header.get("config")
+    if not isinstance(name, str):
+        raise CnnlabError(
+            f"{str(path)!r} holds no registry model name; use cnnlab.compress.load_state_dict"
+        )
+    if config is not None and not isinstance(config, dict):
+        raise CnnlabError(f"{str(path)!r}: model config is not a JSON object")
+    try:
+        model = create_model(name, **(config or {}))
+    except (ValueError, TypeError) as exc:
+        raise CnnlabError(f"{str(path)!r}: cannot rebuild model {name!r}: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CnnlabError(f"{str(path)!r}: weights do not fit {name!r}: {detail}") from None
+    return model.eval()

@@ -1,0 +1,259 @@
+"""The data sets: Fashion-MNIST (IDX files), any ImageFolder tree, and synthetic images."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from cnnlab.data.idx import read_idx
+from cnnlab.data.transforms import Preprocess, augment_batch, erase_batch, image_transform
+from cnnlab.io import CnnlabError
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_SYSTEM_DIR",
+    "ImageFolderDataset",
+    "TensorImageDataset",
+    "fashion_mnist_folder",
+    "find_fashion_mnist",
+    "load_fashion_mnist",
+    "load_image",
+    "synthetic_dataset",
+]
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+FASHION_MNIST_STATS = ((0.2860,), (0.3530,))  # mean, std of the 60,000 training pixels
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+class TensorImageDataset(Dataset):
+    """uint8 images (N, C, H, W) held in memory, prepared a whole batch at a time.
+
+    ``__getitems__`` lets the DataLoader fetch a batch in one call (then ``collate_batch``
+    passes it through), so the deterministic transforms run once per batch, not per image.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        pre: Preprocess,
+        augment: bool = False,
+        normalised: bool = False,
+    ) -> None:
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.images, self.labels, self.pre = images, labels.long(), pre
+        self.augment, self.normalised = augment, normalised
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        x = self.images[index]
+        if not self.normalised:
+            x = self.pre.batch(augment_batch(x) if self.augment else x)
+            if self.augment:
+                x = erase_batch(x)
+        return x, self.labels[index]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.__getitems__([i])
+        return x[0], int(y[0])
+
+
+def collate_batch(batch: Any) -> Any:
+    """Collate for :class:`TensorImageDataset`: the batch already is (images, labels)."""
+    if isinstance(batch, tuple):
+        return batch
+    return torch.utils.data.default_collate(batch)
+
+
+def _fashion_files(folder: Path, split: str) -> tuple[Path, Path] | None:
+    found = []
+    for stem in FASHION_MNIST_FILES[split]:
+        hits = [folder / f"{stem}{ext}" for ext in (".gz", "")]
+        hits = [h for h in hits if h.is_file()]
+        if not hits:
+            return None
+        found.append(hits[0])
+    return found[0], found[1]
+
+
+def fashion_mnist_folder(folder: Path) -> Path | None:
+    """``folder`` itself, its ``fashion-mnist/`` or its ``FashionMNIST/raw/``: where the
+    four IDX files are, or None."""
+    for candidate in (folder, folder / "fashion-mnist", folder / "FashionMNIST" / "raw"):
+        if _fashion_files(candidate, "train") and _fashion_files(candidate, "test"):
+            return candidate
+    return None
+
+
+def find_fashion_mnist(path: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the four Fashion-MNIST IDX files.
+
+    Search order: ``path`` (``--data PATH``), then ``$CNNLAB_DATA``, then the Debian package's
+    folder ``/usr/share/datasets/fashion-mnist/``. Each place may hold the files directly, in
+    ``fashion-mnist/``, or in torchvision's ``FashionMNIST/raw/``.
+    """
+    places = [Path(path)] if path else []
+    if os.environ.get("CNNLAB_DATA"):
+        places.append(Path(os.environ["CNNLAB_DATA"]))
+    places.append(FASHION_MNIST_SYSTEM_DIR)
+    for place in places:
+        if (found := fashion_mnist_folder(place)) is not None:
+            return found
+    raise CnnlabError(
+        "Fashion-MNIST not found (looked in "
+        + ", ".join(str(p) for p in places)
+        + "); install it with `apt-get install dataset-fashion-mnist`, point --data or "
+        "$CNNLAB_DATA at a folder with its four IDX files, or fetch them with --download"
+    )
+
+
+def download_fashion_mnist(root: str | os.PathLike[str]) -> Path:
+    """Fetch Fashion-MNIST with torchvision into ``root`` (needs internet); return the folder."""
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise CnnlabError(f"download of Fashion-MNIST failed: {exc}") from None
+    return find_fashion_mnist(root)
+
+
+def load_fashion_mnist(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (N, 1, 28, 28), labels int64 (N,)) of ``split`` 'train' or 'test'."""
+    files = _fashion_files(folder, split)
+    if files is None:
+        raise CnnlabError(f"no Fashion-MNIST {split} files in {str(folder)!r}")
+    images, labels = read_idx(files[0]), read_idx(files[1])
+    if images.dim() != 3 or images.dtype != torch.uint8:
+        raise CnnlabError(f"{str(files[0])!r}: expected uint8 images N x H x W")
+    if labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+        raise CnnlabError(
+            f"{str(files[1])!r}: {labels.shape[0]} labels for {images.shape[0]} images"
+        )
+    if labels.numel() and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise CnnlabError(f"{str(files[1])!r}: label {int(labels.max())} is not a class (0-9)")
+    return images.unsqueeze(1), labels.long()
+
+
+def load_image(path: str | os.PathLike[str], in_chans: int) -> Image.Image:
+    """Decode an image fully (so a truncated file fails here) as grey or RGB."""
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("L" if in_chans == 1 else "RGB")
+
+
+def _check_image(path: Path, size: int) -> str | None:
+    """None if the image decodes, else the reason. JPEGs decode at reduced scale (fast)."""
+    try:
+        with Image.open(path) as img:
+            img.draft(img.mode, (size, size))
+            img.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<class>/<image>``; every image is decoded once up front.
+
+    An unreadable or corrupt image is skipped with a warning naming it and listed in
+    ``skipped`` (``strict=True`` raises instead).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        pre: Preprocess,
+        augment: bool = False,
+        classes: list[str] | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        self.classes = classes if classes is not None else found
+        if not self.classes:
+            raise CnnlabError(f"{str(self.root)!r} holds no class folders (root/<class>/*.png)")
+        unknown = set(found) - set(self.classes)
+        if unknown:
+            raise CnnlabError(f"{str(self.root)!r}: classes {sorted(unknown)} not in training set")
+        self.pre = pre
+        self.transform = image_transform(pre, augment)
+        self.in_chans = pre.in_chans
+        self.samples: list[tuple[Path, int]] = []
+        self.skipped: list[str] = []
+        for label, name in enumerate(self.classes):
+            folder = self.root / name
+            files = sorted(folder.iterdir()) if folder.is_dir() else []
+            for f in files:
+                if f.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                reason = _check_image(f, pre.size)
+                if reason is None:
+                    self.samples.append((f, label))
+                elif strict:
+                    raise CnnlabError(f"corrupt image {str(f)!r}: {reason}")
+                else:
+                    warnings.warn(f"skipping corrupt image {str(f)!r}: {reason}", stacklevel=2)
+                    self.skipped.append(str(f))
+        if not self.samples:
+            raise CnnlabError(f"no readable images under {str(self.root)!r}")
+
+    def with_augment(self, augment: bool) -> ImageFolderDataset:
+        """The same images (no second scan) with or without training augmentation."""
+        twin = copy.copy(self)
+        twin.transform = image_transform(self.pre, augment)
+        return twin
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.tensor([label for _, label in self.samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        try:
+            img = load_image(path, self.in_chans)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise CnnlabError(f"cannot read image {str(path)!r}: {exc}") from None
+        return self.transform(img), label
+
+
+def synthetic_dataset(
+    n: int, pre: Preprocess, num_classes: int = 10, seed: int = 0, part: int = 0
+) -> TensorImageDataset:
+    """Learnable random images: a fixed pattern per class plus noise (normalised floats).
+
+    ``seed`` fixes the class patterns; ``part`` draws different samples (train 0, val 1).
+    """
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(num_classes, pre.in_chans, pre.size, pre.size, generator=g)
+    g.manual_seed(seed * 1000 + 1 + part)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    noise = torch.randn(n, pre.in_chans, pre.size, pre.size, generator=g)
+    images = patterns[labels] + 1.5 * noise
+    return TensorImageDataset(images, labels, pre, normalised=True)

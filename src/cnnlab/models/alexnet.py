@@ -1,0 +1,229 @@
+"""AlexNet: the 2012 two-tower network and torchvision's single-tower variant.
+
+* ``alexnet``: A. Krizhevsky, I. Sutskever, G. E. Hinton, "ImageNet Classification with Deep
+  Convolutional Neural Networks", NIPS 2012. Architecture Sec. 3.5 and Figure 2; ReLU
+  Sec. 3.1; the two GPUs Sec. 3.2 (here ``groups=2`` where a layer sees only its own GPU's
+  maps: conv2, conv4, conv5); local response normalisation Sec. 3.3; overlapping pooling
+  Sec. 3.4; dropout Sec. 4.2; initialisation Sec. 5. Input 227x227 (the paper's "224" does
+  not give its 55x55 first layer).
+* ``alexnet_tv``: ``torchvision.models.alexnet``, the single-tower network of A. Krizhevsky,
+  "One weird trick for parallelizing convolutional neural networks", arXiv:1404.5997, 2014
+  (64-192-384-256-256 filters, no LRN), with torchvision's parameter order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.registry import register_model
+
+
+class ConvSpec(NamedTuple):
+    """One row of the layer table."""
+
+    name: str
+    out_chans: int
+    kernel: int
+    stride: int
+    padding: int
+    groups: int  # 2 = two GPU towers, each seeing only its own half of the input maps
+    lrn: bool  # response normalisation after the ReLU
+    pool: bool  # overlapping max-pool 3x3 stride 2 at the end
+
+
+# Krizhevsky et al. 2012, Sec. 3.5 and Figure 2. Per-tower widths are half of out_chans
+# (48-128-192-192-128 per GPU); conv3 is the one layer that reads both towers' maps.
+ALEXNET_2012: tuple[ConvSpec, ...] = (
+    ConvSpec("conv1", 96, 11, 4, 0, 1, lrn=True, pool=True),
+    ConvSpec("conv2", 256, 5, 1, 2, 2, lrn=True, pool=True),
+    ConvSpec("conv3", 384, 3, 1, 1, 1, lrn=False, pool=False),
+    ConvSpec("conv4", 384, 3, 1, 1, 2, lrn=False, pool=False),
+    ConvSpec("conv5", 256, 3, 1, 1, 2, lrn=False, pool=True),
+)
+
+# torchvision.models.alexnet: one tower, no LRN, padding 2 on conv1 for a 224x224 input.
+ALEXNET_TV: tuple[ConvSpec, ...] = (
+    ConvSpec("conv1", 64, 11, 4, 2, 1, lrn=False, pool=True),
+    ConvSpec("conv2", 192, 5, 1, 2, 1, lrn=False, pool=True),
+    ConvSpec("conv3", 384, 3, 1, 1, 1, lrn=False, pool=False),
+    ConvSpec("conv4", 256, 3, 1, 1, 1, lrn=False, pool=False),
+    ConvSpec("conv5", 256, 3, 1, 1, 1, lrn=False, pool=True),
+)
+
+FC_UNITS = 4096  # fc6 and fc7 (Sec. 3.5)
+POOLED_SIDE = 6  # conv5's pooled map is 6x6 at the native size
+DROPOUT = 0.5  # Sec. 4.2
+
+# Sec. 3.3: b = a / (k + alpha * sum_{n neighbours} a^2)^beta with k=2, n=5, alpha=1e-4,
+# beta=0.75. torch.nn.LocalResponseNorm divides alpha by n, so it gets n * alpha.
+LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
+
+
+class OverlappingMaxPool(nn.MaxPool2d):
+    """Max-pool 3x3 stride 2 (Sec. 3.4), that pools a map smaller than its window whole.
+
+    On a map of at least 3x3 it is ``nn.MaxPool2d(3, 2)`` exactly, so the native shapes are
+    the paper's (55 -> 27 -> 13 -> 6) and torchvision's. A smaller map (1x1 or 2x2, which
+    inputs below ~63 px produce) is padded with -inf to the window, giving one output instead
+    of an error; this lets the network take 32x32 images. ``ceil_mode`` alone would not do:
+    it still fails on a 1x1 map.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        short_h, short_w = max(0, 3 - x.shape[-2]), max(0, 3 - x.shape[-1])
+        if short_h or short_w:
+            x = F.pad(x, (0, short_w, 0, short_h), value=float("-inf"))
+        return super().forward(x)
+
+
+def _features(table: tuple[ConvSpec, ...], in_chans: int) -> nn.Sequential:
+    features = nn.Sequential()
+    chans = in_chans
+    for i, row in enumerate(table, start=1):
+        conv = nn.Conv2d(
+            chans, row.out_chans, row.kernel, row.stride, row.padding, groups=row.groups
+        )
+        features.add_module(row.name, conv)
+        features.add_module(f"relu{i}", nn.ReLU(inplace=True))
+        if row.lrn:
+            features.add_module(
+                f"norm{i}", nn.LocalResponseNorm(LRN_N, LRN_N * LRN_ALPHA, LRN_BETA, LRN_K)
+            )
+        if row.pool:
+            features.add_module(f"pool{i}", OverlappingMaxPool())
+        chans = row.out_chans
+    return features
+
+
+class AlexNet(ClassifierModel):
+    """The 2012 AlexNet (Krizhevsky et al., Sec. 3.5 and Figure 2), 60,965,224 parameters.
+
+    conv1 96@11x11/4 -> ReLU -> LRN -> pool; conv2 256@5x5 (two towers) -> ReLU -> LRN ->
+    pool; conv3 384@3x3; conv4 384@3x3 (towers); conv5 256@3x3 (towers) -> pool; fc6 4096,
+    fc7 4096 (ReLU, then dropout 0.5 on their outputs, Sec. 4.2); fc8. An adaptive average
+    pool to 6x6 (identity at 227x227) lets inputs down to 32x32 reach fc6. Initialisation as
+    in Sec. 5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.features = _features(ALEXNET_2012, in_chans)
+        self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
+        self.classifier = nn.Sequential()
+        self.classifier.add_module("fc6", nn.Linear(256 * POOLED_SIDE**2, FC_UNITS))
+        self.classifier.add_module("relu6", nn.ReLU(inplace=True))
+        self.classifier.add_module("drop6", nn.Dropout(DROPOUT))
+        self.classifier.add_module("fc7", nn.Linear(FC_UNITS, FC_UNITS))
+        self.classifier.add_module("relu7", nn.ReLU(inplace=True))
+        self.classifier.add_module("drop7", nn.Dropout(DROPOUT))
+        self.classifier.add_module("fc8", nn.Linear(FC_UNITS, num_classes))
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+        for name, m in [*self.features.named_children(), *self.classifier.named_children()]:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.normal_(0.0, 0.01)
+                m.bias.fill_(1.0 if name in ones else 0.0)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avgpool(x).flatten(1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.classifier.fc8.weight.device)
+        with torch.no_grad():
+            fc8.weight.normal_(0.0, 0.01)
+            fc8.bias.zero_()
+        self.classifier.fc8 = fc8
+
+
+class AlexNetTV(ClassifierModel):
+    """torchvision's AlexNet (one tower, 64-192-384-256-256, no LRN), 61,100,840 parameters.
+
+    Same layers and parameter order as ``torchvision.models.alexnet`` (dropout before fc6 and
+    fc7, as there), and the same outputs wherever torchvision runs; its pools also take the
+    maps below 3x3 that inputs under 63 px produce (see :class:`OverlappingMaxPool`).
+    PyTorch's default initialisation, as in torchvision.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.features = _features(ALEXNET_TV, in_chans)
+        self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
+        self.classifier = nn.Sequential()
+        self.classifier.add_module("drop6", nn.Dropout(DROPOUT))
+        self.classifier.add_module("fc6", nn.Linear(256 * POOLED_SIDE**2, FC_UNITS))
+        self.classifier.add_module("relu6", nn.ReLU(inplace=True))
+        self.classifier.add_module("drop7", nn.Dropout(DROPOUT))
+        self.classifier.add_module("fc7", nn.Linear(FC_UNITS, FC_UNITS))
+        self.classifier.add_module("relu7", nn.ReLU(inplace=True))
+        self.classifier.add_module("fc8", nn.Linear(FC_UNITS, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avgpool(x).flatten(1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        fc8 = self.classifier.fc8
+        self.classifier.fc8 = replace_linear(fc8, num_classes).to(fc8.weight.device)
+
+
+_KRIZHEVSKY12 = (
+    "Krizhevsky, Sutskever, Hinton: ImageNet Classification with Deep Convolutional "
+    "Neural Networks (NIPS 2012)"
+)
+
+
+@register_model(
+    "alexnet",
+    family="alexnet",
+    paper=_KRIZHEVSKY12,
+    year=2012,
+    input_size=227,
+    min_input_size=32,
+    reference_params=60_965_224,
+    reference_macs=724_406_816,
+    source=(
+        "paper Sec. 3.5 and Figure 2, counted layer by layer; MobileNet paper Table 9 "
+        "(60M params, 720M mult-adds)"
+    ),
+)
+def alexnet(num_classes: int = 1000, in_chans: int = 3) -> AlexNet:
+    """The 2012 two-tower AlexNet with LRN (Krizhevsky et al. 2012, Sec. 3.5)."""
+    return AlexNet(num_classes, in_chans)
+
+
+@register_model(
+    "alexnet_tv",
+    family="alexnet",
+    paper="Krizhevsky: One weird trick for parallelizing convolutional neural networks (2014)",
+    year=2014,
+    input_size=224,
+    min_input_size=32,
+    reference_params=61_100_840,
+    reference_macs=714_188_480,
+    source="torchvision AlexNet_Weights.IMAGENET1K_V1 meta (61,100,840 params, 0.71 GFLOPS)",
+)
+def alexnet_tv(num_classes: int = 1000, in_chans: int = 3) -> AlexNetTV:
+    """torchvision's single-tower AlexNet, parameter order as ``torchvision.models.alexnet``."""
+    return AlexNetTV(num_classes, in_chans)

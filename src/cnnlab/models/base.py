@@ -1,0 +1,64 @@
+"""The interface every cnnlab model has (after timm): features, head, classifier reset."""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+
+class ClassifierModel(nn.Module, abc.ABC):
+    """An image classifier split into ``forward_features`` and ``forward_head``.
+
+    Every model has the same three methods, so tools need no per-model special cases.
+    ``input_size`` (C, H, W) is the native size and ``min_input_size`` the smallest side the
+    model accepts (both set by :func:`cnnlab.create_model`).
+    """
+
+    input_size: tuple[int, int, int] | None = None
+    min_input_size: int | None = None
+    fixed_input_size: bool = False  # True where a flattening layer needs exactly input_size
+
+    @abc.abstractmethod
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional trunk: image batch to the last feature map."""
+
+    @abc.abstractmethod
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooling and classifier; ``pre_logits=True`` stops before the last linear layer."""
+
+    @abc.abstractmethod
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last linear layer with a fresh one of ``num_classes`` outputs."""
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` for an input the model cannot take (shape, channels, size)."""
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}")
+        if self.input_size is not None and x.shape[1] != self.input_size[0]:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.input_size[0]} input channels, "
+                f"got {x.shape[1]}"
+            )
+        if self.fixed_input_size and self.input_size and tuple(x.shape[-2:]) != self.input_size[1:]:
+            raise ValueError(
+                f"{type(self).__name__} takes exactly {self.input_size[1]}x{self.input_size[2]} "
+                f"inputs, got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        minimum = self.min_input_size or 1
+        if x.shape[-2] < minimum or x.shape[-1] < minimum:
+            raise ValueError(
+                f"input {x.shape[-2]}x{x.shape[-1]} is smaller than the minimum "
+                f"{minimum}x{minimum} that {type(self).__name__} supports"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            self.check_input(x)
+        return self.forward_head(self.forward_features(x))
+
+
+def replace_linear(old: nn.Linear, num_classes: int) -> nn.Linear:
+    """A fresh ``nn.Linear`` with ``old``'s input width and ``num_classes`` outputs."""
+    return nn.Linear(old.in_features, num_classes, bias=old.bias is not None)

@@ -1,0 +1,119 @@
+"""EfficientNet-B0 (Tan & Le 2019), "EfficientNet: Rethinking Model Scaling for Convolutional
+Neural Networks", ICML 2019, arXiv:1905.11946.
+
+Table 1 (the B0 baseline found by architecture search) is ``B0_STAGES`` below: a 3x3 stride-2
+stem, seven stages of MBConv blocks (the inverted residual of MobileNetV2 with
+squeeze-and-excitation, Sec. 4; SiLU/"swish" activations), a 1x1 conv to 1280 channels,
+pooling and a fully connected layer. Training regularisers as in Sec. 5.2: dropout 0.2 before
+the classifier and stochastic depth ("drop connect") with survival probability 0.8 at the
+last block, rising linearly with depth as in torchvision.
+
+The parameters and buffers are registered in the order of ``torchvision.models.efficientnet_b0``
+(with its BatchNorm eps 1e-5 and momentum 0.1), so ``cnnlab.interop.from_torchvision`` loads
+its weights and the outputs agree.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.layers import ConvNormAct, InvertedResidual
+from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.registry import register_model
+
+__all__ = ["EfficientNet", "efficientnet_b0"]
+
+# Tan & Le 2019, Table 1, input 224x224x3.
+# Stage 1: Conv3x3, resolution 224x224, 32 channels, 1 layer (stride 2).
+B0_STEM = 32
+B0_STAGES = [
+    # MBConv expansion, kernel, stride of the first layer, channels, layers   stage, input size
+    (1, 3, 1, 16, 1),  # 2, 112x112
+    (6, 3, 2, 24, 2),  # 3, 112x112
+    (6, 5, 2, 40, 2),  # 4, 56x56
+    (6, 3, 2, 80, 3),  # 5, 28x28
+    (6, 5, 1, 112, 3),  # 6, 14x14
+    (6, 5, 2, 192, 4),  # 7, 14x14
+    (6, 3, 1, 320, 1),  # 8, 7x7
+]
+# Stage 9: Conv1x1 & Pooling & FC, 7x7, 1280 channels.
+B0_HEAD = 1280
+SE_RATIO = 0.25  # squeeze width = block input width / 4 (Sec. 4, after MnasNet)
+
+
+class EfficientNet(ClassifierModel):
+    """EfficientNet-B0: stem, 16 MBConv blocks in 7 stages, 1x1 conv, pool, FC (Table 1).
+
+    ``drop_path_rate`` is the stochastic-depth drop probability reached after the last block:
+    block ``i`` of ``N`` drops its residual branch with probability ``rate * i / N``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.2,
+        drop_path_rate: float = 0.2,
+    ) -> None:
+        super().__init__()
+        for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        self.stem = ConvNormAct(in_chans, B0_STEM, 3, 2, act=nn.SiLU)
+        total = sum(layers for *_, layers in B0_STAGES)
+        chans, index = B0_STEM, 0
+        stages: list[nn.Module] = []
+        for expansion, kernel, stride, out_chans, layers in B0_STAGES:
+            blocks: list[nn.Module] = []
+            for i in range(layers):
+                blocks.append(
+                    InvertedResidual(
+                        chans,
+                        out_chans,
+                        stride if i == 0 else 1,
+                        expansion,
+                        kernel_size=kernel,
+                        act=nn.SiLU,
+                        se_ratio=SE_RATIO,
+                        drop_path=drop_path_rate * index / total,
+                    )
+                )
+                chans, index = out_chans, index + 1
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.num_features = B0_HEAD
+        self.head = ConvNormAct(chans, B0_HEAD, 1, act=nn.SiLU)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(B0_HEAD, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.pool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = replace_linear(self.fc, num_classes)
+
+
+@register_model(
+    "efficientnet_b0",
+    family="efficientnet",
+    paper="Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural "
+    "Networks, ICML 2019, arXiv:1905.11946",
+    year=2019,
+    reference_params=5_288_548,
+    reference_macs=385_814_752,
+    source="torchvision meta (num_params, _ops 0.386 GMACs); paper Table 2: 5.3M / 0.39B",
+)
+def efficientnet_b0(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    drop_rate: float = 0.2,
+    drop_path_rate: float = 0.2,
+) -> EfficientNet:
+    """EfficientNet-B0 with dropout ``drop_rate`` and stochastic depth ``drop_path_rate``."""
+    return EfficientNet(num_classes, in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate)

@@ -1,0 +1,333 @@
+"""MobileNetV1 (Howard et al. 2017) and MobileNetV2 (Sandler et al. 2018).
+
+MobileNetV1, "MobileNets: Efficient Convolutional Neural Networks for Mobile Vision
+Applications", arXiv:1704.04861. Table 1 is ``V1_STEM`` and ``V1_BLOCKS`` below: a 3x3
+stride-2 convolution, 13 depthwise separable convolutions (Sec. 3.1, Figure 3: depthwise 3x3,
+BN, ReLU, pointwise 1x1, BN, ReLU), global average pooling and one fully connected layer. The
+width multiplier ``alpha`` (Sec. 3.3) thins every layer to ``int(alpha * channels)``; the
+resolution multiplier ``rho`` (Sec. 3.4) sets the native input side to ``round(224 * rho)``.
+
+MobileNetV2, "MobileNetV2: Inverted Residuals and Linear Bottlenecks", arXiv:1801.04381.
+Table 2 is ``V2_BOTTLENECKS`` below, one ``[t, c, n, s]`` row per sequence of bottlenecks
+(Table 1, Sec. 3.3: 1x1 expansion by ``t``, ReLU6, depthwise 3x3, ReLU6, linear 1x1
+projection, residual when the shapes agree). Widths follow torchvision (every width scaled by
+``alpha`` and rounded to a multiple of 8, the last 1x1 conv kept at 1280 below ``alpha`` 1),
+and the parameters are registered in torchvision's order, so
+``cnnlab.interop.from_torchvision("mobilenet_v2", sd)`` loads its weights.
+
+Every figure in ``docs/models/mobile.md`` comes from the command printed beside it there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from cnnlab.layers import ConvNormAct, DepthwiseSeparableConv, InvertedResidual
+from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.registry import register_model
+
+__all__ = ["MobileNetV1", "MobileNetV2", "make_divisible", "mobilenet_v1", "mobilenet_v2"]
+
+# MobileNetV1, Table 1 ("MobileNet Body Architecture"), input 224x224x3.
+# Stem: Conv / s2, filter 3x3x3x32.
+V1_STEM = (32, 2)  # (output channels, stride)
+# Then "Conv dw / s" (3x3 depthwise) followed by "Conv / s1" (1x1 to ``channels``), 13 times.
+V1_BLOCKS = [
+    # (stride of the depthwise conv, output channels of the pointwise conv)  input of the dw conv
+    (1, 64),  # 112x112x32
+    (2, 128),  # 112x112x64
+    (1, 128),  # 56x56x128
+    (2, 256),  # 56x56x128
+    (1, 256),  # 28x28x256
+    (2, 512),  # 28x28x256
+    (1, 512),  # 14x14x512  \
+    (1, 512),  # 14x14x512   |
+    (1, 512),  # 14x14x512   | "5x" in Table 1
+    (1, 512),  # 14x14x512   |
+    (1, 512),  # 14x14x512  /
+    (2, 1024),  # 14x14x512
+    (1, 1024),  # 7x7x1024 (Table 1 prints "s2"; its own 7x7 in and out sizes need s1)
+]
+# Then Avg Pool 7x7 / s1, FC 1024 x 1000, Softmax.
+
+# MobileNetV2, Table 2, input 224x224x3: conv2d 3x3 32 /2, then the bottleneck rows, then
+# conv2d 1x1 1280, avgpool 7x7, conv2d 1x1 k (a fully connected layer).
+V2_STEM = 32
+V2_BOTTLENECKS = [
+    # t (expansion), c (output channels), n (repeats), s (stride of the first)
+    [1, 16, 1, 1],
+    [6, 24, 2, 2],
+    [6, 32, 3, 2],
+    [6, 64, 4, 2],
+    [6, 96, 3, 1],
+    [6, 160, 3, 2],
+    [6, 320, 1, 1],
+]
+V2_HEAD = 1280
+
+_V1_ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never below ``divisor`` or 90%.
+
+    The rounding of the TF-slim MobileNetV2 code that torchvision and Keras copy.
+    """
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def _check_multiplier(name: str, value: float, upper: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value <= 0 or (upper is not None and value > upper):
+        bound = f"in (0, {upper:g}]" if upper is not None else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+class MobileNetV1(ClassifierModel):
+    """MobileNetV1: a standard 3x3 conv, 13 depthwise separable convs, pool, FC (Table 1).
+
+    ``alpha`` is the width multiplier of Sec. 3.3: layer widths are ``int(alpha * c)`` (as in
+    Keras; the paper only writes ``alpha * M``). ``act`` is ``"relu"`` (the paper) or
+    ``"relu6"`` (Keras, TF-slim and timm).
+    """
+
+    def __init__(
+        self, num_classes: int = 1000, in_chans: int = 3, alpha: float = 1.0, act: str = "relu"
+    ) -> None:
+        super().__init__()
+        _check_multiplier("alpha", alpha)
+        if act not in _V1_ACTS:
+            raise ValueError(f"act must be one of {', '.join(_V1_ACTS)}, got {act!r}")
+        act_layer = _V1_ACTS[act]
+
+        def width(chans: int) -> int:
+            thinned = int(alpha * chans)
+            if thinned < 1:
+                raise ValueError(f"alpha={alpha} thins a {chans}-channel layer to no channels")
+            return thinned
+
+        stem_chans, stem_stride = V1_STEM
+        self.stem = ConvNormAct(in_chans, width(stem_chans), 3, stem_stride, act=act_layer)
+        blocks: list[nn.Module] = []
+        chans = width(stem_chans)
+        for stride, out_chans in V1_BLOCKS:
+            blocks.append(DepthwiseSeparableConv(chans, width(out_chans), stride, act=act_layer))
+            chans = width(out_chans)
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = chans
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(chans, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.pool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = replace_linear(self.fc, num_classes)
+
+
+class MobileNetV2(ClassifierModel):
+    """MobileNetV2: conv, 17 inverted residual bottlenecks, 1x1 conv, pool, FC (Table 2).
+
+    ``alpha`` is the width multiplier (Sec. 6.1, widths rounded to multiples of 8); ``t``,
+    when given, replaces the expansion factor of every expanding row of Table 2 (the paper
+    keeps one constant rate, 6, in Sec. 4; the first bottleneck keeps ``t = 1``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        alpha: float = 1.0,
+        t: float | None = None,
+        drop_rate: float = 0.2,
+    ) -> None:
+        super().__init__()
+        _check_multiplier("alpha", alpha)
+        if t is not None:
+            _check_multiplier("t", t)
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
+
+        chans = make_divisible(V2_STEM * alpha)
+        self.stem = ConvNormAct(in_chans, chans, 3, 2, act=nn.ReLU6)
+        blocks: list[nn.Module] = []
+        for row_t, c, n, s in V2_BOTTLENECKS:
+            expansion = t if t is not None and row_t != 1 else row_t
+            out_chans = make_divisible(c * alpha)
+            for i in range(n):
+                stride = s if i == 0 else 1
+                blocks.append(InvertedResidual(chans, out_chans, stride, expansion, act=nn.ReLU6))
+                chans = out_chans
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = make_divisible(V2_HEAD * max(1.0, alpha))
+        self.head = ConvNormAct(chans, self.num_features, 1, act=nn.ReLU6)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.pool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = replace_linear(self.fc, num_classes)
+
+
+_V1 = {
+    "family": "mobilenet",
+    "paper": "Howard et al., MobileNets: Efficient Convolutional Neural Networks for Mobile "
+    "Vision Applications, arXiv:1704.04861",
+    "year": 2017,
+}
+_V1_SOURCE = "paper Tables 6-7 (mult-adds, params); Keras trainable count"
+
+
+@register_model(
+    "mobilenet_v1",
+    **_V1,
+    reference_params=4_231_976,
+    reference_macs=568_740_352,
+    source=_V1_SOURCE,
+)
+@register_model(
+    "mobilenet_v1_075",
+    **_V1,
+    reference_params=2_585_560,
+    reference_macs=325_400_448,
+    source=_V1_SOURCE,
+    alpha=0.75,
+)
+@register_model(
+    "mobilenet_v1_050",
+    **_V1,
+    reference_params=1_331_592,
+    reference_macs=149_497_088,
+    source=_V1_SOURCE,
+    alpha=0.5,
+)
+@register_model(
+    "mobilenet_v1_025",
+    **_V1,
+    reference_params=470_072,
+    reference_macs=41_030_272,
+    source=_V1_SOURCE,
+    alpha=0.25,
+)
+@register_model(
+    "mobilenet_v1_100_192",
+    **_V1,
+    input_size=192,
+    reference_params=4_231_976,
+    reference_macs=418_121_728,
+    source=_V1_SOURCE,
+    rho=192 / 224,
+)
+@register_model(
+    "mobilenet_v1_100_160",
+    **_V1,
+    input_size=160,
+    reference_params=4_231_976,
+    reference_macs=290_675_200,
+    source=_V1_SOURCE,
+    rho=160 / 224,
+)
+@register_model(
+    "mobilenet_v1_100_128",
+    **_V1,
+    input_size=128,
+    reference_params=4_231_976,
+    reference_macs=186_400_768,
+    source=_V1_SOURCE,
+    rho=128 / 224,
+)
+def mobilenet_v1(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    alpha: float = 1.0,
+    rho: float = 1.0,
+    act: str = "relu",
+) -> MobileNetV1:
+    """MobileNetV1 with width multiplier ``alpha`` and resolution multiplier ``rho``.
+
+    ``rho`` in (0, 1] sets ``model.input_size`` to ``round(224 * rho)`` pixels a side
+    (Sec. 3.4: 0.857 -> 192, 0.714 -> 160, 0.571 -> 128); the layers do not depend on it.
+    """
+    _check_multiplier("rho", rho, upper=1.0)
+    side = round(224 * rho)
+    if side < 32:
+        raise ValueError(f"rho={rho} gives a {side}x{side} input, below the 32x32 minimum")
+    model = MobileNetV1(num_classes, in_chans, alpha=alpha, act=act)
+    model.input_size = (in_chans, side, side)
+    return model
+
+
+_V2 = {
+    "family": "mobilenet",
+    "paper": "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, "
+    "arXiv:1801.04381",
+    "year": 2018,
+}
+
+
+@register_model(
+    "mobilenet_v2",
+    **_V2,
+    reference_params=3_504_872,
+    reference_macs=300_774_272,
+    source="torchvision meta (num_params, _ops 0.301 GMACs); paper Table 6: 3.4M / 300M",
+)
+@register_model(
+    "mobilenet_v2_140",
+    **_V2,
+    reference_params=6_108_776,
+    reference_macs=582_195_824,
+    source="paper Table 6 (585M mult-adds); every implementation's 6.11M params",
+    alpha=1.4,
+)
+@register_model(
+    "mobilenet_v2_075",
+    **_V2,
+    reference_params=2_636_424,
+    reference_macs=209_069_792,
+    source="torchvision.models.mobilenet_v2(width_mult=0.75) count (params, count_macs)",
+    alpha=0.75,
+)
+@register_model(
+    "mobilenet_v2_050",
+    **_V2,
+    reference_params=1_968_680,
+    reference_macs=97_131_840,
+    source="torchvision.models.mobilenet_v2(width_mult=0.5) count (params, count_macs)",
+    alpha=0.5,
+)
+@register_model(
+    "mobilenet_v2_035",
+    **_V2,
+    reference_params=1_677_128,
+    reference_macs=59_285_808,
+    source="torchvision.models.mobilenet_v2(width_mult=0.35) count (params, count_macs)",
+    alpha=0.35,
+)
+def mobilenet_v2(
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    alpha: float = 1.0,
+    t: float | None = None,
+    drop_rate: float = 0.2,
+) -> MobileNetV2:
+    """MobileNetV2 with width multiplier ``alpha`` and optional global expansion factor ``t``."""
+    return MobileNetV2(num_classes, in_chans, alpha=alpha, t=t, drop_rate=drop_rate)

@@ -1,0 +1,162 @@
+"""Xception: Chollet 2017, "Xception: Deep Learning with Depthwise Separable Convolutions".
+
+Figure 5 of the paper is ``ENTRY_FLOW``, ``MIDDLE_FLOW`` and ``EXIT_FLOW`` below: 36
+convolutional layers in 14 modules, every module but the first and the last wrapped by a
+linear residual connection (Sec. 3). Every convolution and separable convolution is followed by
+batch normalization (Figure 5 caption). A separable convolution is a depthwise 3x3 conv then a
+pointwise 1x1 conv with nothing in between: no BN, no ReLU (Sec. 2 and Sec. 4.7, where an
+intermediate ReLU or ELU made results worse); that is what sets it apart from MobileNet's
+:class:`cnnlab.layers.DepthwiseSeparableConv`, so it lives here as :class:`SeparableConv2d`.
+
+Parameters and their order are those of timm's ``legacy_xception`` (the Keras port), so
+``cnnlab.interop.from_timm("xception", state_dict)`` converts its weights by position.
+299x299 input, 22,855,952 parameters; MACs registered below (Conv + Linear, batch 1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnlab.layers import ConvNormAct
+from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.registry import register_model
+
+__all__ = [
+    "ENTRY_FLOW",
+    "EXIT_FLOW",
+    "MIDDLE_FLOW",
+    "SeparableConv2d",
+    "Xception",
+    "XceptionBlock",
+]
+
+# Chollet 2017, Figure 5. A module: (widths of its 3x3 separable convs, stride of the 3x3 max
+# pool that closes it (1: no pool), whether it opens with a ReLU). The residual connection is
+# the identity, or a 1x1 conv with the module's stride ("Conv 1x1, stride=2x2") where the width
+# or size changes. The entry flow starts with "Conv 32, 3x3, stride=2x2" and "Conv 64, 3x3"
+# (unpadded, 299 -> 149 -> 147), each followed by ReLU; so the first module opens without one.
+ENTRY_FLOW: tuple[tuple[tuple[int, ...], int, bool], ...] = (
+    ((128, 128), 2, False),
+    ((256, 256), 2, True),
+    ((728, 728), 2, True),
+)
+MIDDLE_FLOW: tuple[tuple[tuple[int, ...], int, bool], ...] = (((728, 728, 728), 1, True),) * 8
+# The exit flow's residual module, then "SeparableConv 1536, 3x3; ReLU" and
+# "SeparableConv 2048, 3x3; ReLU", global average pooling and the logistic regression layer.
+EXIT_FLOW: tuple[tuple[tuple[int, ...], int, bool], ...] = (((728, 1024), 2, True),)
+EXIT_CONVS: tuple[int, ...] = (1536, 2048)
+
+PAPER = "Chollet, Xception: Deep Learning with Depthwise Separable Convolutions (CVPR 2017)"
+
+
+class SeparableConv2d(nn.Sequential):
+    """Depthwise 3x3 conv (one filter per channel) then pointwise 1x1 conv, no bias, no BN or
+    activation between them (Chollet 2017, Sec. 2 and Sec. 4.7)."""
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(
+            in_chans, in_chans, kernel_size, padding=kernel_size // 2, groups=in_chans, bias=False
+        )
+        self.pointwise = nn.Conv2d(in_chans, out_chans, 1, bias=False)
+
+
+class XceptionBlock(nn.Module):
+    """One residual module of Figure 5: [ReLU, SeparableConv, BN] x n, optional 3x3 max pool,
+    plus the residual (identity, or 1x1 conv + BN with the module's stride)."""
+
+    def __init__(self, in_chans: int, widths: tuple[int, ...], stride: int, relu_first: bool):
+        super().__init__()
+        out_chans = widths[-1]
+        # Registered before the body, as in timm's legacy_xception, so weights convert by position.
+        self.shortcut: nn.Module | None = None
+        if stride != 1 or in_chans != out_chans:
+            self.shortcut = ConvNormAct(in_chans, out_chans, 1, stride, act=None)
+        layers: list[nn.Module] = []
+        chans = in_chans
+        for i, width in enumerate(widths):
+            if i > 0 or relu_first:
+                # The first ReLU must not overwrite the block's input: the residual needs it.
+                layers.append(nn.ReLU(inplace=i > 0))
+            layers += [SeparableConv2d(chans, width), nn.BatchNorm2d(width)]
+            chans = width
+        if stride != 1:
+            layers.append(nn.MaxPool2d(3, stride, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.shortcut is None else self.shortcut(x)
+        return self.body(x) + residual
+
+
+def _flow(in_chans: int, modules: tuple[tuple[tuple[int, ...], int, bool], ...]) -> nn.Sequential:
+    blocks = []
+    for widths, stride, relu_first in modules:
+        blocks.append(XceptionBlock(in_chans, widths, stride, relu_first))
+        in_chans = widths[-1]
+    return nn.Sequential(*blocks)
+
+
+class Xception(ClassifierModel):
+    """Entry flow, middle flow (8 modules), exit flow, global average pool, dropout, fc.
+
+    ``drop_rate`` defaults to the paper's 0.5 before the logistic regression layer on ImageNet
+    (Sec. 4.3); it has no parameters and no effect in eval mode.
+    """
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.5):
+        super().__init__()
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        self.stem = nn.Sequential(
+            ConvNormAct(in_chans, 32, 3, stride=2, padding=0),
+            ConvNormAct(32, 64, 3, padding=0),
+        )
+        self.entry_flow = _flow(64, ENTRY_FLOW)
+        self.middle_flow = _flow(ENTRY_FLOW[-1][0][-1], MIDDLE_FLOW)
+        self.exit_flow = _flow(MIDDLE_FLOW[-1][0][-1], EXIT_FLOW)
+        convs: list[nn.Module] = []
+        chans = EXIT_FLOW[-1][0][-1]
+        for width in EXIT_CONVS:
+            convs += [SeparableConv2d(chans, width), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            chans = width
+        self.exit_convs = nn.Sequential(*convs)
+        self.num_features = chans
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(chans, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.entry_flow(self.stem(x))
+        x = self.middle_flow(x)
+        return self.exit_convs(self.exit_flow(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(torch.flatten(self.pool(x), 1))
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = replace_linear(self.fc, num_classes)
+
+
+@register_model(
+    "xception",
+    family="xception",
+    paper=PAPER,
+    year=2017,
+    input_size=299,
+    min_input_size=32,
+    reference_params=22_855_952,
+    reference_macs=8_357_403_496,
+    source="paper Table 3 (22.8M); Keras trainable count; timm legacy_xception",
+)
+def xception(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> Xception:
+    """Xception at 299x299 (Chollet 2017, Figure 5)."""
+    return Xception(num_classes=num_classes, in_chans=in_chans, **kwargs)

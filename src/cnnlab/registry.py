@@ -1,0 +1,140 @@
+"""The model registry: ``create_model``, ``list_models``, ``model_info``.
+
+Each architecture file registers its builders with :func:`register_model`, together with the
+paper, the native input size and the reference figures (params, MACs) that the fidelity tests
+check against (``../shared/reference/architectures.md``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = ["ModelEntry", "create_model", "list_models", "model_info", "register_model"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What the registry knows of one model name."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str
+    paper: str
+    year: int
+    input_size: tuple[int, int, int]
+    min_input_size: int
+    reference_params: int | None
+    reference_macs: int | None
+    source: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "paper": self.paper,
+            "year": self.year,
+            "input_size": self.input_size,
+            "min_input_size": self.min_input_size,
+            "reference_params": self.reference_params,
+            "reference_macs": self.reference_macs,
+            "source": self.source,
+            "defaults": dict(self.defaults),
+        }
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    paper: str,
+    year: int,
+    input_size: int = 224,
+    min_input_size: int = 32,
+    reference_params: int | None = None,
+    reference_macs: int | None = None,
+    source: str = "",
+    **defaults: Any,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``builder(num_classes, in_chans, **kwargs)`` under ``name``.
+
+    ``reference_macs`` is multiply-accumulates of Conv and Linear layers at batch 1 and the
+    native ``input_size``; ``defaults`` are keyword arguments that make a preset (for example
+    ``alpha=0.75`` for ``mobilenet_v1_075``). Decorators stack, so one builder serves several
+    names.
+    """
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(
+            name=name,
+            builder=builder,
+            family=family,
+            paper=paper,
+            year=year,
+            input_size=(3, input_size, input_size),
+            min_input_size=min_input_size,
+            reference_params=reference_params,
+            reference_macs=reference_macs,
+            source=source,
+            defaults=defaults,
+        )
+        return builder
+
+    return decorator
+
+
+def _entry(name: str) -> ModelEntry:
+    _load_models()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `cnnlab models`"
+        raise ValueError(f"unknown model {name!r}{hint}") from None
+
+
+def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` with random weights.
+
+    Raises ``ValueError`` for an unknown name (suggesting the closest names) or bad arguments.
+    """
+    entry = _entry(name)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    model = entry.builder(num_classes=num_classes, in_chans=in_chans, **{**entry.defaults, **kwargs})
+    # A builder may set a different native size (MobileNet's resolution multiplier does).
+    if getattr(model, "input_size", None) is None:
+        model.input_size = (in_chans, *entry.input_size[1:])
+    if getattr(model, "min_input_size", None) is None:
+        model.min_input_size = entry.min_input_size
+    model.model_name = name
+    return model
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching the shell-style ``pattern``, sorted."""
+    _load_models()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Paper, year, input size, reference params / MACs and their source for ``name``."""
+    return _entry(name).as_dict()
+
+
+def _load_models() -> None:
+    # Importing the package runs every family's @register_model.
+    from cnnlab import models  # noqa: F401

@@ -1,0 +1,30 @@
+import json
+
+import pytest
+
+from cnnlab.cli import main
+
+
+def test_models_table(capsys):
+    assert main(["models", "vgg16*"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg16_bn" in out and "138,357,544" in out and "15,470" in out
+
+
+def test_models_json(capsys):
+    assert main(["models", "resnet50", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "resnet50" and row["params"] == 25_557_032
+    assert row["paper"] and row["source"] and row["input_size"] == [3, 224, 224]
+
+
+def test_models_no_match_is_one_line_exit_2(capsys):
+    assert main(["models", "nothing-like-this*"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error:") and err.count("\n") == 1
+
+
+def test_unknown_command_exits_2():
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-command"])
+    assert exc.value.code == 2
