@@ -52,8 +52,16 @@ def test_macs_agree_with_torch_flop_counter(name):
 def test_coverage_of_the_reference_table():
     """Every model of the reference table that we implement carries its figures."""
     expected = {
-        "lenet5_caffe", "lenet_300_100", "alexnet", "alexnet_tv", "googlenet", "googlenet_tv",
-        "xception", "mobilenet_v1", "mobilenet_v2", "efficientnet_b0",
+        "lenet5_caffe",
+        "lenet_300_100",
+        "alexnet",
+        "alexnet_tv",
+        "googlenet",
+        "googlenet_tv",
+        "xception",
+        "mobilenet_v1",
+        "mobilenet_v2",
+        "efficientnet_b0",
         *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
         *(f"resnet{d}" for d in (18, 34, 50, 101, 152)),
         *(f"resnet{d}_v1" for d in (50, 101, 152)),

@@ -26,7 +26,9 @@ def _forward_backward(model: torch.nn.Module, x: torch.Tensor, num_classes: int)
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without gradient: {missing[:5]}"
-    bad = [n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+    bad = [
+        n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all()
+    ]
     assert not bad, f"non-finite gradients: {bad[:5]}"
 
 
@@ -66,7 +68,7 @@ def test_interface(name):
         assert pre.dim() == 2 and pre.shape[0] == 2
         model.reset_classifier(3)
         assert model(x).shape == (2, 3)
-        with pytest.raises(ValueError, match="smaller than the minimum|exactly"):
+        with pytest.raises(ValueError, match=r"smaller than the minimum|exactly"):
             model(torch.randn(1, 1, side - 1, side - 1))
         with pytest.raises(ValueError, match="channels"):
             model(torch.randn(1, 3, side, side))
@@ -83,7 +85,7 @@ def test_metadata(name):
 
 
 def test_unknown_name_suggests():
-    with pytest.raises(ValueError, match="did you mean.*resnet50"):
+    with pytest.raises(ValueError, match=r"did you mean.*resnet50"):
         cnnlab.create_model("resnet05")
 
 

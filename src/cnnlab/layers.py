@@ -108,6 +108,8 @@ def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch
     """Drop whole residual branches per sample (Huang et al. 2016), scaled to keep the mean."""
     if drop_prob == 0.0 or not training:
         return x
+    if drop_prob >= 1.0:
+        return torch.zeros_like(x)
     keep = 1.0 - drop_prob
     mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
     return x * mask / keep

@@ -28,6 +28,7 @@ class ModelEntry:
     paper: str
     year: int
     input_size: tuple[int, int, int]
+    num_classes: int
     min_input_size: int
     reference_params: int | None
     reference_macs: int | None
@@ -41,6 +42,7 @@ class ModelEntry:
             "paper": self.paper,
             "year": self.year,
             "input_size": self.input_size,
+            "num_classes": self.num_classes,
             "min_input_size": self.min_input_size,
             "reference_params": self.reference_params,
             "reference_macs": self.reference_macs,
@@ -59,6 +61,8 @@ def register_model(
     paper: str,
     year: int,
     input_size: int = 224,
+    in_chans: int = 3,
+    num_classes: int = 1000,
     min_input_size: int = 32,
     reference_params: int | None = None,
     reference_macs: int | None = None,
@@ -67,10 +71,11 @@ def register_model(
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``builder(num_classes, in_chans, **kwargs)`` under ``name``.
 
-    ``reference_macs`` is multiply-accumulates of Conv and Linear layers at batch 1 and the
-    native ``input_size``; ``defaults`` are keyword arguments that make a preset (for example
-    ``alpha=0.75`` for ``mobilenet_v1_075``). Decorators stack, so one builder serves several
-    names.
+    ``in_chans`` and ``num_classes`` are the paper's (what ``create_model`` builds unless told
+    otherwise, and what the reference figures count). ``reference_macs`` is multiply-accumulates
+    of Conv and Linear layers at batch 1 and the native ``input_size``; ``defaults`` are
+    keyword arguments that make a preset (for example ``alpha=0.75`` for
+    ``mobilenet_v1_075``). Decorators stack, so one builder serves several names.
     """
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -82,7 +87,8 @@ def register_model(
             family=family,
             paper=paper,
             year=year,
-            input_size=(3, input_size, input_size),
+            input_size=(in_chans, input_size, input_size),
+            num_classes=num_classes,
             min_input_size=min_input_size,
             reference_params=reference_params,
             reference_macs=reference_macs,
@@ -104,17 +110,25 @@ def _entry(name: str) -> ModelEntry:
         raise ValueError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+) -> nn.Module:
     """Build the model registered as ``name`` with random weights.
 
-    Raises ``ValueError`` for an unknown name (suggesting the closest names) or bad arguments.
+    ``num_classes`` and ``in_chans`` default to the paper's: 1000 classes of RGB images for the
+    ImageNet networks, 10 classes of grey images for the LeNets. Raises ``ValueError`` for an
+    unknown name (suggesting the closest names) or bad arguments.
     """
     entry = _entry(name)
+    num_classes = entry.num_classes if num_classes is None else num_classes
+    in_chans = entry.input_size[0] if in_chans is None else in_chans
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
-    model = entry.builder(num_classes=num_classes, in_chans=in_chans, **{**entry.defaults, **kwargs})
+    model = entry.builder(
+        num_classes=num_classes, in_chans=in_chans, **{**entry.defaults, **kwargs}
+    )
     # A builder may set a different native size (MobileNet's resolution multiplier does).
     if getattr(model, "input_size", None) is None:
         model.input_size = (in_chans, *entry.input_size[1:])

@@ -96,10 +96,11 @@ def gradient_norms(
     model.to(device).train()
     layers = _weighted_layers(model)
     order: dict[nn.Module, int] = {}
-    handles = [
-        m.register_forward_pre_hook(lambda mod, _: order.setdefault(mod, len(order)))
-        for _, m in layers
-    ]
+
+    def record(module: nn.Module, _: tuple) -> None:  # a pre-hook's return would replace input
+        order.setdefault(module, len(order))
+
+    handles = [m.register_forward_pre_hook(record) for _, m in layers]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
     stream = _forever(batches)
@@ -113,7 +114,7 @@ def gradient_norms(
         logits = out[0] if isinstance(out, (tuple, list)) else out
         loss = loss_fn(logits, labels.to(device))
         loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
 
     def norms() -> list[float]:
         return [

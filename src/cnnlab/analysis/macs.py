@@ -18,10 +18,16 @@ def layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torc
     """MACs of one Conv or Linear call (whole batch); 0 for any other module."""
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         # Every input element is scattered into (out_channels / groups) * prod(kernel) outputs.
-        return inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+        return (
+            inputs[0].numel()
+            * (module.out_channels // module.groups)
+            * math.prod(module.kernel_size)
+        )
     if isinstance(module, nn.modules.conv._ConvNd):
         # Every output element needs (in_channels / groups) * prod(kernel) multiply-adds.
-        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        return (
+            output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        )
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     if isinstance(module, nn.Bilinear):
@@ -30,7 +36,9 @@ def layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torc
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, input_size: tuple[int, ...], device: str | torch.device = "meta") -> int:
+def count_macs(
+    model: nn.Module, input_size: tuple[int, ...], device: str | torch.device = "meta"
+) -> int:
     """Total Conv + Linear MACs of one forward pass at batch 1 for an input of ``input_size``.
 
     The model is run in eval mode (GoogLeNet's auxiliary heads are not counted) and restored

@@ -67,6 +67,33 @@ _FREE_MODULES = {
     )
 } | {"torchvision.ops.stochastic_depth"}
 _NOT_FREE = (nn.MultiheadAttention,)  # in torch.nn.modules.activation, but it multiplies
+# Layers whose output has their input's shape. On the meta device PyTorch computes their
+# shapes through slow Python reference kernels, so profile() gives them the same answer
+# directly: the input itself when the layer works in place, otherwise a new tensor.
+_SHAPE_PRESERVING = (
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Mish,
+    nn.PReLU,
+    nn.Softplus,
+)
 _IDENTITY_AT_SAME_SIZE = (
     nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
@@ -116,7 +143,8 @@ class Profile:
 
 
 def _is_free(module: nn.Module) -> bool:
-    return type(module).__module__ in _FREE_MODULES and not isinstance(module, _NOT_FREE)
+    """A norm, activation, pool, dropout, reshape or container (or a subclass of one)."""
+    return _torch_base(module).__module__ in _FREE_MODULES and not isinstance(module, _NOT_FREE)
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -214,9 +242,15 @@ def profile(
     x = torch.zeros((batch_size, *size), device="meta", dtype=dtype)
     seen[_storage_key(x)] = x
     handles = []
+    shortcut = []
     for m in meta.modules():
         handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(hook))
+        if type(m).forward is getattr(_torch_base(m), "forward", None) and isinstance(
+            m, _SHAPE_PRESERVING
+        ):
+            m.forward = _same_shape_forward(m)
+            shortcut.append(m)
     was_training = meta.training
     try:
         meta.eval()
@@ -230,6 +264,8 @@ def profile(
     finally:
         for h in handles:
             h.remove()
+        for m in shortcut:
+            del m.forward
         meta.train(was_training)
     rows = _rows(names, [m for m in order if m is not meta], own)
     params = sum(p.numel() for p in model.parameters())
@@ -260,6 +296,23 @@ def profile(
     if measure:
         result.measured = measure_memory(model, size, batch_size)
     return result
+
+
+def _torch_base(module: nn.Module) -> type:
+    """The torch.nn class a module is, or derives from (subclasses may override forward)."""
+    return next(c for c in type(module).__mro__ if c.__module__.startswith("torch.nn."))
+
+
+def _same_shape_forward(module: nn.Module) -> Any:
+    """A forward with the layer's shape semantics: in place returns the input, else a copy."""
+    in_place = bool(getattr(module, "inplace", False))
+    if isinstance(module, (nn.modules.dropout._DropoutNd, nn.Identity)):
+        in_place = True  # eval mode: both hand their input through
+
+    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return x if in_place else torch.empty_like(x)
+
+    return forward
 
 
 def _rows(

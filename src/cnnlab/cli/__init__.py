@@ -12,7 +12,7 @@ import sys
 
 from cnnlab.io import CnnlabError
 
-COMMAND_MODULES = ["zoo", "compression", "analysis", "training"]
+COMMAND_MODULES = ["zoo", "compression", "analysis", "training", "deployment"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,9 +33,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CnnlabError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        message = exc.strerror + f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else exc
-        print(f"cnnlab: error: {message}", file=sys.stderr)
+        print(f"cnnlab: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return " ".join(str(exc).split())

@@ -129,7 +129,9 @@ def summary_text(name: str, prof: Profile, depth: int) -> str:
     ]
     if prof.uncounted:
         kinds = ", ".join(f"{k} x{v}" for k, v in prof.uncounted.items())
-        lines.append(f"NOT COUNTED:       {kinds} (neither Conv/Linear nor known free: MACs missing)")
+        lines.append(
+            f"NOT COUNTED:       {kinds} (neither Conv/Linear nor known free: MACs missing)"
+        )
     if prof.measured:
         m = prof.measured
         rest = prof.param_bytes + prof.buffer_bytes + prof.input_bytes
@@ -150,7 +152,9 @@ def run_summary(args: argparse.Namespace) -> int:
     prof = profile(model, size, args.batch_size)
     if args.measure_memory:
         torch.manual_seed(0)
-        prof.measured = measure_memory(create_model(args.model, in_chans=size[0]), size, args.batch_size)
+        prof.measured = measure_memory(
+            create_model(args.model, in_chans=size[0]), size, args.batch_size
+        )
     if args.json:
         print_json({"model": args.model, **prof.to_dict()})
     else:
@@ -176,8 +180,16 @@ def run_compare(args: argparse.Namespace) -> int:
         for r in rows:
             writer.writerow({**r, "input_size": "x".join(map(str, r["input_size"]))})
     else:
-        headers = ["model", "input", "params", "MMACs", "activations", "fp32 size",
-                   "forward/img", "train/img (SGD)"]
+        headers = [
+            "model",
+            "input",
+            "params",
+            "MMACs",
+            "activations",
+            "fp32 size",
+            "forward/img",
+            "train/img (SGD)",
+        ]
         if args.measure_latency:
             headers += ["latency b1 (ms)", f"img/s b{args.batch_size}"]
         table = []
@@ -200,6 +212,12 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _thirds(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last third of the layers."""
+    third = max(1, len(values) // 3)
+    return sum(values[:third]) / third, sum(values[-third:]) / third
 
 
 def run_gradients(args: argparse.Namespace) -> int:
@@ -236,20 +254,18 @@ def run_gradients(args: argparse.Namespace) -> int:
         print_json({name: r.to_dict() for name, r in reports.items()})
         return 0
     for name, r in reports.items():
-        third = max(1, len(r.layers) // 3)
-        first, last = r.init[:third], r.init[-third:]
-        rows = [("first third (input side)", sum(first) / len(first)),
-                ("last third (output side)", sum(last) / len(last))]
+        first, last = _thirds(r.init)
         print(f"{name}: {len(r.layers)} weight layers, mean ||dL/dW|| at init")
-        print(format_table(["layers", "mean grad norm"], [(k, f"{v:.3g}") for k, v in rows]))
-        print(f"  ratio first/last at init: {rows[0][1] / rows[1][1]:.3g}")
+        rows = [("first third (input side)", f"{first:.3g}"), ("last third", f"{last:.3g}")]
+        print(format_table(["layers", "mean grad norm"], rows))
+        print(f"  ratio first/last at init: {first / last:.3g}")
         if r.final is not None:
-            f1, f3 = r.final[:third], r.final[-third:]
+            first, last = _thirds(r.final)
+            clipped = f" (clipped to {r.clip_grad_norm:g})" if r.clip_grad_norm else ""
             print(
-                f"  after {r.steps} steps: first/last {(sum(f1) / len(f1)) / (sum(f3) / len(f3)):.3g}; "
-                f"loss {r.losses[0]:.3f} -> {r.losses[-1]:.3f}; max total norm "
-                f"{max(r.total_norms):.3g}"
-                + (f" (clipped to {r.clip_grad_norm:g})" if r.clip_grad_norm else "")
+                f"  after {r.steps} steps: first/last {first / last:.3g}; loss "
+                f"{r.losses[0]:.3f} -> {r.losses[-1]:.3f}; max total norm "
+                f"{max(r.total_norms):.3g}{clipped}"
             )
     if args.plot:
         print(f"wrote {args.plot}", file=sys.stderr)

@@ -1,14 +1,13 @@
 """``cnnlab compress``, ``cnnlab sensitivity`` and ``cnnlab decompress`` (Deep Compression).
 
-    cnnlab compress MODEL --checkpoint RUN --data fashion-mnist --quality 1.0 --out m.cnz
-    cnnlab sensitivity MODEL --checkpoint RUN --data fashion-mnist --plot sens.png
-    cnnlab decompress m.cnz --out m.safetensors
+cnnlab compress MODEL --checkpoint RUN --data fashion-mnist --quality 1.0 --out m.cnz
+cnnlab sensitivity MODEL --checkpoint RUN --data fashion-mnist --plot sens.png
+cnnlab decompress m.cnz --out m.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import torch
@@ -47,25 +46,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compress", help="Deep Compression: prune, share weights, Huffman-code into a .cnz file"
     )
     _common(p)
-    p.add_argument("--quality", action="append", metavar="[LAYER=]Q",
-                   help="prune |w| < Q x std per layer (repeatable; shell patterns for LAYER)")
-    p.add_argument("--sparsity", action="append", metavar="[LAYER=]S",
-                   help="prune the fraction S of smallest weights per layer (repeatable)")
+    p.add_argument(
+        "--quality",
+        action="append",
+        metavar="[LAYER=]Q",
+        help="prune |w| < Q x std per layer (repeatable; shell patterns for LAYER)",
+    )
+    p.add_argument(
+        "--sparsity",
+        action="append",
+        metavar="[LAYER=]S",
+        help="prune the fraction S of smallest weights per layer (repeatable)",
+    )
     p.add_argument("--prune-steps", type=int, default=1, help="prune/retrain rounds")
-    p.add_argument("--schedule", choices=["iterative", "gradual"], default="iterative",
-                   help="sparsity per round: linear, or Zhu & Gupta's cubic ramp")
+    p.add_argument(
+        "--schedule",
+        choices=["iterative", "gradual"],
+        default="iterative",
+        help="sparsity per round: linear, or Zhu & Gupta's cubic ramp",
+    )
     p.add_argument("--retrain-epochs", type=int, default=1, help="retraining epochs per round")
     p.add_argument("--finetune-epochs", type=int, default=1, help="centroid fine-tuning epochs")
     p.add_argument("--conv-bits", type=int, default=8, help="weight-sharing bits for conv layers")
     p.add_argument("--fc-bits", type=int, default=5, help="weight-sharing bits for fc layers")
     p.add_argument("--bits", action="append", metavar="LAYER=B", help="bits for one layer")
-    p.add_argument("--init", choices=["linear", "density", "random"], default="linear",
-                   help="k-means centroid initialisation")
+    p.add_argument(
+        "--init",
+        choices=["linear", "density", "random"],
+        default="linear",
+        help="k-means centroid initialisation",
+    )
     p.add_argument("--lr", type=float, default=0.01, help="retraining learning rate (SGD)")
     p.add_argument("--finetune-lr", type=float, default=0.001, help="centroid fine-tuning lr")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 during retraining")
-    p.add_argument("--float32-other", action="store_true",
-                   help="keep biases/BN in float32 (default: rounded to float16)")
+    p.add_argument(
+        "--float32-other",
+        action="store_true",
+        help="keep biases/BN in float32 (default: rounded to float16)",
+    )
     p.add_argument("--out", required=True, help="the .cnz file to write")
     p.set_defaults(func=run_compress)
 
@@ -73,8 +91,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sensitivity", help="accuracy vs fraction pruned, one layer at a time (Deep Compression)"
     )
     _common(s)
-    s.add_argument("--fractions", default="0,0.25,0.5,0.75,0.85,0.9,0.95",
-                   help="comma-separated fractions to prune")
+    s.add_argument(
+        "--fractions",
+        default="0,0.25,0.5,0.75,0.85,0.9,0.95",
+        help="comma-separated fractions to prune",
+    )
     s.add_argument("--layers", default=None, help="comma-separated layer names (default: all)")
     s.add_argument("--plot", default=None, help="write the curves to this image (PNG/SVG/PDF)")
     s.set_defaults(func=run_sensitivity)
@@ -94,8 +115,12 @@ def _model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any
     in_chans = data_channels(args.data)
     img_size = args.img_size or model_info(args.model)["input_size"][1]
     train, val, classes = build_loaders(
-        args.data, img_size=img_size, in_chans=in_chans, batch_size=args.batch_size,
-        limit=args.limit, seed=args.seed,
+        args.data,
+        img_size=img_size,
+        in_chans=in_chans,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        seed=args.seed,
     )
     model = create_model(args.model, num_classes=len(classes), in_chans=in_chans)
     load_weights(model, args.checkpoint)
@@ -136,14 +161,21 @@ def run_compress(args: argparse.Namespace) -> int:
     print()
     print(format_layer_table(table))
     print()
-    print(format_table(["stage", "top-1", "top-5", "weights kept"], [
-        (s["stage"], f"{s['top1']:.2f}", f"{s['top5']:.2f}", f"{100 * s['kept']:.1f}%")
-        for s in stages
-    ]))
+    print(
+        format_table(
+            ["stage", "top-1", "top-5", "weights kept"],
+            [
+                (s["stage"], f"{s['top1']:.2f}", f"{s['top5']:.2f}", f"{100 * s['kept']:.1f}%")
+                for s in stages
+            ],
+        )
+    )
     t = table["total"]
-    print(f"\nsize {t['size_before']:,} B -> {t['size_after']:,} B ({t['ratio']:.1f}x; "
-          f"pruning only {t['ratio_pruning_only']:.1f}x, pruning + quantization "
-          f"{t['ratio_pruning_quantization']:.1f}x, computed); wrote {args.out}")
+    print(
+        f"\nsize {t['size_before']:,} B -> {t['size_after']:,} B ({t['ratio']:.1f}x; "
+        f"pruning only {t['ratio_pruning_only']:.1f}x, pruning + quantization "
+        f"{t['ratio_pruning_quantization']:.1f}x, computed); wrote {args.out}"
+    )
     return 0
 
 
@@ -154,19 +186,39 @@ def format_layer_table(table: dict[str, Any]) -> str:
         return "-" if coded is None else f"{fixed} -> {coded:.1f}"
 
     rows = [
-        (r["layer"], f"{r['weights']:,}", f"{100 * r['kept']:.1f}%",
-         bits(r["weight_bits"], r["weight_bits_huffman"]),
-         bits(r["index_bits"], r["index_bits_huffman"]), f"{r['bytes']:,}",
-         f"{100 * r['ratio']:.2f}%")
+        (
+            r["layer"],
+            f"{r['weights']:,}",
+            f"{100 * r['kept']:.1f}%",
+            bits(r["weight_bits"], r["weight_bits_huffman"]),
+            bits(r["index_bits"], r["index_bits_huffman"]),
+            f"{r['bytes']:,}",
+            f"{100 * r['ratio']:.2f}%",
+        )
         for r in table["layers"]
     ]
     t = table["total"]
     rows.append(("other (bias, BN, header)", "", "", "", "", f"{t['other_bytes']:,}", ""))
-    rows.append(("total", f"{t['weights']:,}", f"{100 * t['kept']:.1f}%",
-                 f"{t['weight_bits_huffman']:.1f}", f"{t['index_bits_huffman']:.1f}",
-                 f"{t['size_after']:,}", f"{100 / t['ratio']:.2f}% ({t['ratio']:.1f}x)"))
-    headers = ["layer", "weights", "kept", "weight bits P+Q -> H", "index bits -> H", "bytes",
-               "size"]
+    rows.append(
+        (
+            "total",
+            f"{t['weights']:,}",
+            f"{100 * t['kept']:.1f}%",
+            f"{t['weight_bits_huffman']:.1f}",
+            f"{t['index_bits_huffman']:.1f}",
+            f"{t['size_after']:,}",
+            f"{100 / t['ratio']:.2f}% ({t['ratio']:.1f}x)",
+        )
+    )
+    headers = [
+        "layer",
+        "weights",
+        "kept",
+        "weight bits P+Q -> H",
+        "index bits -> H",
+        "bytes",
+        "size",
+    ]
     return format_table(headers, rows)
 
 
@@ -177,7 +229,9 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
     except ValueError:
-        raise ValueError(f"--fractions must be comma-separated numbers, got {args.fractions!r}")
+        raise ValueError(
+            f"--fractions must be comma-separated numbers, got {args.fractions!r}"
+        ) from None
     model, _, val = _model_and_data(args)
     layers = args.layers.split(",") if args.layers else None
     curves = sensitivity(model, lambda m: 100 * evaluate(m, val)["top1"], fractions, layers)
@@ -187,9 +241,11 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         print_json({"model": args.model, "curves": curves})
         return 0
     headers = ["layer", *(f"{100 * f:g}%" for f in fractions)]
-    print(format_table(headers, [
-        (name, *(f"{acc:.2f}" for _, acc in curve)) for name, curve in curves.items()
-    ]))
+    print(
+        format_table(
+            headers, [(name, *(f"{acc:.2f}" for _, acc in curve)) for name, curve in curves.items()]
+        )
+    )
     print("top-1 (%) with the given fraction of the layer's smallest weights pruned")
     if args.plot:
         print(f"wrote {args.plot}")
@@ -220,16 +276,18 @@ def _plot(curves: dict[str, list[tuple[float, float]]], path: str, title: str) -
 def run_decompress(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from cnnlab.compress import read
+    from cnnlab.compress import load, read
+    from cnnlab.train import save_weights
 
-    header, state = read(args.file)
-    meta = {"format": "pt", "model": str(header.get("model")),
-            "config": json.dumps(header.get("config"))}
     if not args.out.endswith(".safetensors"):
         raise CnnlabError(f"--out must end in .safetensors, got {args.out!r}")
-    with atomic_path(args.out) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
+    header, state = read(args.file)
+    name = header.get("model")
+    if isinstance(name, str):  # a registry model: a checkpoint `cnnlab eval` / `train` read
+        save_weights(load(args.file), args.out, meta={"model": name, "source": str(args.file)})
+    else:
+        with atomic_path(args.out) as tmp:
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     n = sum(t.numel() for t in state.values())
-    print(f"wrote {args.out}: {len(state)} tensors, {n:,} values"
-          + (f" ({header['model']})" if header.get("model") else ""))
+    print(f"wrote {args.out}: {len(state)} tensors, {n:,} values" + (f" ({name})" if name else ""))
     return 0

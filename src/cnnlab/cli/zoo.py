@@ -42,11 +42,21 @@ def run(args: argparse.Namespace) -> int:
         (
             r["name"],
             f"{r['params']:,}",
-            f"{r['macs'] / 1e6:,.1f}",
+            _mmacs(r["macs"]),
             "x".join(map(str, r["input_size"])),
-            f"{r['paper']} ({r['year']})",
+            r["year"],
+            _shorten(r["paper"], 60),
         )
         for r in rows
     ]
-    print(format_table(["model", "params", "MMACs", "input", "paper"], table))
+    print(format_table(["model", "params", "MMACs", "input", "year", "paper"], table))
     return 0
+
+
+def _mmacs(macs: int) -> str:
+    millions = macs / 1e6
+    return f"{millions:,.1f}" if millions >= 10 else f"{millions:.3f}"
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -385,7 +385,7 @@ def _decode_section(body: bytes, index: int) -> tuple[str, torch.Tensor]:
     dtype = _DTYPES[dtype_code]
     shape = [r.varint(MAX_ELEMENTS) for _ in range(ndim)]
     numel = math.prod(shape)
-    if numel > MAX_ELEMENTS:
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:  # also bounds the strides
         raise _Corrupt(f"{r.what}: {numel} elements exceed the limit {MAX_ELEMENTS}")
     encoding = r.u8()
     if encoding in (RAW, HALF) and numel == 0:

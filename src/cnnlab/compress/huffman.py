@@ -13,6 +13,7 @@ symbol), which keeps a 100M-weight layer in the seconds.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
 
 MAX_CODE_LENGTH = 24
 BLOCK_SYMBOLS = 1024
+SCALAR_BLOCKS = 4
 
 
 def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
@@ -144,24 +146,28 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
         return np.zeros(0, dtype=np.int64)
     if int(block_bits.sum()) > 8 * len(data):
         raise ValueError("Huffman block lengths run past the end of the stream")
-    codes = canonical_codes(lengths)
+    canonical_codes(lengths)  # validates the lengths (Kraft's inequality)
     used = np.flatnonzero(lengths)
     if len(used) == 0:
         raise ValueError("Huffman table is empty but the stream is not")
     top = int(lengths.max())
-    # Lookup table over every `top`-bit window: the symbol whose code prefixes it, and its length.
+    # Canonical codes, read as `top`-bit numbers, cover consecutive ranges [start, start+span)
+    # in order of (length, symbol): the symbol of a window is found by binary search.
     order = used[np.lexsort((used, lengths[used]))]
-    spans = 1 << (top - lengths[order])
-    filled = int(spans.sum())
-    table_sym = np.full(1 << top, -1, dtype=np.int64)
-    table_len = np.zeros(1 << top, dtype=np.int64)
-    table_sym[:filled] = np.repeat(order, spans)
-    table_len[:filled] = np.repeat(lengths[order], spans)
-    assert codes[order[0]] == 0  # canonical: the table is filled from window 0 upwards
+    order_len = lengths[order]
+    starts_top = np.cumsum(1 << (top - order_len)) - (1 << (top - order_len))
+    filled = int(starts_top[-1] + (1 << (top - int(order_len[-1]))))
 
     buf = np.frombuffer(data + b"\0\0\0\0", dtype=np.uint8).astype(np.uint64)
     windows = (buf[:-3] << 24) | (buf[1:-2] << 16) | (buf[2:-1] << 8) | buf[3:]
     starts = np.concatenate(([0], np.cumsum(block_bits)[:-1]))
+    if n_blocks <= SCALAR_BLOCKS:  # few blocks: plain Python beats numpy on tiny arrays
+        table = (windows.tolist(), starts_top.tolist(), order.tolist(), order_len.tolist())
+        out_list: list[int] = []
+        for b in range(n_blocks):
+            n = BLOCK_SYMBOLS if b < n_blocks - 1 else count - BLOCK_SYMBOLS * b
+            out_list += _decode_block(table, int(starts[b]), int(block_bits[b]), n, top, filled)
+        return np.array(out_list, dtype=np.int64)
     pos = starts.copy()
     per_block = np.full(n_blocks, BLOCK_SYMBOLS, dtype=np.int64)
     per_block[-1] = count - BLOCK_SYMBOLS * (n_blocks - 1)
@@ -173,14 +179,43 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
     for step in range(min(BLOCK_SYMBOLS, count)):
         w = windows[np.minimum(pos >> 3, last)]
         peek = ((w << (pos & 7).astype(np.uint64)) & mask32) >> shift
-        sym = table_sym[peek.astype(np.int64)]
-        ln = table_len[peek.astype(np.int64)]
+        peek = peek.astype(np.int64)
+        k = np.searchsorted(starts_top, peek, side="right") - 1
+        sym = order[k]
+        ln = np.where(peek < filled, order_len[k], 0)
         active = step < per_block
         bad |= active & (ln == 0)
         out[:, step] = sym
         pos += np.where(active, ln, 0)
+        if step % 64 == 63 and bad.any():
+            break
     if bad.any():
         raise ValueError("invalid Huffman code in the stream")
     if not np.array_equal(pos - starts, block_bits):
         raise ValueError("Huffman blocks do not end where their lengths say")
     return out.reshape(-1)[:count]
+
+
+def _decode_block(
+    table: tuple[list[int], list[int], list[int], list[int]],
+    start: int,
+    n_bits: int,
+    n: int,
+    top: int,
+    filled: int,
+) -> list[int]:
+    """Decode one block of ``n`` symbols with Python integers (see :func:`decode`)."""
+    windows, starts_top, order, order_len = table
+    last = len(windows) - 1
+    pos = start
+    out = []
+    for _ in range(n):
+        peek = ((windows[min(pos >> 3, last)] << (pos & 7)) & 0xFFFFFFFF) >> (32 - top)
+        if peek >= filled:
+            raise ValueError("invalid Huffman code in the stream")
+        k = bisect.bisect_right(starts_top, peek) - 1
+        out.append(order[k])
+        pos += order_len[k]
+    if pos - start != n_bits:
+        raise ValueError("Huffman blocks do not end where their lengths say")
+    return out

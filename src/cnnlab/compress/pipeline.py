@@ -71,8 +71,9 @@ class CompressionConfig:
             raise ValueError("prune_steps must be >= 1 and epochs >= 0")
 
 
-def _retrain(model: nn.Module, loader: Any, epochs: int, lr: float, cfg: CompressionConfig,
-             device: str) -> None:
+def _retrain(
+    model: nn.Module, loader: Any, epochs: int, lr: float, cfg: CompressionConfig, device: str
+) -> None:
     from cnnlab.train import train_one_epoch
 
     if epochs == 0:
@@ -120,15 +121,19 @@ def compress(
         layers = prunable_layers(model).values()
         kept = sum(int((m.weight != 0).sum()) for m in layers)
         total = sum(m.weight.numel() for m in layers)
-        stages.append({  # evaluate() gives fractions; the report speaks in percent
-            "stage": stage,
-            "top1": 100 * metrics["top1"],
-            "top5": 100 * metrics["top5"],
-            "kept": kept / total,
-        })
+        stages.append(
+            {  # evaluate() gives fractions; the report speaks in percent
+                "stage": stage,
+                "top1": 100 * metrics["top1"],
+                "top5": 100 * metrics["top5"],
+                "kept": kept / total,
+            }
+        )
         if log:
-            log(f"{stage:>10}: top-1 {stages[-1]['top1']:.2f}  top-5 {stages[-1]['top5']:.2f}  "
-                f"weights kept {100 * kept / total:.1f}%")
+            log(
+                f"{stage:>10}: top-1 {stages[-1]['top1']:.2f}  top-5 {stages[-1]['top5']:.2f}  "
+                f"weights kept {100 * kept / total:.1f}%"
+            )
 
     record("baseline")
     if cfg.sparsity is not None:
@@ -138,8 +143,10 @@ def compress(
     if cfg.schedule == "gradual":
         ramps = {n: gradual_sparsity(s, cfg.prune_steps) for n, s in target.items()}
     else:
-        ramps = {n: [s * t / cfg.prune_steps for t in range(1, cfg.prune_steps + 1)]
-                 for n, s in target.items()}
+        ramps = {
+            n: [s * t / cfg.prune_steps for t in range(1, cfg.prune_steps + 1)]
+            for n, s in target.items()
+        }
     for step in range(cfg.prune_steps):
         prune(model, masks_for_sparsity(model, {n: r[step] for n, r in ramps.items()}))
         _retrain(model, train_loader, cfg.retrain_epochs, cfg.lr, cfg, device)
@@ -177,18 +184,22 @@ def layer_table(report: CnzReport, model: nn.Module, size_before: int) -> dict[s
             other += t.bytes
             continue
         nz = max(t.nonzero, 1)
-        rows.append({
-            "layer": weight_keys[t.name],
-            "weights": t.numel,
-            "kept": t.nonzero / t.numel,
-            "encoding": t.encoding,
-            "weight_bits": t.weight_bits if t.encoding == "shared" else 32,
-            "weight_bits_huffman": t.weight_stream_bits / nz if t.encoding == "shared" else None,
-            "index_bits": t.index_bits if t.encoding == "shared" else None,
-            "index_bits_huffman": t.index_stream_bits / nz if t.encoding == "shared" else None,
-            "bytes": t.bytes,
-            "ratio": t.bytes / (4 * t.numel),
-        })
+        rows.append(
+            {
+                "layer": weight_keys[t.name],
+                "weights": t.numel,
+                "kept": t.nonzero / t.numel,
+                "encoding": t.encoding,
+                "weight_bits": t.weight_bits if t.encoding == "shared" else 32,
+                "weight_bits_huffman": t.weight_stream_bits / nz
+                if t.encoding == "shared"
+                else None,
+                "index_bits": t.index_bits if t.encoding == "shared" else None,
+                "index_bits_huffman": t.index_stream_bits / nz if t.encoding == "shared" else None,
+                "bytes": t.bytes,
+                "ratio": t.bytes / (4 * t.numel),
+            }
+        )
     weights = sum(r["weights"] for r in rows)
     nonzero = sum(r["kept"] * r["weights"] for r in rows)
     shared = [t for t in report.tensors if t.name in weight_keys and t.encoding == "shared"]
@@ -196,8 +207,9 @@ def layer_table(report: CnzReport, model: nn.Module, size_before: int) -> dict[s
     # The paper's intermediate ratios, computed (not stored): CSR with fixed-width relative
     # indices (fillers included) and float32 values (pruning only) or codebook indices (P+Q).
     pruned_bits = sum(t.index_entries * (32 + t.index_bits) for t in shared)
-    pq_bits = sum(t.index_entries * (t.weight_bits + t.index_bits) + 32 * t.codebook_size
-                  for t in shared)
+    pq_bits = sum(
+        t.index_entries * (t.weight_bits + t.index_bits) + 32 * t.codebook_size for t in shared
+    )
     dense_other = report.size - sum(t.bytes for t in shared)
     return {
         "layers": rows,

@@ -136,7 +136,9 @@ def prune(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
             raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}")
         strip(module)
         module.weight.mul_(mask)
-        parametrize.register_parametrization(module, "weight", Masked(mask.to(module.weight.device)))
+        parametrize.register_parametrization(
+            module, "weight", Masked(mask.to(module.weight.device))
+        )
     return model
 
 

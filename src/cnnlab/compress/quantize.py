@@ -80,11 +80,15 @@ class Shared(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool))
 
     def forward(self, codebook: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.mask, codebook[self.assignment], torch.zeros((), dtype=codebook.dtype))
+        return torch.where(
+            self.mask, codebook[self.assignment], torch.zeros((), dtype=codebook.dtype)
+        )
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         idx = self.assignment[self.mask]
-        sums = torch.zeros(self.k, dtype=torch.float64).index_add_(0, idx, weight[self.mask].double())
+        sums = torch.zeros(self.k, dtype=torch.float64).index_add_(
+            0, idx, weight[self.mask].double()
+        )
         counts = torch.bincount(idx, minlength=self.k).clamp(min=1)
         return (sums / counts).to(weight.dtype)
 

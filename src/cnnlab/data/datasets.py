@@ -69,10 +69,12 @@ class TensorImageDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         x = self.images[index]
+        if self.augment:
+            x = augment_batch(x)
         if not self.normalised:
-            x = self.pre.batch(augment_batch(x) if self.augment else x)
-            if self.augment:
-                x = erase_batch(x)
+            x = self.pre.batch(x)
+        if self.augment:
+            x = erase_batch(x)
         return x, self.labels[index]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:

@@ -1,5 +1,23 @@
-"""Deploy: fold BatchNorm (``fuse``), export to ONNX, benchmark inference."""
+"""Deploy: fold BatchNorm (``fuse``), export to ONNX (``export_onnx``), benchmark (``benchmark``).
 
+onnx, onnxscript and onnxruntime are the optional extra ``cnnlab[export]``; they are imported
+only when an export or the onnxruntime backend is used.
+"""
+
+from cnnlab.deploy.bench import BACKENDS, BenchResult, benchmark, matmul_peak, torchvision_model
+from cnnlab.deploy.export import ExportResult, export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import FuseReport, fuse, fuse_with_report
 
-__all__ = ["FuseReport", "fuse", "fuse_with_report"]
+__all__ = [
+    "BACKENDS",
+    "BenchResult",
+    "ExportResult",
+    "FuseReport",
+    "benchmark",
+    "export_onnx",
+    "fuse",
+    "fuse_with_report",
+    "matmul_peak",
+    "onnxruntime_session",
+    "torchvision_model",
+]

@@ -70,7 +70,7 @@ def fuse_with_report(model: nn.Module) -> tuple[nn.Module, FuseReport]:
     """:func:`fuse`, also returning a :class:`FuseReport`. ``model`` itself is not changed."""
     fused = copy.deepcopy(model).eval()
     report = FuseReport()
-    calls, untraced = _calls_of_every_module(fused)
+    calls, outputs, untraced = _calls_of_every_module(fused)
     call_counts = Counter(id(fused.get_submodule(c.target)) for c in calls)
     shared = _shared_modules(fused)
 
@@ -79,13 +79,16 @@ def fuse_with_report(model: nn.Module) -> tuple[nn.Module, FuseReport]:
         bn = fused.get_submodule(call.target)
         if not isinstance(bn, _BatchNorm) or call.source is None:
             continue
-        layer = fused.get_submodule(call.source)
-        reason = _cannot_fold(layer, bn, call.source_users, call_counts, shared)
+        chain = _producers(fused, call.source, outputs)
+        layer = fused.get_submodule(chain[-1])
+        reason = _cannot_fold(
+            layer, bn, call.source_users, [*chain, call.target], fused, call_counts, shared
+        )
         if reason:
             report.left[call.target] = reason
             continue
         _fold(layer, bn)
-        report.folded.append((call.source, call.target))
+        report.folded.append((chain[-1], call.target))
         folded_bns.add(call.target)
 
     for name, module in list(fused.named_modules()):
@@ -111,26 +114,37 @@ class _Call:
     source_users: int
 
 
-def _calls_of_every_module(model: nn.Module) -> tuple[list[_Call], dict[str, str]]:
-    """Submodule calls in the code of every module that has children; and the untraceable ones."""
+def _calls_of_every_module(
+    model: nn.Module,
+) -> tuple[list[_Call], dict[str, str], dict[str, str]]:
+    """For every module with children: the submodule calls in its code; the child whose output
+    it returns (where that output has no other use); and the modules whose code is untraceable.
+    """
     calls: list[_Call] = []
+    outputs: dict[str, str] = {}
     untraced: dict[str, str] = {}
     for name, module in model.named_modules():
         if next(module.children(), None) is None:
             continue
         prefix = f"{name}." if name else ""
         try:
-            calls += [_Call(name, prefix + t, s and prefix + s, u) for t, s, u in _calls(module)]
+            found, output = _calls(module)
         except Exception as exc:  # torch.fx raises many types for Python it cannot follow
             untraced[name] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-    return calls, untraced
+            continue
+        calls += [_Call(name, prefix + t, s and prefix + s, u) for t, s, u in found]
+        if output is not None:
+            outputs[name] = prefix + output
+    return calls, outputs, untraced
 
 
-def _calls(module: nn.Module) -> list[tuple[str, str | None, int]]:
-    """(target, source, source's number of users) for every submodule call in ``module``'s code."""
+def _calls(module: nn.Module) -> tuple[list[tuple[str, str | None, int]], str | None]:
+    """(target, source, source's number of users) for every submodule call in ``module``'s code,
+    and the child whose output is returned as it is (None if there is no such child)."""
     if type(module).forward is nn.Sequential.forward:  # each child feeds the next, and only it
         names = list(module._modules)
-        return [(n, names[i - 1] if i else None, 1) for i, n in enumerate(names)]
+        found = [(n, names[i - 1] if i else None, 1) for i, n in enumerate(names)]
+        return found, names[-1] if names else None
     try:
         graphs = [_trace(module, "forward")]
     except Exception:
@@ -138,17 +152,33 @@ def _calls(module: nn.Module) -> list[tuple[str, str | None, int]]:
         if not methods:
             raise
         graphs = [_trace(module, m) for m in methods]
-    out = []
+    found = []
     for graph in graphs:
         for node in graph.nodes:
             if node.op != "call_module":
                 continue
             src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
             if isinstance(src, fx.Node) and src.op == "call_module":
-                out.append((str(node.target), str(src.target), len(src.users)))
+                found.append((str(node.target), str(src.target), len(src.users)))
             else:
-                out.append((str(node.target), None, 0))
-    return out
+                found.append((str(node.target), None, 0))
+    returned = graphs[0].output_node().args[0] if len(graphs) == 1 else None
+    if isinstance(returned, fx.Node) and returned.op == "call_module" and len(returned.users) == 1:
+        return found, str(returned.target)
+    return found, None
+
+
+def _producers(model: nn.Module, name: str, outputs: dict[str, str]) -> list[str]:
+    """``name``, then the child that produces its output, and so on down to a leaf layer.
+
+    A BN after Xception's ``SeparableConv2d`` module folds into the pointwise conv inside it.
+    """
+    chain = [name]
+    while not isinstance(model.get_submodule(chain[-1]), _ConvNd | nn.Linear) and (
+        chain[-1] in outputs
+    ):
+        chain.append(outputs[chain[-1]])
+    return chain
 
 
 def _trace(module: nn.Module, method: str) -> fx.Graph:
@@ -165,9 +195,16 @@ def _shared_modules(model: nn.Module) -> set[int]:
 
 
 def _cannot_fold(
-    conv: nn.Module, bn: _BatchNorm, users: int, calls: Counter, shared: set[int]
+    conv: nn.Module,
+    bn: _BatchNorm,
+    users: int,
+    path: list[str],
+    model: nn.Module,
+    calls: Counter,
+    shared: set[int],
 ) -> str | None:
-    """Why ``bn`` cannot be folded into ``conv`` (None if it can)."""
+    """Why ``bn`` cannot be folded into ``conv`` (None if it can); ``path`` runs from the
+    module whose output feeds ``bn`` down to ``conv``, then ``bn`` itself."""
     if isinstance(conv, nn.modules.conv._ConvTransposeNd):
         return "follows a transposed convolution (not folded)"
     if not isinstance(conv, _ConvNd | nn.Linear):
@@ -179,8 +216,9 @@ def _cannot_fold(
         return f"has {bn.num_features} features but the layer before it has {out_features}"
     if users != 1:
         return "the layer's output is also used elsewhere"
-    if id(conv) in shared or id(bn) in shared or calls[id(conv)] != 1 or calls[id(bn)] != 1:
-        return "a module that is shared or called more than once"
+    modules = [model.get_submodule(name) for name in path]
+    if any(id(m) in shared or calls[id(m)] != 1 for m in modules):
+        return "a module on the way is shared or called more than once"
     return None
 
 

@@ -15,7 +15,13 @@ import torch
 
 from cnnlab.registry import create_model
 
-__all__ = ["TIMM_NAMES", "TORCHVISION_NAMES", "convert_by_position", "from_timm", "from_torchvision"]
+__all__ = [
+    "TIMM_NAMES",
+    "TORCHVISION_NAMES",
+    "convert_by_position",
+    "from_timm",
+    "from_torchvision",
+]
 
 # cnnlab name -> torchvision.models builder name
 TORCHVISION_NAMES: dict[str, str] = {

@@ -275,6 +275,8 @@ _HAN16 = "Han, Mao, Dally: Deep Compression (ICLR 2016)"
 @register_model(
     "lenet5",
     family="lenet",
+    in_chans=1,
+    num_classes=10,
     paper=_LECUN98,
     year=1998,
     input_size=32,
@@ -295,6 +297,8 @@ def lenet5(num_classes: int = 10, in_chans: int = 1, head: str = "linear") -> Le
 @register_model(
     "lenet5_caffe",
     family="lenet",
+    in_chans=1,
+    num_classes=10,
     paper=_HAN16,
     year=2016,
     input_size=28,
@@ -311,6 +315,8 @@ def lenet5_caffe(num_classes: int = 10, in_chans: int = 1) -> LeNet5Caffe:
 @register_model(
     "lenet_300_100",
     family="lenet",
+    in_chans=1,
+    num_classes=10,
     paper=_HAN16,
     year=2016,
     input_size=28,

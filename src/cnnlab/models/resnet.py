@@ -5,8 +5,8 @@ max pool, then four stages conv2_x .. conv5_x of basic blocks (two 3x3 convs, Re
 or bottleneck blocks (1x1 reduce, 3x3, 1x1 expand by 4, ResNet-50/101/152, Sec. 4.1 "Deeper
 Bottleneck Architectures"), global average pooling and a 1000-way fully connected layer.
 Batch normalization follows every convolution, before the ReLU (Sec. 3.4). conv3_1, conv4_1 and
-conv5_1 downsample with stride 2 (Sec. 3.3); where the shape changes, the shortcut is a 1x1
-convolution + BN projection, the paper's option B (Sec. 3.3, Table 3).
+conv5_1 downsample with stride 2 (Table 1 caption); where the shape changes, the shortcut is a
+1x1 convolution + BN projection, the paper's option B (Sec. 3.3, Table 3).
 
 Two placements of that stride in a bottleneck:
 
@@ -15,7 +15,7 @@ Two placements of that stride in a bottleneck:
   ``cnnlab.interop.from_torchvision`` converts their weights by position.
 * ``resnet50_v1`` / ``resnet101_v1`` / ``resnet152_v1`` follow the paper: "downsampling is
   performed by conv3_1, conv4_1, and conv5_1 with a stride of 2", i.e. on the first 1x1 conv
-  of the block. The same parameters; fewer MACs, since the 3x3 runs at the reduced size.
+  of the block. The same parameters; fewer MACs, since that 1x1 then runs at the reduced size.
 
 ``plain18`` / ``plain34`` are the plain baselines of Sec. 4.1 and Figure 3 (middle): the same
 stacks with no shortcut connections at all (hence no projection convolutions either).
@@ -54,7 +54,7 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 
-PAPER = "He et al., Deep Residual Learning for Image Recognition (CVPR 2016)"
+PAPER = "He et al., Deep Residual Learning for Image Recognition"
 
 
 def _shortcut(in_chans: int, out_chans: int, stride: int, residual: bool) -> nn.Module | None:
@@ -135,7 +135,7 @@ class ResNet(ClassifierModel):
         residual: False builds the plain network of Sec. 4.1 (no shortcuts).
         stride_on_3x3: bottleneck stride on the 3x3 (v1.5) or on the first 1x1 (paper, v1).
         zero_init_residual: start every block's last BN at gamma = 0, so each residual block
-            begins as the identity (Goyal et al. 2017, Sec. 5.1); not in the paper.
+            begins as the identity (Goyal et al. 2017); not in the paper.
     """
 
     def __init__(

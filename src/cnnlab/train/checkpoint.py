@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,9 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise CnnlabError(f"training state {str(p)!r} does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol is not worth a warning
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             zipfile.BadZipFile, AttributeError, TypeError) as exc:  # fmt: skip
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -346,7 +346,7 @@ def _fit(
     try:
         for epoch in range(start_epoch, cfg.epochs):
             train_loader.sampler.set_epoch(epoch)
-            bar = _progress(progress and writes, epoch, cfg.epochs, steps * cfg.batch_size)
+            bar = _progress(progress and writes, epoch, cfg.epochs, steps * train_loader.batch_size)
             t0 = time.perf_counter()
             try:
                 stats = run_epoch(

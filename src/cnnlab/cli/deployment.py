@@ -1,0 +1,150 @@
+"""``cnnlab export`` (ONNX, verified with onnxruntime) and ``cnnlab bench`` (inference speed)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+from cnnlab.cli._format import format_table, human, print_json
+from cnnlab.io import CnnlabError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a model to ONNX (BatchNorm folded), verified with onnxruntime"
+    )
+    p.add_argument("model", help="model name, see `cnnlab models`")
+    p.add_argument("--checkpoint", help="our safetensors weights (a file or a run folder)")
+    p.add_argument("--format", default="onnx", help="output format (only 'onnx')")
+    p.add_argument("--out", required=True, help="output file, e.g. resnet50.onnx")
+    p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
+    p.add_argument("--img-size", type=int, help="input side (default: the model's native size)")
+    p.add_argument(
+        "--external-data", action="store_true", help="weights in OUT.data beside the graph"
+    )
+    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (1e-4)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run_export)
+
+    b = subparsers.add_parser("bench", help="inference / training speed, vs torchvision and peak")
+    b.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN", help="model names")
+    b.add_argument("--batch-size", default="1", help="comma-separated, e.g. 1,16")
+    b.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    b.add_argument(
+        "--backend",
+        default="eager",
+        help="comma-separated from eager, fused, compile, onnxruntime; or 'all'",
+    )
+    b.add_argument("--vs", choices=["torchvision"], help="interleave the peer's model")
+    b.add_argument("--img-size", type=int, help="input side (default: the model's native size)")
+    b.add_argument("--repeats", type=int, default=10, help="timed rounds (10)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed calls first (3)")
+    b.add_argument("--no-train", action="store_true", help="skip the training throughput")
+    b.add_argument(
+        "--no-channels-last", action="store_true", help="fused/compile in NCHW, not NHWC"
+    )
+    out = b.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument("--csv", action="store_true", help="comma-separated output")
+    b.set_defaults(func=run_bench)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from cnnlab.deploy import export_onnx
+    from cnnlab.deploy.export import FORMATS
+    from cnnlab.registry import create_model
+
+    if args.format not in FORMATS:
+        raise CnnlabError(f"unsupported format {args.format!r}; choose from {', '.join(FORMATS)}")
+    if args.checkpoint:
+        from cnnlab.train import load_checkpoint_model
+
+        model, _ = load_checkpoint_model(args.model, args.checkpoint)
+    else:
+        model = create_model(args.model)
+    result = export_onnx(
+        model,
+        args.out,
+        img_size=args.img_size,
+        dynamic_batch=args.dynamic_batch,
+        external_data=args.external_data,
+        atol=args.atol,
+    )
+    if args.json:
+        print_json(vars(result))
+        return 0
+    shape = "x".join("N" if d < 0 else str(d) for d in result.input_shape)
+    where = result.path + (f" (+ {result.data_path})" if result.data_path else "")
+    print(
+        f"wrote {where}: input {shape}, {human(result.bytes, 'B')}, "
+        f"onnxruntime vs PyTorch max |diff| {result.max_abs_diff:.2g}"
+    )
+    return 0
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CnnlabError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise CnnlabError(f"{what} is empty")
+    return values
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from cnnlab.deploy.bench import BACKENDS, benchmark
+
+    backends = list(BACKENDS) if args.backend == "all" else args.backend.split(",")
+    quiet = args.json or args.csv
+    results = benchmark(
+        args.patterns,
+        batch_sizes=_int_list(args.batch_size, "--batch-size"),
+        backends=[b.strip() for b in backends],
+        threads=args.threads,
+        img_size=args.img_size,
+        vs_torchvision=args.vs == "torchvision",
+        train=not args.no_train,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        channels_last=not args.no_channels_last,
+        progress=None if quiet else lambda m: print(f"... {m}", file=sys.stderr),
+    )
+    rows = [r.as_dict() for r in results]
+    if args.json:
+        print_json(rows)
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print(_table(results, args.vs == "torchvision"))
+    return 0
+
+
+def _table(results: list, vs: bool) -> str:
+    headers = ["model", "backend", "batch", "ms/batch", "±IQR", "img/s", "train img/s"]
+    headers += ["GFLOP/s", "of peak"] + (["tv ms", "speedup"] if vs else [])
+    rows = []
+    for r in results:
+        row = [
+            r.model,
+            r.backend,
+            r.batch_size,
+            f"{r.latency_ms:.2f}",
+            f"{r.latency_iqr_ms:.2f}",
+            f"{r.images_per_s:.1f}",
+            "-" if r.train_images_per_s is None else f"{r.train_images_per_s:.1f}",
+            f"{r.gflops:.1f}",
+            f"{100 * r.peak_fraction:.0f}%",
+        ]
+        if vs:
+            row += [f"{r.torchvision_latency_ms:.2f}", f"{r.speedup_vs_torchvision:.2f}x"]
+        rows.append(row)
+    peak = results[0].matmul_peak_gflops if results else 0.0
+    note = (
+        f"\nGFLOP/s = 2 x MACs x batch / latency; peak = fp32 {1024}^3 matmul "
+        f"({peak:.1f} GFLOP/s, measured in the same rounds); {results[0].threads} threads"
+    )
+    return format_table(headers, rows) + (note if results else "")

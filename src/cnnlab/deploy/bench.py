@@ -1,0 +1,343 @@
+"""Inference benchmark: backends side by side, against torchvision, against the matmul peak.
+
+Method. Everything measured for one model and batch size (each backend, torchvision's model
+of the same architecture, and an fp32 matrix multiply that stands for this machine's peak) is
+timed *interleaved*: one sample of each per round, ``repeats`` rounds after a warm-up. Other
+processes that share the CPU then slow all of them alike, and the ratios stay meaningful.
+Reported: median latency and its spread (interquartile range), images/s, achieved GFLOP/s
+from our MAC count (FLOPs = 2 x MACs, Conv + Linear only) and its fraction of the matmul
+GFLOP/s measured in the same rounds, and the training throughput (forward, backward, SGD step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.analysis import count_macs
+from cnnlab.deploy.export import export_onnx, onnxruntime_session
+from cnnlab.deploy.fuse import fuse
+from cnnlab.io import CnnlabError
+from cnnlab.registry import create_model, list_models
+
+__all__ = ["BACKENDS", "BenchResult", "benchmark", "matmul_peak", "torchvision_model"]
+
+BACKENDS = ("eager", "fused", "compile", "onnxruntime")
+MATMUL_SIZE = 1024  # n of the n x n x n fp32 matmul that measures the peak
+MIN_SAMPLE_S = 0.05  # a timed sample repeats the call until it lasts at least this long
+
+
+@dataclass
+class BenchResult:
+    """One (model, backend, batch size) measurement. Times in ms, rates per second."""
+
+    model: str
+    backend: str
+    batch_size: int
+    img_size: int
+    threads: int
+    latency_ms: float  # median time of one batch
+    latency_iqr_ms: float  # interquartile range of the samples
+    images_per_s: float
+    macs: int  # per image, Conv + Linear
+    gflops: float  # achieved, 2 * MACs * batch / latency
+    matmul_peak_gflops: float  # fp32 matmul measured in the same rounds
+    peak_fraction: float
+    train_images_per_s: float | None = None
+    torchvision_latency_ms: float | None = None
+    speedup_vs_torchvision: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Timer:
+    name: str
+    run: Callable[[], Any]
+    number: int = 1  # calls per sample
+    samples: list[float] | None = None
+
+    def calibrate(self, warmup: int) -> None:
+        for _ in range(warmup):
+            self.run()
+        start = time.perf_counter()
+        self.run()
+        once = max(time.perf_counter() - start, 1e-6)
+        self.number = max(1, min(100, math.ceil(MIN_SAMPLE_S / once)))
+        self.samples = []
+
+    def sample(self) -> None:
+        start = time.perf_counter()
+        for _ in range(self.number):
+            self.run()
+        self.samples.append((time.perf_counter() - start) / self.number)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def iqr(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        q = statistics.quantiles(self.samples, n=4)
+        return q[2] - q[0]
+
+
+def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
+    """torchvision's model of the same architecture as cnnlab's ``name`` (random weights)."""
+    from cnnlab.interop import TORCHVISION_NAMES
+
+    if name not in TORCHVISION_NAMES:
+        raise ValueError(
+            f"{name!r} has no torchvision counterpart; these do: {', '.join(TORCHVISION_NAMES)}"
+        )
+    import torchvision
+
+    tv_name = TORCHVISION_NAMES[name]
+    kwargs: dict[str, Any] = {"weights": None, "num_classes": num_classes}
+    if tv_name in ("googlenet", "inception_v3"):
+        kwargs["init_weights"] = True
+    return torchvision.models.get_model(tv_name, **kwargs).eval()
+
+
+def matmul_peak(threads: int | None = None, size: int = MATMUL_SIZE, repeats: int = 10) -> float:
+    """GFLOP/s of an fp32 ``size`` x ``size`` matmul on this machine (median of ``repeats``)."""
+    with _threads(threads):
+        timer = _matmul_timer(size)
+        timer.calibrate(warmup=2)
+        for _ in range(repeats):
+            timer.sample()
+    return 2 * size**3 / timer.median / 1e9
+
+
+def _matmul_timer(size: int) -> _Timer:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    return _Timer("matmul", lambda: torch.mm(a, b, out=out))
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[int]:
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def benchmark(
+    patterns: Sequence[str] = ("*",),
+    *,
+    batch_sizes: Sequence[int] = (1,),
+    backends: Sequence[str] = ("eager",),
+    threads: int | None = None,
+    img_size: int | None = None,
+    vs_torchvision: bool = False,
+    train: bool = True,
+    warmup: int = 3,
+    repeats: int = 10,
+    channels_last: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[BenchResult]:
+    """Benchmark every model matching ``patterns`` with each backend and batch size.
+
+    ``backends``: ``eager`` (the model as built), ``fused`` (BatchNorm folded, channels-last
+    memory format unless ``channels_last=False``), ``compile`` (``torch.compile`` of the fused
+    model, inductor with weight freezing) and ``onnxruntime`` (exported, all graph
+    optimisations). ``vs_torchvision`` interleaves torchvision's model of the same architecture
+    (eager) and fills ``speedup_vs_torchvision`` = its latency / ours.
+    """
+    names = _resolve(patterns)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(
+            f"unknown backend {', '.join(unknown) or '(none)'}; choose from {', '.join(BACKENDS)}"
+        )
+    if any(not isinstance(b, int) or b < 1 for b in batch_sizes) or not batch_sizes:
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be at least 1 and warmup at least 0")
+    if vs_torchvision:
+        from cnnlab.interop import TORCHVISION_NAMES
+
+        missing = [n for n in names if n not in TORCHVISION_NAMES]
+        if missing:
+            raise ValueError(
+                f"no torchvision counterpart for {', '.join(missing)} (--vs torchvision)"
+            )
+    results: list[BenchResult] = []
+    with _threads(threads) as n_threads:
+        for name in names:
+            for batch in batch_sizes:
+                if progress:
+                    progress(f"{name} batch {batch}: {', '.join(backends)}")
+                results += _bench_one(
+                    name,
+                    batch,
+                    backends,
+                    n_threads,
+                    img_size,
+                    vs_torchvision,
+                    train,
+                    warmup,
+                    repeats,
+                    channels_last,
+                )
+    return results
+
+
+def _resolve(patterns: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for pattern in patterns or ("*",):
+        found = list_models(pattern)
+        if not found:
+            raise ValueError(f"no model matches {pattern!r}; see `cnnlab models`")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def _bench_one(
+    name: str,
+    batch: int,
+    backends: Sequence[str],
+    threads: int,
+    img_size: int | None,
+    vs_torchvision: bool,
+    train: bool,
+    warmup: int,
+    repeats: int,
+    channels_last: bool,
+) -> list[BenchResult]:
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    chans, height, width = model.input_size
+    if img_size is not None:
+        height = width = img_size
+    x = torch.randn(batch, chans, height, width)
+    macs = count_macs(model, (chans, height, width))
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
+        timers = [_backend_timer(b, model, x, threads, Path(tmp), channels_last) for b in backends]
+        reference = None
+        if vs_torchvision:
+            tv = torchvision_model(name)
+            reference = _Timer("torchvision", _no_grad(lambda: tv(x)))
+        peak = _matmul_timer(MATMUL_SIZE)
+        everyone = [*timers, *([reference] if reference else []), peak]
+        for timer in everyone:
+            timer.calibrate(warmup)
+        for _ in range(repeats):
+            for timer in everyone:
+                timer.sample()
+    peak_gflops = 2 * MATMUL_SIZE**3 / peak.median / 1e9
+    train_rate = _train_rate(model, x, warmup=1, repeats=max(2, repeats // 3)) if train else None
+    out = []
+    for timer in timers:
+        gflops = 2 * macs * batch / timer.median / 1e9
+        speedup = None
+        if reference is not None:
+            # The median of per-round ratios: each pair ran back to back under the same load.
+            speedup = statistics.median(
+                t / o for t, o in zip(reference.samples, timer.samples, strict=True)
+            )
+        out.append(
+            BenchResult(
+                model=name,
+                backend=timer.name,
+                batch_size=batch,
+                img_size=height,
+                threads=threads,
+                latency_ms=timer.median * 1e3,
+                latency_iqr_ms=timer.iqr * 1e3,
+                images_per_s=batch / timer.median,
+                macs=macs,
+                gflops=gflops,
+                matmul_peak_gflops=peak_gflops,
+                peak_fraction=gflops / peak_gflops,
+                train_images_per_s=train_rate,
+                torchvision_latency_ms=reference.median * 1e3 if reference else None,
+                speedup_vs_torchvision=speedup,
+            )
+        )
+    return out
+
+
+def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.inference_mode():
+            return fn()
+
+    return run
+
+
+def _backend_timer(
+    backend: str, model: nn.Module, x: torch.Tensor, threads: int, tmp: Path, channels_last: bool
+) -> _Timer:
+    if backend == "eager":
+        return _Timer(backend, _no_grad(lambda: model(x)))
+    if backend == "onnxruntime":
+        path = tmp / f"{getattr(model, 'model_name', 'model')}.onnx"
+        export_onnx(model, path, img_size=x.shape[-1], dynamic_batch=True)
+        session = onnxruntime_session(path, threads=threads)
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return _Timer(backend, lambda: session.run(None, feed))
+    fused = fuse(model)
+    fx = x
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+        fx = x.contiguous(memory_format=torch.channels_last)
+    if backend == "fused":
+        return _Timer(backend, _no_grad(lambda: fused(fx)))
+    compiled = _compile(fused)
+    return _Timer(backend, _no_grad(lambda: compiled(fx)))
+
+
+def _compile(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` with inductor, weights frozen as constants (CPU inference settings)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    try:
+        return torch.compile(model, backend="inductor", dynamic=False)
+    except Exception as exc:  # a missing C++ compiler or an unsupported op
+        raise CnnlabError(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
+
+
+def _train_rate(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float | None:
+    """Training images/s: forward, cross-entropy, backward and an SGD step on a copy."""
+    import copy
+
+    net = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    target = torch.zeros(x.shape[0], dtype=torch.long)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = net(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        nn.functional.cross_entropy(logits, target).backward()
+        optimizer.step()
+
+    try:
+        timer = _Timer("train", step)
+        timer.calibrate(warmup)
+        for _ in range(repeats):
+            timer.sample()
+    except ValueError:  # BatchNorm cannot train on one value per channel (batch 1, 1x1 maps)
+        return None
+    return x.shape[0] / timer.median
