@@ -3,6 +3,8 @@
 # train LeNet-5 on the CPU for a few epochs, evaluate it on the 10,000 test images and print
 # top-1 / top-5 with the wall-clock time.
 # Usage: scripts/demo.sh [OUT_DIR]        (default runs/demo-lenet5, replaced on each run)
+# DEMO_EPOCHS (default 4) and DEMO_ARGS (extra `cnnlab train` flags, e.g. "--limit 2000")
+# shorten it for a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || ./scripts/setup.sh
@@ -26,9 +28,10 @@ echo
 echo "== LeNet-5 on Fashion-MNIST (28x28 centred in 32x32, as LeCun et al. 1998 Sec. II-A)"
 rm -rf "$out"
 SECONDS=0
-"$py" -m cnnlab train lenet5 --data fashion-mnist --epochs 4 --batch-size 128 \
-  --optimizer adamw --lr 3e-3 --weight-decay 1e-4 --schedule onecycle \
-  --no-progress --out "$out"
+# shellcheck disable=SC2086  # DEMO_ARGS is a list of flags
+"$py" -m cnnlab train lenet5 --data fashion-mnist --epochs "${DEMO_EPOCHS:-4}" \
+  --batch-size 128 --optimizer adamw --lr 3e-3 --weight-decay 1e-4 --schedule onecycle \
+  --no-progress --out "$out" ${DEMO_ARGS:-}
 echo
 echo "== evaluation of the final weights on the 10,000 test images"
 "$py" -m cnnlab eval lenet5 --checkpoint "$out/last.safetensors" --data fashion-mnist \

@@ -67,7 +67,9 @@ class WithAux(nn.Module):
         super().__init__()
         self.body = ConvNormAct(3, 6)
         self.aux = nn.Sequential(nn.Flatten(), nn.Linear(6 * 8 * 8, 2))
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(6 * 8 * 8, 2), nn.BatchNorm1d(2))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(6 * 8 * 8, 2), nn.BatchNorm1d(2)
+        )
 
     def forward(self, x: torch.Tensor):
         x = self.body(x)

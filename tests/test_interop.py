@@ -16,6 +16,8 @@ from cnnlab.interop import TIMM_NAMES, TORCHVISION_NAMES, from_timm, from_torchv
 SIDE = 64
 # timm model keyword arguments that make its architecture equal to ours, per cnnlab name.
 TIMM_KWARGS: dict[str, dict] = {"xception": {}, "mobilenet_v1": {"act_layer": torch.nn.ReLU}}
+# torchvision's GoogLeNet warns unless told which initialisation to use.
+TORCHVISION_KWARGS: dict[str, dict] = {"googlenet_tv": {"init_weights": True}}
 
 
 def _randomise_norms(model: torch.nn.Module) -> None:
@@ -40,7 +42,8 @@ def _assert_same_outputs(name: str, theirs: torch.nn.Module, state_dict: dict, s
 @pytest.mark.parametrize("name", sorted(TORCHVISION_NAMES))
 def test_from_torchvision(name):
     torch.manual_seed(0)
-    theirs = getattr(torchvision.models, TORCHVISION_NAMES[name])().eval()
+    builder = getattr(torchvision.models, TORCHVISION_NAMES[name])
+    theirs = builder(**TORCHVISION_KWARGS.get(name, {})).eval()
     _randomise_norms(theirs)
     _assert_same_outputs(name, theirs, from_torchvision(name, theirs.state_dict()), SIDE)
 

@@ -50,11 +50,13 @@ class TinyNet(ClassifierModel):
 
 
 def _entry(name: str, **defaults) -> registry.ModelEntry:
-    return registry.ModelEntry(
-        name=name, builder=TinyNet, family="test", paper="test", year=2024,
-        input_size=(3, 16, 16), min_input_size=4, reference_params=None, reference_macs=None,
-        source="", defaults=defaults,
-    )  # fmt: skip
+    """A registry entry for TinyNet, made by ``register_model`` and taken out again."""
+    registry._load_models()
+    registry.register_model(
+        name, family="test", paper="test", year=2024, input_size=16, min_input_size=4,
+        num_classes=10, **defaults,
+    )(TinyNet)  # fmt: skip
+    return registry._REGISTRY.pop(name)
 
 
 TINY_MODELS = {

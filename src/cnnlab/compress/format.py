@@ -63,7 +63,7 @@ ENCODING_NAMES = {RAW: "raw", HALF: "half", SHARED: "shared"}
 MAX_SHARED_CODEBOOK = 1 << 16  # weights with more distinct values are stored raw
 MAX_INDEX_BITS = 16
 MAX_ELEMENTS = 1 << 31  # per tensor; a tiny sparse file must not claim a giant tensor
-LENGTH_BITS = 5  # Huffman code lengths (<= 24) are stored in 5 bits each
+LENGTH_BITS = 5  # Huffman code lengths (<= 20) are stored in 5 bits each
 
 _DTYPES: list[torch.dtype] = [
     torch.float32,

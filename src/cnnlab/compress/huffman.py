@@ -3,12 +3,13 @@
 Deep Compression (Han et al., ICLR 2016, section 4) Huffman-codes the quantized weight indices
 and the relative sparse indices. The codes here are *canonical*: only the code length of each
 symbol is stored, the codes follow from the lengths. Lengths are limited to
-:data:`MAX_CODE_LENGTH` bits so that one 32-bit window always holds a whole code.
+:data:`MAX_CODE_LENGTH` bits, so one 32-bit window always holds a whole code and a table of
+``2**20`` entries decodes any code in one lookup.
 
 Decoding a variable-length code is sequential, so the encoder cuts the stream into blocks of
-:data:`BLOCK_SYMBOLS` symbols and records each block's length in bits; the decoder then steps
-through all blocks at once (one numpy operation per symbol position inside a block, not per
-symbol), which keeps a 100M-weight layer in the seconds.
+:data:`BLOCK_SYMBOLS` symbols and records each block's length in bits. The decoder looks up
+the code that would start at *every* bit position (vectorised), then follows the chain of code
+starts in all blocks at once: one numpy step per symbol position inside a block, not per symbol.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ __all__ = [
     "encode",
 ]
 
-MAX_CODE_LENGTH = 24
+MAX_CODE_LENGTH = 20  # a 2**20-entry lookup table decodes any code in one step
 BLOCK_SYMBOLS = 1024
 SCALAR_BLOCKS = 4
+GROUP_BITS = 1 << 23
 
 
 def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
@@ -119,7 +121,7 @@ def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[bytes, np.ndarray]
     block_bits = np.add.reduceat(sym_len, block_starts)
     total = int(sym_len.sum())
     offsets = np.cumsum(sym_len) - sym_len
-    # Each code (<= 24 bits) starting `offsets % 8` bits into its first byte spans at most four
+    # Each code (<= 20 bits) starting `offsets % 8` bits into its first byte spans at most four
     # bytes. Codes never overlap, so OR-ing their bits into a byte equals adding them: one
     # bincount per byte lane packs the whole stream.
     n_bytes = -(-total // 8)
@@ -168,32 +170,66 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
             n = BLOCK_SYMBOLS if b < n_blocks - 1 else count - BLOCK_SYMBOLS * b
             out_list += _decode_block(table, int(starts[b]), int(block_bits[b]), n, top, filled)
         return np.array(out_list, dtype=np.int64)
-    pos = starts.copy()
     per_block = np.full(n_blocks, BLOCK_SYMBOLS, dtype=np.int64)
     per_block[-1] = count - BLOCK_SYMBOLS * (n_blocks - 1)
-    out = np.zeros((n_blocks, BLOCK_SYMBOLS), dtype=np.int64)
-    bad = np.zeros(n_blocks, dtype=bool)
-    last = len(windows) - 1
-    shift = np.uint64(32 - top)
-    mask32 = np.uint64(0xFFFFFFFF)
-    for step in range(min(BLOCK_SYMBOLS, count)):
-        w = windows[np.minimum(pos >> 3, last)]
-        peek = ((w << (pos & 7).astype(np.uint64)) & mask32) >> shift
-        peek = peek.astype(np.int64)
-        k = np.searchsorted(starts_top, peek, side="right") - 1
-        sym = order[k]
-        ln = np.where(peek < filled, order_len[k], 0)
-        active = step < per_block
-        bad |= active & (ln == 0)
-        out[:, step] = sym
-        pos += np.where(active, ln, 0)
-        if step % 64 == 63 and bad.any():
-            break
-    if bad.any():
-        raise ValueError("invalid Huffman code in the stream")
-    if not np.array_equal(pos - starts, block_bits):
-        raise ValueError("Huffman blocks do not end where their lengths say")
-    return out.reshape(-1)[:count]
+    lookup = _Lookup(starts_top, order, order_len, top, filled)
+    out = np.empty(count, dtype=np.int64)
+    # Groups of blocks covering at most GROUP_BITS bits bound the per-bit arrays.
+    group_start = 0
+    while group_start < n_blocks:
+        group_end = group_start + 1
+        while (
+            group_end < n_blocks
+            and starts[group_end] + block_bits[group_end] - starts[group_start] <= GROUP_BITS
+        ):
+            group_end += 1
+        blocks = slice(group_start, group_end)
+        lo = int(starts[group_start])
+        hi = int(starts[group_end - 1] + block_bits[group_end - 1])
+        # Decode at every bit position of the group at once: the symbol and code length a
+        # code starting there would have; then follow the chain of code starts per block.
+        bit = np.arange(lo, hi + 1, dtype=np.int64)
+        w = windows[np.minimum(bit >> 3, len(windows) - 1)]
+        peek = ((w << (bit & 7).astype(np.uint64)) & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - top)
+        sym_at, len_at = lookup(peek.astype(np.int64))
+        len_at[-1] = 0  # the position after the group's last bit never starts a code
+        n_steps = int(per_block[blocks].max())
+        pos = starts[blocks] - lo
+        trail = np.empty((group_end - group_start, n_steps), dtype=np.int64)
+        for step in range(n_steps):
+            trail[:, step] = pos
+            pos = np.minimum(pos + len_at[pos], hi - lo)
+        counts = per_block[blocks]
+        active = np.arange(n_steps) < counts[:, None]
+        if np.any(active & (len_at[trail] == 0)):
+            raise ValueError("invalid Huffman code in the stream")
+        last = trail[np.arange(len(counts)), counts - 1]
+        if not np.array_equal(last + len_at[last], starts[blocks] + block_bits[blocks] - lo):
+            raise ValueError("Huffman blocks do not end where their lengths say")
+        first = group_start * BLOCK_SYMBOLS
+        out[first : first + int(counts.sum())] = sym_at[trail[active]]
+        group_start = group_end
+    return out
+
+
+class _Lookup:
+    """Symbol and code length of every ``top``-bit window (length 0: no code starts there)."""
+
+    def __init__(
+        self,
+        starts_top: np.ndarray,
+        order: np.ndarray,
+        order_len: np.ndarray,
+        top: int,
+        filled: int,
+    ) -> None:
+        windows = np.arange(1 << top)
+        k = np.searchsorted(starts_top, windows, side="right") - 1
+        self.symbol = order[k]
+        self.length = np.where(windows < filled, order_len[k], 0)
+
+    def __call__(self, peek: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.symbol[peek], self.length[peek]
 
 
 def _decode_block(

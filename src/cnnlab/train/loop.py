@@ -9,6 +9,7 @@ on CPU in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ def _distributed() -> bool:
 def _autocast(device: torch.device) -> Any:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    return contextlib.nullcontext()  # CPU: fp32
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
