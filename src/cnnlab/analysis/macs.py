@@ -14,8 +14,21 @@ import torch
 from torch import nn
 
 
+# Layers whose MACs `layer_macs` counts from their shapes.
+COUNTED_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
+
+
+def counts_macs(module: nn.Module) -> bool:
+    """Whether :func:`layer_macs` counts ``module``: a Conv, Linear or Bilinear layer, or a
+    custom layer that says its own cost through a method ``macs(inputs, output) -> int``."""
+    return isinstance(module, COUNTED_TYPES) or callable(getattr(module, "macs", None))
+
+
 def layer_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
-    """MACs of one Conv or Linear call (whole batch); 0 for any other module."""
+    """MACs of one call of a layer that :func:`counts_macs` (whole batch); 0 for any other."""
+    own = getattr(module, "macs", None)
+    if callable(own):
+        return int(own(inputs, output))
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         # Every input element is scattered into (out_channels / groups) * prod(kernel) outputs.
         return (

@@ -37,16 +37,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.analysis.macs import layer_macs
+from cnnlab.analysis.macs import counts_macs, layer_macs
 
 __all__ = ["LayerRow", "Profile", "measure_memory", "profile"]
 
-# Layers whose MACs `layer_macs` counts.
-COUNTED_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.conv._ConvNd,
-    nn.Linear,
-    nn.Bilinear,
-)
 # Modules of these torch files cost no MACs by the convention (norms, activations, pooling,
 # dropout, reshapes, padding, resampling).
 _FREE_MODULES = {
@@ -216,9 +210,9 @@ def profile(
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
         stats = own[module]
         stats["output_shape"] = _shape_of(output)
-        macs = layer_macs(module, inputs, output) if isinstance(module, COUNTED_TYPES) else 0
+        macs = layer_macs(module, inputs, output) if counts_macs(module) else 0
         stats["macs"] += macs
-        if not isinstance(module, COUNTED_TYPES) and not _is_free(module):
+        if not counts_macs(module) and not _is_free(module):
             has_own = any(True for _ in module.parameters(recurse=False))
             if has_own or not any(True for _ in module.children()):
                 kind = type(module).__name__

@@ -42,7 +42,8 @@ class CompressionConfig:
     reaches the target in that many prune/retrain rounds: ``"iterative"`` raises the sparsity
     linearly, ``"gradual"`` on Zhu & Gupta's cubic ramp. ``retrain_epochs`` is per round;
     ``finetune_epochs`` fine-tunes the centroids. Retraining uses SGD with momentum and L2
-    weight decay (the paper found L2 best for retraining).
+    weight decay (the paper found L2 best for retraining), the learning rate decaying to zero
+    on a cosine within each round.
     """
 
     quality: float | Mapping[str, float] | None = None
@@ -81,8 +82,11 @@ def _retrain(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
+    # Cosine decay to zero over the round, per batch: the round ends on converged weights.
+    steps = max(1, epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     for _ in range(epochs):
-        train_one_epoch(model, loader, optimizer, device=device)
+        train_one_epoch(model, loader, optimizer, device=device, scheduler=scheduler)
 
 
 def finalize(model: nn.Module, half_precision_other: bool = True) -> nn.Module:

@@ -16,6 +16,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from cnnlab.models.base import ClassifierModel, replace_linear
 from cnnlab.registry import register_model
@@ -70,30 +71,37 @@ class Subsampling(nn.Module):
 class ConnectionTableConv(nn.Module):
     """A convolution whose output map ``j`` sees only the input maps ``table[j]`` (Table I).
 
-    Consecutive output maps with the same number of inputs form one grouped convolution over
-    the gathered input maps, so the trainable parameters are exactly
-    ``sum(len(row)) * k * k + len(table)`` and a MAC counter sees every connection.
+    The trainable weights are the table's connections alone (``sum(len(row)) * k * k``
+    weights plus one bias per output map). The forward pass scatters them into a dense kernel
+    whose unconnected entries are fixed zeros and runs one convolution: on a CPU that is
+    several times faster than a grouped convolution per row length. :meth:`macs` counts the
+    connections, not the zeros.
     """
 
     def __init__(self, table: tuple[tuple[int, ...], ...], kernel_size: int) -> None:
         super().__init__()
         self.table = table
-        runs: list[list[tuple[int, ...]]] = []
-        for row in table:
-            if runs and len(runs[-1][0]) == len(row):
-                runs[-1].append(row)
-            else:
-                runs.append([row])
-        self.inputs = [[i for row in run for i in row] for run in runs]
-        self.convs = nn.ModuleList(
-            nn.Conv2d(len(idx), len(run), kernel_size, groups=len(run))
-            for idx, run in zip(self.inputs, runs, strict=True)
-        )
+        self.in_channels = 1 + max(i for row in table for i in row)
+        self.out_channels = len(table)
+        self.kernel_size = (kernel_size, kernel_size)
+        rows = [j for j, row in enumerate(table) for _ in row]
+        cols = [i for row in table for i in row]
+        self.weight = nn.Parameter(torch.empty(len(cols), kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(self.out_channels))
+        self.register_buffer("rows", torch.tensor(rows), persistent=False)
+        self.register_buffer("cols", torch.tensor(cols), persistent=False)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (out, in, k, k) kernel with zeros where Table I has no connection."""
+        dense = self.weight.new_zeros(self.out_channels, self.in_channels, *self.kernel_size)
+        return dense.index_put((self.rows, self.cols), self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
-            [conv(x[:, idx]) for idx, conv in zip(self.inputs, self.convs, strict=True)], 1
-        )
+        return F.conv2d(x, self.dense_weight(), self.bias)
+
+    def macs(self, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> int:
+        """Multiply-accumulates of the table's connections (cnnlab.analysis protocol)."""
+        return output[:, 0].numel() * self.weight.numel()
 
 
 class EuclideanRBF(nn.Module):
@@ -157,6 +165,14 @@ class LeNet5(ClassifierModel):
     def _init_weights(self) -> None:
         # Appendix A: weights (and biases) uniform in [-2.4 / F, 2.4 / F], F the unit's fan-in.
         for m in self.modules():
+            if isinstance(m, ConnectionTableConv):  # each map's fan-in: its row of Table I
+                start = 0  # the weights are stored row after row of the table
+                for j, row in enumerate(m.table):
+                    bound = 2.4 / (len(row) * KERNEL * KERNEL)
+                    m.weight[start : start + len(row)].uniform_(-bound, bound)
+                    m.bias[j].uniform_(-bound, bound)
+                    start += len(row)
+                continue
             if isinstance(m, nn.Conv2d):
                 fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
             elif isinstance(m, nn.Linear):
