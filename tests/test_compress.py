@@ -387,3 +387,18 @@ def test_cli_compress_end_to_end(tmp_path, capsys) -> None:
     again = create_model("lenet_300_100", num_classes=10, in_chans=3)
     load_weights(again, tmp_path / "d.safetensors")
     assert all(_bits_equal(again.state_dict()[k], v) for k, v in loaded.state_dict().items())
+
+
+def test_cli_sensitivity_prints_and_plots(tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    ckpt = tmp_path / "w.safetensors"
+    save_weights(create_model("lenet_300_100", num_classes=10, in_chans=3), ckpt)
+    common = ["lenet_300_100", "--checkpoint", str(ckpt), "--data", "synthetic", "--limit", "64"]
+    plot = tmp_path / "sens.png"
+    args = [*common, "--fractions", "0,0.9", "--layers", "hidden.fc1,fc", "--plot", str(plot)]
+    assert main(["compress", "sensitivity", *args]) == 0
+    text = capsys.readouterr().out
+    assert "hidden.fc1" in text and "\nfc " in text and "90%" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["sensitivity", *common, "--layers", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("cnnlab: error:")

@@ -13,7 +13,6 @@ import math
 import torch
 from torch import nn
 
-
 # Layers whose MACs `layer_macs` counts from their shapes.
 COUNTED_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
 

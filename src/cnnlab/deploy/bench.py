@@ -6,7 +6,8 @@ timed *interleaved*: one sample of each per round, ``repeats`` rounds after a wa
 processes that share the CPU then slow all of them alike, and the ratios stay meaningful.
 Reported: median latency and its spread (interquartile range), images/s, achieved GFLOP/s
 from our MAC count (FLOPs = 2 x MACs, Conv + Linear only) and its fraction of the matmul
-GFLOP/s measured in the same rounds, and the training throughput (forward, backward, SGD step).
+GFLOP/s measured in the same rounds (its best round), and the training throughput
+(forward, backward, SGD step).
 """
 
 from __future__ import annotations
@@ -113,13 +114,13 @@ def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
 
 
 def matmul_peak(threads: int | None = None, size: int = MATMUL_SIZE, repeats: int = 10) -> float:
-    """GFLOP/s of an fp32 ``size`` x ``size`` matmul on this machine (median of ``repeats``)."""
+    """GFLOP/s of an fp32 ``size`` x ``size`` matmul on this machine (best of ``repeats``)."""
     with _threads(threads):
         timer = _matmul_timer(size)
         timer.calibrate(warmup=2)
         for _ in range(repeats):
             timer.sample()
-    return 2 * size**3 / timer.median / 1e9
+    return 2 * size**3 / min(timer.samples) / 1e9
 
 
 def _matmul_timer(size: int) -> _Timer:
@@ -244,7 +245,7 @@ def _bench_one(
         for _ in range(repeats):
             for timer in everyone:
                 timer.sample()
-    peak_gflops = 2 * MATMUL_SIZE**3 / peak.median / 1e9
+    peak_gflops = 2 * MATMUL_SIZE**3 / min(peak.samples) / 1e9  # a peak: the best round
     train_rate = _train_rate(model, x, warmup=1, repeats=max(2, repeats // 3)) if train else None
     out = []
     for timer in timers:

@@ -112,7 +112,8 @@ def export_onnx(
     ``dynamic_batch`` makes the batch dimension symbolic; ``external_data`` puts the weights in
     ``path + ".data"`` beside the graph instead of inside it. The file is verified before it is
     moved into place: onnxruntime and PyTorch (the original model, eval mode) must agree to
-    ``atol`` on a random batch. Raises ``CnnlabError`` if export or verification fails.
+    ``atol`` on a random batch (``atol`` times the largest |logit| where that exceeds 1).
+    Raises ``CnnlabError`` if export or verification fails.
     """
     require_onnx()
     target = Path(path)
@@ -202,10 +203,13 @@ def _verify(path: Path, model: nn.Module, batch_shape: tuple[int, ...], atol: fl
             f"PyTorch {tuple(expected.shape)}"
         )
     diff = float(np.max(np.abs(got - expected.numpy()))) if got.size else 0.0
-    if not np.isfinite(diff) or diff > atol:
+    # float32 resolves ~1e-7 relative: logits in the thousands (deep random-weight ResNets)
+    # cannot agree to 1e-4 absolute, so the tolerance grows with them beyond magnitude 1.
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    if not np.isfinite(diff) or diff > atol * scale:
         raise CnnlabError(
             f"export failed verification: onnxruntime and PyTorch differ by {diff:.3g} "
-            f"(tolerance {atol:g})"
+            f"(tolerance {atol:g} x max(1, |logits| {scale:.3g}))"
         )
     return diff
 
