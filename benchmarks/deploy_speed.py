@@ -40,6 +40,17 @@ def main() -> int:
         repeats=args.repeats,
         progress=log,
     )
+
+    def row(r) -> list:
+        return [
+            r.model,
+            r.batch_size,
+            r.backend,
+            f"{r.latency_ms:.1f}",
+            f"{r.torchvision_latency_ms:.1f}",
+            f"{r.speedup_vs_torchvision:.2f}x",
+        ]
+
     rows = []
     for r in results:
         best = max(
@@ -48,35 +59,13 @@ def main() -> int:
         )
         if r is best:
             target = 1.5 if r.batch_size == 1 else 1.2
-            rows.append(
-                [
-                    r.model,
-                    r.batch_size,
-                    r.backend,
-                    f"{r.latency_ms:.1f}",
-                    f"{r.torchvision_latency_ms:.1f}",
-                    f"{r.speedup_vs_torchvision:.2f}x",
-                    f">= {target}x",
-                    "yes" if r.speedup_vs_torchvision >= target else "no",
-                    f"{100 * r.peak_fraction:.0f}%",
-                ]
-            )
+            met = "yes" if r.speedup_vs_torchvision >= target else "no"
+            rows.append([*row(r), f">= {target}x", met, f"{100 * r.peak_fraction:.0f}%"])
     print("All backends (speedup = torchvision eager latency / ours, per interleaved round):")
     print(
         format_table(
             ["model", "batch", "backend", "ms", "tv ms", "speedup", "of peak"],
-            [
-                [
-                    r.model,
-                    r.batch_size,
-                    r.backend,
-                    f"{r.latency_ms:.1f}",
-                    f"{r.torchvision_latency_ms:.1f}",
-                    f"{r.speedup_vs_torchvision:.2f}x",
-                    f"{100 * r.peak_fraction:.0f}%",
-                ]
-                for r in results
-            ],
+            [[*row(r), f"{100 * r.peak_fraction:.0f}%"] for r in results],
         )
     )
     print("\nFastest cnnlab backend vs torchvision eager:")

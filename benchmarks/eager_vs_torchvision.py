@@ -7,13 +7,14 @@ training step (forward, cross-entropy, backward, SGD step) at batch 16. Printed:
 times and the median of the per-round ratios torchvision / ours (>= 1 means ours is at least
 as fast; the target of issue 2 is >= 0.97).
 
-    .venv/bin/python benchmarks/eager_vs_torchvision.py [--repeats 15] [--threads N]
+    .venv/bin/python benchmarks/eager_vs_torchvision.py [--repeats 9] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -70,19 +71,22 @@ def interleaved(ours: Callable[[], None], theirs: Callable[[], None], repeats: i
         fn()
         calls.append(max(1, round(MIN_SAMPLE_S / max(time.perf_counter() - start, 1e-6))))
     times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for fn, n, samples in zip((ours, theirs), calls, times, strict=True):
+    for round_ in range(repeats):
+        # Alternate who goes first, so that neither always runs in the other's wake.
+        order = (0, 1) if round_ % 2 == 0 else (1, 0)
+        for i in order:
+            fn, n = (ours, theirs)[i], calls[i]
             start = time.perf_counter()
             for _ in range(n):
                 fn()
-            samples.append((time.perf_counter() - start) / n)
+            times[i].append((time.perf_counter() - start) / n)
     ratio = statistics.median(t / o for o, t in zip(*times, strict=True))
     return statistics.median(times[0]), statistics.median(times[1]), ratio
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
     parser.add_argument("models", nargs="*", default=MODELS)
     args = parser.parse_args()
@@ -101,7 +105,7 @@ def main() -> int:
         for label, make, x in cases:
             mine, tv, ratio = interleaved(make(ours, x), make(theirs, x), args.repeats)
             rows.append((name, label, f"{mine * 1e3:.1f}", f"{tv * 1e3:.1f}", f"{ratio:.3f}"))
-            print(*rows[-1], flush=True)
+            print(*rows[-1], file=sys.stderr, flush=True)
     print()
     print(f"threads: {torch.get_num_threads()}, repeats: {args.repeats}")
     print(format_table(["model", "case", "ours ms", "torchvision ms", "tv/ours"], rows))

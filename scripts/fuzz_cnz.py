@@ -1,4 +1,5 @@
-"""Longer fuzz run of the .cnz decoder (tests/test_compress_fuzz.py is the quick CI version).
+"""Longer fuzz run of the .cnz decoder (tests/test_compress_fuzz.py is the quick CI version,
+whose section surgery it reuses).
 
     .venv/bin/python scripts/fuzz_cnz.py --seconds 600 [--seed 0]
 
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import random
-import struct
 import sys
 import time
 import traceback
-import zlib
+from pathlib import Path
 
 import torch
 
 from cnnlab.compress import decode_bytes, encode_state_dict
+
+# The CI fuzz test's file surgery: split a file into sections, reassemble with valid CRCs.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_compress_fuzz import assemble, sections
 
 
 def seed_files(rng: random.Random) -> list[bytes]:
@@ -42,26 +46,6 @@ def seed_files(rng: random.Random) -> list[bytes]:
         bits = {"w": rng.randint(1, 9), "conv": rng.randint(1, 9)}
         files.append(encode_state_dict(state, header={"model": None}, index_bits=bits)[0])
     return files
-
-
-def sections(data: bytes) -> tuple[bytes, list[bytes]]:
-    hdr_len = struct.unpack_from("<I", data, 9)[0]
-    pos = 13 + hdr_len + 4
-    count = struct.unpack_from("<I", data, pos)[0]
-    prefix, pos = data[: pos + 4], pos + 4
-    bodies = []
-    for _ in range(count):
-        n = struct.unpack_from("<I", data, pos)[0]
-        bodies.append(data[pos + 4 : pos + 4 + n])
-        pos += 8 + n
-    return prefix, bodies
-
-
-def assemble(prefix: bytes, bodies: list[bytes]) -> bytes:
-    out = bytearray(prefix[:-4] + struct.pack("<I", len(bodies)))
-    for body in bodies:
-        out += struct.pack("<I", len(body)) + body + struct.pack("<I", zlib.crc32(body))
-    return bytes(out + struct.pack("<I", zlib.crc32(out)))
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:

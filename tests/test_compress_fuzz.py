@@ -42,7 +42,7 @@ def _seed_file() -> bytes:
 SEED = _seed_file()
 
 
-def _sections(data: bytes) -> tuple[bytes, list[bytes]]:
+def sections(data: bytes) -> tuple[bytes, list[bytes]]:
     """Split a valid file into its prefix (magic .. section count) and section bodies."""
     hdr_len = struct.unpack_from("<I", data, 9)[0]
     pos = 13 + hdr_len + 4
@@ -64,7 +64,7 @@ def assemble(prefix: bytes, bodies: list[bytes]) -> bytes:
     return bytes(out + struct.pack("<I", zlib.crc32(out)))
 
 
-PREFIX, BODIES = _sections(SEED)
+PREFIX, BODIES = sections(SEED)
 
 
 def check(data: bytes) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import statistics
 import tempfile
 import time
@@ -28,6 +29,7 @@ from torch import nn
 from cnnlab.analysis import count_macs
 from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
+from cnnlab.interop import from_torchvision
 from cnnlab.io import CnnlabError
 from cnnlab.registry import create_model, list_models
 
@@ -227,6 +229,11 @@ def _bench_one(
 ) -> list[BenchResult]:
     torch.manual_seed(0)
     model = create_model(name).eval()
+    tv = None
+    if vs_torchvision:
+        tv = torchvision_model(name)
+        # The same weights on both sides: CPU speed can depend on the values (denormals).
+        model.load_state_dict(from_torchvision(name, tv.state_dict()))
     chans, height, width = model.input_size
     if img_size is not None:
         height = width = img_size
@@ -234,16 +241,14 @@ def _bench_one(
     macs = count_macs(model, (chans, height, width))
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
         timers = [_backend_timer(b, model, x, threads, Path(tmp), channels_last) for b in backends]
-        reference = None
-        if vs_torchvision:
-            tv = torchvision_model(name)
-            reference = _Timer("torchvision", _no_grad(lambda: tv(x)))
+        reference = None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x)))
         peak = _matmul_timer(MATMUL_SIZE)
         everyone = [*timers, *([reference] if reference else []), peak]
         for timer in everyone:
             timer.calibrate(warmup)
-        for _ in range(repeats):
-            for timer in everyone:
+        order = random.Random(0)
+        for _ in range(repeats):  # a fresh order each round: no one always follows the same one
+            for timer in order.sample(everyone, len(everyone)):
                 timer.sample()
     peak_gflops = 2 * MATMUL_SIZE**3 / min(peak.samples) / 1e9  # a peak: the best round
     train_rate = _train_rate(model, x, warmup=1, repeats=max(2, repeats // 3)) if train else None

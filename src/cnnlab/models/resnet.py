@@ -87,7 +87,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
         if self.residual:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
+            out += x if self.shortcut is None else self.shortcut(x)  # in place, as torchvision
         return self.act(out)
 
 
@@ -123,7 +123,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(self.conv1(x)))
         if self.residual:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
+            out += x if self.shortcut is None else self.shortcut(x)  # in place, as torchvision
         return self.act(out)
 
 
