@@ -23,6 +23,7 @@ import torchvision
 
 import cnnlab
 from cnnlab.cli._format import format_table
+from cnnlab.deploy.bench import training_step
 from cnnlab.interop import TORCHVISION_NAMES, from_torchvision
 
 MODELS = ["resnet50", "mobilenet_v2", "vgg16", "googlenet_tv"]
@@ -43,21 +44,6 @@ def inference(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         with torch.inference_mode():
             model(x)
-
-    return run
-
-
-def training_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    target = torch.zeros(x.shape[0], dtype=torch.long)
-
-    def run() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        torch.nn.functional.cross_entropy(logits, target).backward()
-        optimizer.step()
 
     return run
 

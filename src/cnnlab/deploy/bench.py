@@ -33,7 +33,14 @@ from cnnlab.interop import from_torchvision
 from cnnlab.io import CnnlabError
 from cnnlab.registry import create_model, list_models
 
-__all__ = ["BACKENDS", "BenchResult", "benchmark", "matmul_peak", "torchvision_model"]
+__all__ = [
+    "BACKENDS",
+    "BenchResult",
+    "benchmark",
+    "matmul_peak",
+    "torchvision_model",
+    "training_step",
+]
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
 MATMUL_SIZE = 1024  # n of the n x n x n fp32 matmul that measures the peak
@@ -232,7 +239,7 @@ def _bench_one(
     tv = None
     if vs_torchvision:
         tv = torchvision_model(name)
-        # The same weights on both sides: CPU speed can depend on the values (denormals).
+        # The same weights on both sides, so that both compute the same numbers.
         model.load_state_dict(from_torchvision(name, tv.state_dict()))
     chans, height, width = model.input_size
     if img_size is not None:
@@ -324,23 +331,29 @@ def _compile(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         raise CnnlabError(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
 
 
-def _train_rate(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float | None:
-    """Training images/s: forward, cross-entropy, backward and an SGD step on a copy."""
-    import copy
-
-    net = copy.deepcopy(model).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One timed training step of ``model`` (put in training mode) on the batch ``x``:
+    forward, cross-entropy (auxiliary outputs ignored), backward, SGD step."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     target = torch.zeros(x.shape[0], dtype=torch.long)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = net(x)
+        out = model(x)
         logits = out[0] if isinstance(out, tuple) else out
         nn.functional.cross_entropy(logits, target).backward()
         optimizer.step()
 
+    return step
+
+
+def _train_rate(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float | None:
+    """Training images/s of :func:`training_step` on a copy of ``model``."""
+    import copy
+
     try:
-        timer = _Timer("train", step)
+        timer = _Timer("train", training_step(copy.deepcopy(model), x))
         timer.calibrate(warmup)
         for _ in range(repeats):
             timer.sample()
