@@ -276,7 +276,7 @@ def _plot(curves: dict[str, list[tuple[float, float]]], path: str, title: str) -
 def run_decompress(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from cnnlab.compress import load, read
+    from cnnlab.compress import read, rebuild_model
     from cnnlab.train import save_weights
 
     if not args.out.endswith(".safetensors"):
@@ -284,7 +284,8 @@ def run_decompress(args: argparse.Namespace) -> int:
     header, state = read(args.file)
     name = header.get("model")
     if isinstance(name, str):  # a registry model: a checkpoint `cnnlab eval` / `train` read
-        save_weights(load(args.file), args.out, meta={"model": name, "source": str(args.file)})
+        model = rebuild_model(header, state, source=str(args.file))
+        save_weights(model, args.out, meta={"model": name, "source": str(args.file)})
     else:
         with atomic_path(args.out) as tmp:
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))

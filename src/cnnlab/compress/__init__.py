@@ -13,6 +13,7 @@ from cnnlab.compress.format import (
     load_state_dict,
     read,
     read_header,
+    rebuild_model,
     save,
 )
 from cnnlab.compress.pipeline import CompressionConfig, compress, finalize, layer_table, model_bytes
@@ -37,6 +38,7 @@ __all__ = [
     "prune",
     "read",
     "read_header",
+    "rebuild_model",
     "save",
     "sensitivity",
     "share_weights",

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from cnnlab.compress import huffman
-from cnnlab.io import CnnlabError, atomic_path
+from cnnlab.io import CnnlabError, atomic_write_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -53,6 +53,7 @@ __all__ = [
     "plain_state_dict",
     "read",
     "read_header",
+    "rebuild_model",
     "save",
 ]
 
@@ -445,7 +446,8 @@ def decode_bytes(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return header, state
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, tensors) of a .cnz file, fully verified; ``CnnlabError`` if it is invalid."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -531,46 +533,46 @@ def save(
     header = {"model": name, "config": dict(config) if config else None, "extra": extra or {}}
     bits = dict(default_index_bits(model)) if index_bits is None else dict(index_bits)
     data, report = encode_state_dict(state, header=header, index_bits=bits)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, data)
     return report
-
-
-def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(header, tensors) of a .cnz file, fully verified; ``CnnlabError`` if it is invalid."""
-    return _read(path)
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON header of a .cnz file (model name, config, extra); the file is fully verified."""
-    return _read(path)[0]
+    return read(path)[0]
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The tensors of a .cnz file, bit-identical to those saved; ``CnnlabError`` if invalid."""
-    return _read(path)[1]
+    return read(path)[1]
 
 
 def load(path: str | os.PathLike[str]) -> nn.Module:
     """Rebuild the model stored in a .cnz file (``create_model`` + its weights), in eval mode."""
+    return rebuild_model(*read(path), source=str(path))
+
+
+def rebuild_model(
+    header: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str = "the file"
+) -> nn.Module:
+    """The model a .cnz ``header`` names, holding ``state`` (what :func:`read` returned)."""
     from cnnlab.registry import create_model
 
-    header, state = _read(path)
     name, config = header.get("model"), header.get("config")
     if not isinstance(name, str):
         raise CnnlabError(
-            f"{str(path)!r} holds no registry model name; use cnnlab.compress.load_state_dict"
+            f"{source!r} holds no registry model name; use cnnlab.compress.load_state_dict"
         )
     if config is not None and not isinstance(config, dict):
-        raise CnnlabError(f"{str(path)!r}: model config is not a JSON object")
+        raise CnnlabError(f"{source!r}: model config is not a JSON object")
     try:
         model = create_model(name, **(config or {}))
     except (ValueError, TypeError) as exc:
-        raise CnnlabError(f"{str(path)!r}: cannot rebuild model {name!r}: {exc}") from None
+        raise CnnlabError(f"{source!r}: cannot rebuild model {name!r}: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
-        raise CnnlabError(f"{str(path)!r}: weights do not fit {name!r}: {detail}") from None
+        raise CnnlabError(f"{source!r}: weights do not fit {name!r}: {detail}") from None
     return model.eval()

@@ -31,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
-from cnnlab.io import CnnlabError, atomic_path
+from cnnlab.io import CnnlabError, atomic_path, atomic_write_bytes
 
 __all__ = [
     "FORMAT",
@@ -76,9 +76,7 @@ def save_weights(
             tensors[k] = v.clone()
         seen.add(tensors[k].untyped_storage().data_ptr())
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in (meta or {}).items()}}
-    data = st_save(tensors, metadata=metadata)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
 
 
 def resolve_weights(path: str | os.PathLike[str]) -> Path:
@@ -94,15 +92,20 @@ def resolve_weights(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, metadata) of a cnnlab weights file; any other file is a CnnlabError."""
+def read_weights(
+    path: str | os.PathLike[str], with_tensors: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a cnnlab weights file; any other file is a CnnlabError.
+
+    ``with_tensors=False`` reads the header only (the tensors come back empty)."""
     p = resolve_weights(path)
     try:
         with safe_open(str(p), framework="pt") as f:
             raw_meta = f.metadata() or {}
             if raw_meta.get("format") != FORMAT:
                 raise CnnlabError(f"{str(p)!r} is a safetensors file but not a cnnlab checkpoint")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+            keys = f.keys() if with_tensors else []
+            tensors = {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CnnlabError(
             f"{str(p)!r} is not a readable cnnlab checkpoint (corrupt, truncated or another "
@@ -117,7 +120,7 @@ def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a weights file (model, class names, preprocessing, epoch, ...)."""
-    return read_weights(path)[1]
+    return read_weights(path, with_tensors=False)[1]
 
 
 def load_weights(
