@@ -317,3 +317,33 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path: Path, capsys, kind: str
     err = capsys.readouterr().err
     assert rc == 2 and "not a cnnlab training state" in err and err.count("\n") == 1
     assert not marker.exists()
+
+
+def test_cli_eval_strict_and_seed_reach_the_data(tmp_path: Path, capsys, monkeypatch) -> None:
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(4):
+                pixels = np.full((12, 12, 3), 40 + 150 * c + i, np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "tiny", "--data", str(tmp_path), "--epochs", "1", "--batch-size", "4",
+                 "--img-size", "16", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    (tmp_path / "val" / "a" / "junk.png").write_bytes(b"not an image")
+    args = ["eval", "tiny", "--checkpoint", str(out), "--data", str(tmp_path), "--json"]
+    with pytest.warns(UserWarning, match="junk.png"):
+        assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--strict"]) == 2
+    assert "corrupt image" in capsys.readouterr().err
+    # --seed reaches the split, so --val-split holds out the images training held out
+    import cnnlab.train.inference as inference
+
+    seen = []
+    real = inference.build_loaders
+    monkeypatch.setattr(
+        inference, "build_loaders", lambda *a, **kw: seen.append(kw["seed"]) or real(*a, **kw)
+    )
+    single = ["--data", str(tmp_path / "train"), "--val-split", "0.5", "--seed", "7"]
+    assert main(["eval", "tiny", "--checkpoint", str(out), *single]) == 0
+    assert seen == [7]

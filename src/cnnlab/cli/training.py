@@ -49,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--compressed", help="a cnnlab.compress file instead of --checkpoint")
     _data_args(e)
     e.add_argument("--batch-size", type=int, default=256)
+    seed_help = "the training run's --seed, so that --val-split holds out the same images"
+    e.add_argument("--seed", type=int, default=0, help=seed_help)
     e.add_argument("--plot", help="save the confusion matrix as an image (PNG, SVG, PDF)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=run_eval)
@@ -79,6 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
     from cnnlab.data import FASHION_MNIST_NAMES, download_fashion_mnist, find_fashion_mnist
     from cnnlab.io import CnnlabError
     from cnnlab.train import TrainConfig, fit
+    from cnnlab.train.trainer import CONFIG_FIELDS
 
     data = args.data
     if args.download and data in FASHION_MNIST_NAMES:
@@ -87,14 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
         except CnnlabError:
             root = os.environ.get("CNNLAB_DATA") or Path.home() / ".cache" / "cnnlab"
             data = str(download_fashion_mnist(root))
-    cfg = TrainConfig(
-        model=args.model, data=data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        optimizer=args.optimizer, schedule=args.schedule, warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        clip_grad_norm=args.clip_grad_norm, aux_weight=args.aux_weight, img_size=args.img_size,
-        in_chans=args.in_chans, augment=args.augment, val_split=args.val_split, limit=args.limit,
-        strict=args.strict, workers=args.workers, seed=args.seed, device=args.device,
-    )  # fmt: skip
+    cfg = TrainConfig(**{**{k: getattr(args, k) for k in CONFIG_FIELDS}, "data": data})
     stream = sys.stderr if args.json else sys.stdout
     summary = fit(
         cfg,
@@ -123,7 +119,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.model, args.data, checkpoint=args.checkpoint, compressed=args.compressed,
         batch_size=args.batch_size, workers=args.workers, img_size=args.img_size,
-        val_split=args.val_split, limit=args.limit,
+        val_split=args.val_split, limit=args.limit, seed=args.seed, strict=args.strict,
     )  # fmt: skip
     if args.plot:
         plot_confusion(result["confusion"], result["classes"], args.plot, title=args.model)

@@ -54,11 +54,13 @@ def evaluate_checkpoint(
     val_split: float | None = None,
     seed: int = 0,
     limit: int | None = None,
+    strict: bool = False,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and confusion matrix of a checkpoint (our safetensors
     weights, or a Deep Compression file through ``cnnlab.compress.load``) on ``data``'s
-    validation / test split."""
+    validation / test split (``seed``: the training run's, so ``val_split`` holds out the same
+    images; ``strict``: a corrupt image is an error)."""
     if (checkpoint is None) == (compressed is None):
         raise ValueError("give exactly one of a checkpoint and a compressed file")
     if checkpoint is not None:
@@ -75,7 +77,7 @@ def evaluate_checkpoint(
         size, expected = img_size or int(native[-1]), None
     _, loader, classes = build_loaders(
         data, img_size=size, in_chans=in_chans, batch_size=batch_size, workers=workers,
-        val_split=val_split, seed=seed, limit=limit,
+        val_split=val_split, seed=seed, limit=limit, strict=strict,
     )  # fmt: skip
     if expected is not None and len(expected) != len(classes):
         raise CnnlabError(
