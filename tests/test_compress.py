@@ -402,3 +402,5 @@ def test_cli_sensitivity_prints_and_plots(tmp_path, capsys) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sensitivity", *common, "--layers", "nope"]) == 2
     assert capsys.readouterr().err.startswith("cnnlab: error:")
+    assert main(["sensitivity", *common, "--plot", str(tmp_path / "no" / "s.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -8,11 +8,14 @@ cnnlab decompress m.cnz --out m.safetensors
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnlab.cli._format import format_table, print_json
+from cnnlab.compress.pipeline import SCHEDULES
+from cnnlab.compress.quantize import INITS
 from cnnlab.io import CnnlabError, atomic_path
 
 
@@ -61,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prune-steps", type=int, default=1, help="prune/retrain rounds")
     p.add_argument(
         "--schedule",
-        choices=["iterative", "gradual"],
+        choices=SCHEDULES,
         default="iterative",
         help="sparsity per round: linear, or Zhu & Gupta's cubic ramp",
     )
@@ -72,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", action="append", metavar="LAYER=B", help="bits for one layer")
     p.add_argument(
         "--init",
-        choices=["linear", "density", "random"],
+        choices=INITS,
         default="linear",
         help="k-means centroid initialisation",
     )
@@ -223,6 +226,7 @@ def format_layer_table(table: dict[str, Any]) -> str:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
+    from cnnlab.analysis.compare import check_plot_path
     from cnnlab.compress import sensitivity
     from cnnlab.train import evaluate
 
@@ -232,6 +236,8 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--fractions must be comma-separated numbers, got {args.fractions!r}"
         ) from None
+    if args.plot:  # before the sweep, not after it
+        check_plot_path(args.plot)
     model, _, val = _model_and_data(args)
     layers = args.layers.split(",") if args.layers else None
     curves = sensitivity(model, lambda m: 100 * evaluate(m, val)["top1"], fractions, layers)
@@ -267,9 +273,8 @@ def _plot(curves: dict[str, list[tuple[float, float]]], path: str, title: str) -
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    suffix = path.rsplit(".", 1)[-1] if "." in path else "png"
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix)
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".").lower())
     plt.close(fig)
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from cnnlab.compress import huffman
+from cnnlab.compress.prune import layer_kind, prunable_layers
 from cnnlab.io import CnnlabError, atomic_write_bytes
 
 __all__ = [
@@ -104,9 +105,6 @@ class TensorReport:
     index_stream_bits: int = 0  # Huffman-coded relative indices (fillers included), in bits
     index_entries: int = 0  # relative indices including fillers
 
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 @dataclass
 class CnzReport:
@@ -115,13 +113,6 @@ class CnzReport:
     size: int
     header_bytes: int
     tensors: list[TensorReport] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "header_bytes": self.header_bytes,
-            "tensors": [t.as_dict() for t in self.tensors],
-        }
 
 
 # --------------------------------------------------------------------------- encoding
@@ -481,14 +472,10 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def default_index_bits(model: nn.Module, conv_bits: int = 8, fc_bits: int = 5) -> dict[str, int]:
     """Relative-index width per weight: 8 bits for conv, 5 for fc (Deep Compression, sec. 2)."""
-    bits = {}
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        if isinstance(module, nn.modules.conv._ConvNd):
-            bits[prefix + "weight"] = conv_bits
-        elif isinstance(module, nn.Linear):
-            bits[prefix + "weight"] = fc_bits
-    return bits
+    return {
+        f"{name}.weight" if name else "weight": conv_bits if layer_kind(m) == "conv" else fc_bits
+        for name, m in prunable_layers(model).items()
+    }
 
 
 def _model_config(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -531,7 +518,7 @@ def save(
     if name is not None and config is None:
         config = _model_config(model, state)
     header = {"model": name, "config": dict(config) if config else None, "extra": extra or {}}
-    bits = dict(default_index_bits(model)) if index_bits is None else dict(index_bits)
+    bits = default_index_bits(model) if index_bits is None else index_bits
     data, report = encode_state_dict(state, header=header, index_bits=bits)
     atomic_write_bytes(path, data)
     return report

@@ -23,7 +23,6 @@ from torch.nn.utils import parametrize
 
 __all__ = [
     "Masked",
-    "current_masks",
     "gradual_sparsity",
     "layer_kind",
     "masks_for_sparsity",
@@ -119,11 +118,6 @@ def strip(module: nn.Module) -> None:
     """Bake a layer's weight parametrization (mask or sharing) into a plain parameter."""
     if parametrize.is_parametrized(module, "weight"):
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-
-
-def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The keep-mask of every prunable layer (weight != 0)."""
-    return {n: m.weight.detach() != 0 for n, m in prunable_layers(model).items()}
 
 
 @torch.no_grad()

@@ -229,10 +229,6 @@ class ImageFolderDataset(Dataset):
         twin.transform = image_transform(self.pre, augment)
         return twin
 
-    @property
-    def labels(self) -> torch.Tensor:
-        return torch.tensor([label for _, label in self.samples])
-
     def __len__(self) -> int:
         return len(self.samples)
 
