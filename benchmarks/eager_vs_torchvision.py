@@ -19,20 +19,18 @@ import time
 from collections.abc import Callable
 
 import torch
-import torchvision
 
 import cnnlab
 from cnnlab.cli._format import format_table
-from cnnlab.deploy.bench import training_step
-from cnnlab.interop import TORCHVISION_NAMES, from_torchvision
+from cnnlab.deploy.bench import torchvision_model, training_step
+from cnnlab.interop import from_torchvision
 
 MODELS = ["resnet50", "mobilenet_v2", "vgg16", "googlenet_tv"]
 MIN_SAMPLE_S = 0.05  # repeat a call within one sample until the sample lasts this long
 
 
 def pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    kwargs = {"init_weights": True} if name == "googlenet_tv" else {}
-    theirs = getattr(torchvision.models, TORCHVISION_NAMES[name])(**kwargs)
+    theirs = torchvision_model(name)
     ours = cnnlab.create_model(name)
     ours.load_state_dict(from_torchvision(name, theirs.state_dict()))
     return ours, theirs

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-__all__ = ["ModelEntry", "create_model", "list_models", "model_info", "register_model"]
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "list_models",
+    "match_models",
+    "model_info",
+    "register_model",
+]
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,20 @@ def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching the shell-style ``pattern``, sorted."""
     _load_models()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def match_models(patterns: Iterable[str]) -> list[str]:
+    """The models matching any of ``patterns``, in pattern order, each once.
+
+    A pattern that matches nothing is a ``ValueError`` (a typo should not silently shrink a
+    comparison or a benchmark)."""
+    names: list[str] = []
+    for pattern in patterns:
+        found = list_models(pattern)
+        if not found:
+            raise ValueError(f"no model matches {pattern!r}; see `cnnlab models`")
+        names += [n for n in found if n not in names]
+    return names
 
 
 def model_info(name: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from cnnlab.analysis.profile import profile
 from cnnlab.io import CnnlabError, atomic_path
-from cnnlab.registry import create_model, list_models
+from cnnlab.registry import create_model, match_models
 
 __all__ = ["check_plot_path", "compare_models", "measure_latency", "plot_comparison"]
 
@@ -74,14 +74,8 @@ def compare_models(
     batch 1), and with ``latency=True`` ``latency_ms`` (median at batch 1) and
     ``images_per_s`` (at batch ``throughput_batch``), measured on this machine's CPU.
     """
-    names: list[str] = []
-    for pattern in patterns:
-        matched = list_models(pattern)
-        if not matched:
-            raise ValueError(f"no model matches {pattern!r}; see `cnnlab models`")
-        names += [n for n in matched if n not in names]
     rows = []
-    for name in names:
+    for name in match_models(patterns):
         with torch.device("meta"):
             model = create_model(name)
         prof = profile(model, tuple(model.input_size), 1)

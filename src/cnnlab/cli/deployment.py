@@ -142,9 +142,11 @@ def _table(results: list, vs: bool) -> str:
         if vs:
             row += [f"{r.torchvision_latency_ms:.2f}", f"{r.speedup_vs_torchvision:.2f}x"]
         rows.append(row)
-    peak = results[0].matmul_peak_gflops if results else 0.0
+    from cnnlab.deploy.bench import MATMUL_SIZE
+
     note = (
-        f"\nGFLOP/s = 2 x MACs x batch / latency; peak = fp32 {1024}^3 matmul "
-        f"({peak:.1f} GFLOP/s, measured in the same rounds); {results[0].threads} threads"
+        f"\nGFLOP/s = 2 x MACs x batch / latency; peak = fp32 {MATMUL_SIZE}^3 matmul "
+        f"({results[0].matmul_peak_gflops:.1f} GFLOP/s, measured in the same rounds); "
+        f"{results[0].threads} threads"
     )
-    return format_table(headers, rows) + (note if results else "")
+    return format_table(headers, rows) + note

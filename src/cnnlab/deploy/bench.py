@@ -31,7 +31,7 @@ from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
 from cnnlab.interop import from_torchvision
 from cnnlab.io import CnnlabError
-from cnnlab.registry import create_model, list_models
+from cnnlab.registry import create_model, match_models
 
 __all__ = [
     "BACKENDS",
@@ -173,7 +173,7 @@ def benchmark(
     optimisations). ``vs_torchvision`` interleaves torchvision's model of the same architecture
     (eager) and fills ``speedup_vs_torchvision`` = its latency / ours.
     """
-    names = _resolve(patterns)
+    names = match_models(patterns or ["*"])
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise ValueError(
@@ -212,16 +212,6 @@ def benchmark(
     return results
 
 
-def _resolve(patterns: Sequence[str]) -> list[str]:
-    names: list[str] = []
-    for pattern in patterns or ("*",):
-        found = list_models(pattern)
-        if not found:
-            raise ValueError(f"no model matches {pattern!r}; see `cnnlab models`")
-        names += [n for n in found if n not in names]
-    return names
-
-
 def _bench_one(
     name: str,
     batch: int,
@@ -247,7 +237,8 @@ def _bench_one(
     x = torch.randn(batch, chans, height, width)
     macs = count_macs(model, (chans, height, width))
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
-        timers = [_backend_timer(b, model, x, threads, Path(tmp), channels_last) for b in backends]
+        fast = _fused(model, x, channels_last) if {"fused", "compile"} & set(backends) else None
+        timers = [_backend_timer(b, model, x, fast, threads, Path(tmp)) for b in backends]
         reference = None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x)))
         peak = _matmul_timer(MATMUL_SIZE)
         everyone = [*timers, *([reference] if reference else []), peak]
@@ -298,9 +289,26 @@ def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
+def _fused(
+    model: nn.Module, x: torch.Tensor, channels_last: bool
+) -> tuple[nn.Module, torch.Tensor]:
+    """The BN-folded model and its input, both channels-last unless ``channels_last=False``."""
+    fused = fuse(model)
+    if channels_last:
+        layout = torch.channels_last
+        fused, x = fused.to(memory_format=layout), x.contiguous(memory_format=layout)
+    return fused, x
+
+
 def _backend_timer(
-    backend: str, model: nn.Module, x: torch.Tensor, threads: int, tmp: Path, channels_last: bool
+    backend: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    fast: tuple[nn.Module, torch.Tensor] | None,
+    threads: int,
+    tmp: Path,
 ) -> _Timer:
+    """``fast``: what :func:`_fused` gave, shared by the ``fused`` and ``compile`` backends."""
     if backend == "eager":
         return _Timer(backend, _no_grad(lambda: model(x)))
     if backend == "onnxruntime":
@@ -309,11 +317,7 @@ def _backend_timer(
         session = onnxruntime_session(path, threads=threads)
         feed = {session.get_inputs()[0].name: x.numpy()}
         return _Timer(backend, lambda: session.run(None, feed))
-    fused = fuse(model)
-    fx = x
-    if channels_last:
-        fused = fused.to(memory_format=torch.channels_last)
-        fx = x.contiguous(memory_format=torch.channels_last)
+    fused, fx = fast
     if backend == "fused":
         return _Timer(backend, _no_grad(lambda: fused(fx)))
     compiled = _compile(fused)
