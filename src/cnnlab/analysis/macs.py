@@ -63,7 +63,7 @@ def count_macs(
         total += layer_macs(module, inputs, output)
 
     was_training = model.training
-    counted = model if device != "meta" else _meta_copy(model)
+    counted = model if device != "meta" else meta_copy(model)
     handles = [m.register_forward_hook(hook) for m in counted.modules()]
     try:
         counted.eval()
@@ -75,9 +75,18 @@ def count_macs(
     return total
 
 
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """The model with its parameters and buffers on the meta device, leaving ``model`` alone."""
-    if all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()]):
+def meta_copy(model: nn.Module) -> nn.Module:
+    """``model`` itself when it is already on ``meta``, otherwise a ``meta`` copy.
+
+    The deep copy maps every parameter and buffer straight to an empty ``meta`` tensor, so the
+    weights are never copied (VGG-16's 553 MB included).
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.device.type == "meta" for t in tensors):
         return model
-    clone = copy.deepcopy(model)
-    return clone.to("meta")
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)

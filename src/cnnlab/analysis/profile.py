@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.analysis.macs import counts_macs, layer_macs
+from cnnlab.analysis.macs import counts_macs, layer_macs, meta_copy
 
 __all__ = ["LayerRow", "Profile", "measure_memory", "profile"]
 
@@ -195,7 +195,7 @@ def profile(
     size = check_input_size(model, input_size)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
-    meta = _meta_copy(model)
+    meta = meta_copy(model)
     names = {m: n for n, m in meta.named_modules()}
     order: list[nn.Module] = []
     own: dict[nn.Module, dict[str, Any]] = {}
@@ -210,8 +210,7 @@ def profile(
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
         stats = own[module]
         stats["output_shape"] = _shape_of(output)
-        macs = layer_macs(module, inputs, output) if counts_macs(module) else 0
-        stats["macs"] += macs
+        stats["macs"] += layer_macs(module, inputs, output)  # 0 for layers it does not count
         if not counts_macs(module) and not _is_free(module):
             has_own = any(True for _ in module.parameters(recurse=False))
             if has_own or not any(True for _ in module.children()):
@@ -331,23 +330,6 @@ def _rows(
             )
         )
     return rows
-
-
-def _meta_copy(model: nn.Module) -> nn.Module:
-    """``model`` itself when it is already on ``meta``, otherwise a ``meta`` copy.
-
-    The deep copy maps every parameter and buffer straight to an empty ``meta`` tensor, so the
-    weights are never copied (VGG-16's 553 MB included).
-    """
-    tensors = [*model.parameters(), *model.buffers()]
-    if all(t.device.type == "meta" for t in tensors):
-        return model
-    memo: dict[int, Any] = {}
-    for p in model.parameters():
-        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
-    for b in model.buffers():
-        memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(model, memo)
 
 
 def _live_peak(fn: Any, device: torch.device) -> tuple[int, int]:

@@ -82,14 +82,10 @@ def parse_input(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     return size
 
 
-def _build(name: str, input_text: str | None, meta: bool = True) -> tuple[torch.nn.Module, tuple]:
-    model_info(name)  # unknown names fail here with a suggestion
-    default = model_info(name)["input_size"]
-    size = parse_input(input_text, default)
-    if meta:
-        with torch.device("meta"):
-            model = create_model(name, in_chans=size[0])
-    else:
+def _build(name: str, input_text: str | None) -> tuple[torch.nn.Module, tuple]:
+    """The model on ``meta`` (no weights allocated) and its checked input size."""
+    size = parse_input(input_text, model_info(name)["input_size"])  # unknown names fail here
+    with torch.device("meta"):
         model = create_model(name, in_chans=size[0])
     return model, check_input_size(model, size)
 

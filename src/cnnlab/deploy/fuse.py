@@ -74,7 +74,6 @@ def fuse_with_report(model: nn.Module) -> tuple[nn.Module, FuseReport]:
     call_counts = Counter(id(fused.get_submodule(c.target)) for c in calls)
     shared = _shared_modules(fused)
 
-    folded_bns = set()
     for call in calls:
         bn = fused.get_submodule(call.target)
         if not isinstance(bn, _BatchNorm) or call.source is None:
@@ -89,7 +88,8 @@ def fuse_with_report(model: nn.Module) -> tuple[nn.Module, FuseReport]:
             continue
         _fold(layer, bn)
         report.folded.append((chain[-1], call.target))
-        folded_bns.add(call.target)
+
+    folded_bns = {bn for _, bn in report.folded}
 
     for name, module in list(fused.named_modules()):
         if isinstance(module, _BatchNorm) and name in folded_bns:
