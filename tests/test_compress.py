@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,7 @@ from torch.nn.utils import parametrize
 
 from cnnlab.cli import main
 from cnnlab.compress import (
+    CompressionConfig,
     decode_bytes,
     encode_state_dict,
     gradual_sparsity,
@@ -24,6 +28,7 @@ from cnnlab.compress import (
     masks_for_sparsity,
     model_bytes,
     prune,
+    read_header,
     save,
     sensitivity,
     share_weights,
@@ -33,6 +38,8 @@ from cnnlab.compress.prune import prunable_layers, quality_to_sparsity
 from cnnlab.io import CnnlabError
 from cnnlab.registry import create_model
 from cnnlab.train import load_weights, save_weights, train_one_epoch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 class Tiny(nn.Module):
@@ -140,6 +147,21 @@ def test_masks_hold_exactly_through_training() -> None:
     train_one_epoch(model, _batches(3, seed=1), torch.optim.Adam(model.parameters(), lr=0.05))
     for name, module in prunable_layers(model).items():
         assert torch.all(module.weight[masks[name]].view(torch.int32) == 0)  # +0.0, not -0.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"quality": 1.0, "sparsity": 0.5},
+        {"sparsity": 0.5, "optimizer": "adam"},
+        {"sparsity": 0.5, "schedule": "cubic"},
+        {"sparsity": 0.5, "prune_steps": 0},
+    ],
+)
+def test_config_rejects_bad_settings(bad) -> None:
+    with pytest.raises(ValueError):
+        CompressionConfig(**bad).check()
 
 
 def test_gradual_schedule_is_cubic() -> None:
@@ -267,7 +289,7 @@ def test_relative_indices_use_fillers() -> None:
     assert report.encoding == "shared" and report.index_entries == 3 + 5 + 8
 
 
-def test_registry_model_compresses_and_loads_back(tmp_path) -> None:
+def test_registry_model_compresses_and_loads_back(tmp_path, capsys) -> None:
     torch.manual_seed(0)
     model = create_model("lenet_300_100", num_classes=10, in_chans=1)
     size_before = model_bytes(model)
@@ -283,6 +305,18 @@ def test_registry_model_compresses_and_loads_back(tmp_path) -> None:
     assert all(_bits_equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x))
+    # benchmarks/coding_headroom.py re-encodes the file to the byte and bounds each stream
+    spec = importlib.util.spec_from_file_location(
+        "coding_headroom", BENCHMARKS / "coding_headroom.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.headroom(str(tmp_path / "m.cnz"))
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if ".weight" in line]
+    assert [r[0] for r in rows] == ["hidden.fc1.weight", "hidden.fc2.weight", "fc.weight"]
+    for _, _, _, huff_w, h0_w, _, huff_p, h0_p, *_ in rows:
+        assert float(h0_w) <= float(huff_w) < float(h0_w) + 1  # Huffman: within 1 bit of H0
+        assert float(h0_p) <= float(huff_p) < float(h0_p) + 1
 
 
 # --------------------------------------------------------------------------- bad files
@@ -345,11 +379,12 @@ def test_cli_decompress_and_errors(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_cli_compress_end_to_end(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_cli_compress_end_to_end(tmp_path, capsys, optimizer) -> None:
     torch.manual_seed(0)
     model = create_model("lenet_300_100", num_classes=10, in_chans=3)
     ckpt = tmp_path / "w.safetensors"
-    save_weights(model, ckpt)
+    save_weights(model, ckpt, meta={"preprocess": {"size": 28, "in_chans": 3}})
     out = tmp_path / "m.cnz"
     args = [
         "compress",
@@ -370,6 +405,8 @@ def test_cli_compress_end_to_end(tmp_path, capsys) -> None:
         "1",
         "--finetune-epochs",
         "1",
+        "--optimizer",
+        optimizer,
         "--out",
         str(out),
     ]
@@ -378,6 +415,7 @@ def test_cli_compress_end_to_end(tmp_path, capsys) -> None:
     assert "hidden.fc1" in text and "stored" in text and "x)" in text
     loaded = load(out)
     assert loaded.model_name == "lenet_300_100"
+    assert read_header(out)["extra"]["img_size"] == 28  # what `cnnlab eval --compressed` uses
     w = loaded.hidden.fc1.weight
     assert 0.54 < float((w == 0).float().mean()) < 0.62  # uniform init: P(|w| < std) = 0.577
     assert len(torch.unique(w)) <= 33  # 5 fc bits + zero

@@ -288,14 +288,25 @@ def test_cli_train_eval_predict(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert preds[0]["top"][0]["class"].startswith("class")
 
 
-def test_cli_eval_compressed_is_lazy(tmp_path: Path, monkeypatch, capsys) -> None:
-    import cnnlab.compress
+@pytest.mark.parametrize("stored", [None, 20])
+def test_cli_eval_compressed_at_its_stored_input_size(
+    tmp_path: Path, monkeypatch, capsys, stored: int | None
+) -> None:
+    import cnnlab.train.inference as inference
+    from cnnlab.compress import save
 
-    model = TinyNet().eval()
-    model.input_size = (3, 16, 16)
-    monkeypatch.setattr(cnnlab.compress, "load", lambda path: model)
-    assert main(["eval", "tiny", "--compressed", "x.cnz", "--data", "synthetic", "--json"]) == 0
+    path = tmp_path / "t.cnz"
+    save(registry.create_model("tiny"), path, extra={} if stored is None else {"img_size": stored})
+    sizes: list[int] = []
+
+    def spy(*args, **kwargs):
+        sizes.append(kwargs["img_size"])
+        return build_loaders(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "build_loaders", spy)
+    assert main(["eval", "tiny", "--compressed", str(path), "--data", "synthetic", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 128
+    assert sizes == [stored or 16]  # the file's size, else the model's native one
 
 
 @pytest.mark.parametrize("kind", ["garbage", "pickle", "missing"])

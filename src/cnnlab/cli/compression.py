@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from cnnlab.cli._format import format_table, print_json
-from cnnlab.compress.pipeline import SCHEDULES
+from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES
 from cnnlab.compress.quantize import INITS
 from cnnlab.io import CnnlabError, atomic_path
 
@@ -79,9 +79,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="linear",
         help="k-means centroid initialisation",
     )
-    p.add_argument("--lr", type=float, default=0.01, help="retraining learning rate (SGD)")
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="sgd",
+        help="retraining optimizer: SGD + momentum + L2 (the paper's) or AdamW",
+    )
+    p.add_argument("--lr", type=float, default=0.01, help="retraining learning rate")
     p.add_argument("--finetune-lr", type=float, default=0.001, help="centroid fine-tuning lr")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="L2 during retraining")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay in retraining")
     p.add_argument(
         "--float32-other",
         action="store_true",
@@ -109,14 +115,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_decompress)
 
 
-def _model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any]:
+def _model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any, int]:
+    """The checkpoint's model and the data's loaders, at the checkpoint's input size and channels
+    (a run's stored preprocessing; else the data's channels and the model's native size)."""
     from cnnlab.data import build_loaders, data_channels
     from cnnlab.registry import create_model, model_info
-    from cnnlab.train import load_weights
+    from cnnlab.train import load_weights, read_meta
 
     torch.manual_seed(args.seed)
-    in_chans = data_channels(args.data)
-    img_size = args.img_size or model_info(args.model)["input_size"][1]
+    pre = read_meta(args.checkpoint).get("preprocess")
+    if isinstance(pre, dict):
+        in_chans, img_size = int(pre["in_chans"]), args.img_size or int(pre["size"])
+    else:
+        in_chans = data_channels(args.data)
+        img_size = args.img_size or model_info(args.model)["input_size"][1]
     train, val, classes = build_loaders(
         args.data,
         img_size=img_size,
@@ -127,7 +139,7 @@ def _model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any
     )
     model = create_model(args.model, num_classes=len(classes), in_chans=in_chans)
     load_weights(model, args.checkpoint)
-    return model, train, val
+    return model, train, val, img_size
 
 
 def run_compress(args: argparse.Namespace) -> int:
@@ -144,6 +156,7 @@ def run_compress(args: argparse.Namespace) -> int:
         fc_bits=args.fc_bits,
         bits=_per_layer(args.bits, "bits", int),
         init=args.init,
+        optimizer=args.optimizer,
         lr=args.lr,
         finetune_lr=args.finetune_lr,
         weight_decay=args.weight_decay,
@@ -152,10 +165,14 @@ def run_compress(args: argparse.Namespace) -> int:
     if cfg.bits and "*" in cfg.bits:
         raise ValueError("--bits takes LAYER=B; use --conv-bits / --fc-bits for all layers")
     cfg.check()
-    model, train, val = _model_and_data(args)
+    model, train, val, img_size = _model_and_data(args)
     size_before = model_bytes(model)
     stages = compress(model, train, val, cfg, log=None if args.json else print)
-    report = save(model, args.out, extra={"stages": stages})
+    # The file carries what a user of the model needs (its input size, its accuracy); the
+    # stage-by-stage log is printed, not shipped: every header byte counts in the ratio.
+    stored = stages[-1]
+    extra = {"img_size": img_size, "top1": stored["top1"], "top5": stored["top5"]}
+    report = save(model, args.out, extra=extra)
     table = layer_table(report, model, size_before)
     result = {"model": args.model, "out": args.out, "stages": stages, **table}
     if args.json:
@@ -238,7 +255,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         ) from None
     if args.plot:  # before the sweep, not after it
         check_plot_path(args.plot)
-    model, _, val = _model_and_data(args)
+    model, _, val, _ = _model_and_data(args)
     layers = args.layers.split(",") if args.layers else None
     curves = sensitivity(model, lambda m: 100 * evaluate(m, val)["top1"], fractions, layers)
     if args.plot:

@@ -31,6 +31,7 @@ from cnnlab.compress.quantize import round_to_half, share_weights
 __all__ = ["CompressionConfig", "compress", "finalize", "layer_table", "model_bytes"]
 
 SCHEDULES = ("iterative", "gradual")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -43,7 +44,9 @@ class CompressionConfig:
     linearly, ``"gradual"`` on Zhu & Gupta's cubic ramp. ``retrain_epochs`` is per round;
     ``finetune_epochs`` fine-tunes the centroids. Retraining uses SGD with momentum and L2
     weight decay (the paper found L2 best for retraining), the learning rate decaying to zero
-    on a cosine within each round.
+    on a cosine within each round. ``optimizer="adamw"`` retrains with AdamW instead
+    (decoupled weight decay): the right choice for a baseline trained with AdamW, whose
+    weights SGD's step sizes do not suit.
     """
 
     quality: float | Mapping[str, float] | None = None
@@ -56,6 +59,7 @@ class CompressionConfig:
     fc_bits: int = 5
     bits: Mapping[str, int] | None = None
     init: str = "linear"
+    optimizer: str = "sgd"
     lr: float = 0.01
     finetune_lr: float = 0.001
     momentum: float = 0.9
@@ -68,6 +72,8 @@ class CompressionConfig:
             raise ValueError("give exactly one of quality and sparsity")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.prune_steps < 1 or self.retrain_epochs < 0 or self.finetune_epochs < 0:
             raise ValueError("prune_steps must be >= 1 and epochs >= 0")
 
@@ -79,9 +85,12 @@ def _retrain(
 
     if epochs == 0:
         return
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     # Cosine decay to zero over the round, per batch: the round ends on converged weights.
     steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)

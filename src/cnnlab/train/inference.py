@@ -34,12 +34,15 @@ def load_checkpoint_model(
     return model.eval(), meta
 
 
-def _load_compressed(path: str | os.PathLike[str]) -> nn.Module:
-    try:
-        from cnnlab import compress
-    except ImportError:
-        raise CnnlabError("--compressed needs cnnlab.compress, which is not installed") from None
-    return compress.load(path).eval()
+def _load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, int | None]:
+    """(the model of a .cnz file, the input size it was compressed at, if the file says)."""
+    from cnnlab.compress.format import read, rebuild_model
+
+    header, state = read(path)
+    extra = header.get("extra")
+    size = extra.get("img_size") if isinstance(extra, dict) else None
+    valid = type(size) is int and size > 0
+    return rebuild_model(header, state, source=str(path)), size if valid else None
 
 
 def evaluate_checkpoint(
@@ -68,13 +71,13 @@ def evaluate_checkpoint(
         pre = Preprocess.from_dict(meta["preprocess"])
         size, in_chans, expected = img_size or pre.size, pre.in_chans, meta["class_names"]
     else:
-        model = _load_compressed(compressed)
+        model, stored_size = _load_compressed(compressed)
         native = getattr(model, "input_size", None)
         in_chans = int(native[0]) if native else data_channels(data)
         if native is None:
             with torch.device("meta"):
                 native = create_model(model_name, in_chans=in_chans).input_size
-        size, expected = img_size or int(native[-1]), None
+        size, expected = img_size or stored_size or int(native[-1]), None
     _, loader, classes = build_loaders(
         data, img_size=size, in_chans=in_chans, batch_size=batch_size, workers=workers,
         val_split=val_split, seed=seed, limit=limit, strict=strict,
