@@ -384,7 +384,8 @@ def test_cli_compress_end_to_end(tmp_path, capsys, optimizer) -> None:
     torch.manual_seed(0)
     model = create_model("lenet_300_100", num_classes=10, in_chans=3)
     ckpt = tmp_path / "w.safetensors"
-    save_weights(model, ckpt, meta={"preprocess": {"size": 28, "in_chans": 3}})
+    pre = {"size": 28, "in_chans": 3, "mean": [0.5], "std": [0.25]}
+    save_weights(model, ckpt, meta={"preprocess": pre})
     out = tmp_path / "m.cnz"
     args = [
         "compress",
@@ -420,6 +421,10 @@ def test_cli_compress_end_to_end(tmp_path, capsys, optimizer) -> None:
     assert 0.54 < float((w == 0).float().mean()) < 0.62  # uniform init: P(|w| < std) = 0.577
     assert len(torch.unique(w)) <= 33  # 5 fc bits + zero
     assert main([*args[:-2], "--out", str(tmp_path / "x.cnz"), "--quality", "nomatch=1"]) == 2
+    bad = tmp_path / "bad.safetensors"
+    save_weights(model, bad, meta={"preprocess": {"size": 28}})
+    assert main([*args[:3], str(bad), *args[4:-2], "--out", str(tmp_path / "y.cnz")]) == 2
+    assert "malformed preprocessing" in capsys.readouterr().err
     # decompress gives a checkpoint the training tools read back
     assert main(["decompress", str(out), "--out", str(tmp_path / "d.safetensors")]) == 0
     again = create_model("lenet_300_100", num_classes=10, in_chans=3)

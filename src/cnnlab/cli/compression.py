@@ -37,7 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name, e.g. lenet_300_100")
     p.add_argument("--checkpoint", required=True, help="trained weights (.safetensors or run dir)")
     p.add_argument("--data", required=True, help="fashion-mnist, synthetic or an image folder")
-    p.add_argument("--img-size", type=int, default=None, help="input side (default: native)")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="input side (default: the checkpoint's)"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="use the first N images of each split")
     p.add_argument("--seed", type=int, default=0)
@@ -118,14 +120,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any, int]:
     """The checkpoint's model and the data's loaders, at the checkpoint's input size and channels
     (a run's stored preprocessing; else the data's channels and the model's native size)."""
-    from cnnlab.data import build_loaders, data_channels
+    from cnnlab.data import Preprocess, build_loaders, data_channels
     from cnnlab.registry import create_model, model_info
     from cnnlab.train import load_weights, read_meta
 
     torch.manual_seed(args.seed)
-    pre = read_meta(args.checkpoint).get("preprocess")
-    if isinstance(pre, dict):
-        in_chans, img_size = int(pre["in_chans"]), args.img_size or int(pre["size"])
+    stored = read_meta(args.checkpoint).get("preprocess")
+    if stored is not None:
+        pre = Preprocess.from_dict(stored)
+        in_chans, img_size = pre.in_chans, args.img_size or pre.size
     else:
         in_chans = data_channels(args.data)
         img_size = args.img_size or model_info(args.model)["input_size"][1]

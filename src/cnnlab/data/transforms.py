@@ -64,13 +64,17 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
-        return cls(
-            size=int(d["size"]),
-            in_chans=int(d["in_chans"]),
-            mean=tuple(float(m) for m in d["mean"]),
-            std=tuple(float(s) for s in d["std"]),
-            source_size=None if d.get("source_size") is None else int(d["source_size"]),
-        )
+        """From a checkpoint's metadata; ``ValueError`` if it is malformed."""
+        try:
+            return cls(
+                size=int(d["size"]),
+                in_chans=int(d["in_chans"]),
+                mean=tuple(float(m) for m in d["mean"]),
+                std=tuple(float(s) for s in d["std"]),
+                source_size=None if d.get("source_size") is None else int(d["source_size"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"malformed preprocessing metadata {d!r:.120}: {exc}") from None
 
     def geometry(self) -> v2.Transform:
         """Resize-or-pad to ``size`` x ``size`` (works on one image or a batch of tensors)."""

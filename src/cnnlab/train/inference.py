@@ -29,7 +29,8 @@ def load_checkpoint_model(
     classes, pre = meta.get("class_names"), meta.get("preprocess")
     if not isinstance(classes, list) or not isinstance(pre, dict):
         raise CnnlabError(f"checkpoint {str(checkpoint)!r} lacks class names or preprocessing")
-    model = create_model(model_name, num_classes=len(classes), in_chans=int(pre["in_chans"]))
+    in_chans = Preprocess.from_dict(pre).in_chans
+    model = create_model(model_name, num_classes=len(classes), in_chans=in_chans)
     load_weights(model, checkpoint)
     return model.eval(), meta
 
