@@ -86,6 +86,9 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys) -> None:
     assert not any(tmp_path.iterdir())
 
 
+GREY_32 = {"size": 32, "in_chans": 1, "mean": [0.286], "std": [0.353]}  # a run's preprocessing
+
+
 def test_checkpoint_that_does_not_fit(tmp_path, capsys) -> None:
     from cnnlab.train import save_weights
 
@@ -93,7 +96,7 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys) -> None:
     meta = {
         "model": "lenet5",
         "class_names": [str(i) for i in range(10)],
-        "preprocess": {"in_chans": 1, "size": 28},
+        "preprocess": GREY_32,
     }
     save_weights(cnnlab.create_model("lenet_300_100", num_classes=10, in_chans=1), ckpt, meta)
     out = tmp_path / "m.onnx"
@@ -107,7 +110,7 @@ def test_checkpoint_weights_are_exported(tmp_path) -> None:
     from cnnlab.train import save_weights
 
     model = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
-    meta = {"model": "lenet5", "class_names": list("abcdefghij"), "preprocess": {"in_chans": 1}}
+    meta = {"model": "lenet5", "class_names": list("abcdefghij"), "preprocess": GREY_32}
     save_weights(model, tmp_path / "w.safetensors", meta)
     out = tmp_path / "m.onnx"
     assert (

@@ -307,6 +307,8 @@ def test_cli_eval_compressed_at_its_stored_input_size(
     assert main(["eval", "tiny", "--compressed", str(path), "--data", "synthetic", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 128
     assert sizes == [stored or 16]  # the file's size, else the model's native one
+    assert main(["eval", "tiny_aux", "--compressed", str(path), "--data", "synthetic"]) == 2
+    assert "holds tiny, not tiny_aux" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["garbage", "pickle", "missing"])

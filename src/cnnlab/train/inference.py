@@ -73,6 +73,8 @@ def evaluate_checkpoint(
         size, in_chans, expected = img_size or pre.size, pre.in_chans, meta["class_names"]
     else:
         model, stored_size = _load_compressed(compressed)
+        if model.model_name != model_name:
+            raise CnnlabError(f"{str(compressed)!r} holds {model.model_name}, not {model_name}")
         native = getattr(model, "input_size", None)
         in_chans = int(native[0]) if native else data_channels(data)
         if native is None:
