@@ -14,9 +14,28 @@ from typing import Any
 import torch
 
 from cnnlab.cli._format import format_table, print_json
-from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES
+from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES, CompressionConfig
 from cnnlab.compress.quantize import INITS
 from cnnlab.io import CnnlabError, atomic_path
+
+# The CompressionConfig fields set by an option of the same name: (field, help, argparse keywords).
+_CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("prune_steps", "prune/retrain rounds", {"type": int}),
+    ("schedule", "sparsity per round: linear, or Zhu & Gupta's cubic ramp", {"choices": SCHEDULES}),
+    ("retrain_epochs", "retraining epochs per round", {"type": int}),
+    ("finetune_epochs", "centroid fine-tuning epochs", {"type": int}),
+    ("conv_bits", "weight-sharing bits for conv layers", {"type": int}),
+    ("fc_bits", "weight-sharing bits for fc layers", {"type": int}),
+    ("init", "k-means centroid initialisation", {"choices": INITS}),
+    (
+        "optimizer",
+        "retraining optimizer: SGD + momentum + L2 (the paper's) or AdamW",
+        {"choices": OPTIMIZERS},
+    ),
+    ("lr", "retraining learning rate", {"type": float}),
+    ("finetune_lr", "centroid fine-tuning lr", {"type": float}),
+    ("weight_decay", "weight decay in retraining", {"type": float}),
+)
 
 
 def _per_layer(values: list[str] | None, what: str, cast: type = float) -> Any:
@@ -63,33 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="[LAYER=]S",
         help="prune the fraction S of smallest weights per layer (repeatable)",
     )
-    p.add_argument("--prune-steps", type=int, default=1, help="prune/retrain rounds")
-    p.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default="iterative",
-        help="sparsity per round: linear, or Zhu & Gupta's cubic ramp",
-    )
-    p.add_argument("--retrain-epochs", type=int, default=1, help="retraining epochs per round")
-    p.add_argument("--finetune-epochs", type=int, default=1, help="centroid fine-tuning epochs")
-    p.add_argument("--conv-bits", type=int, default=8, help="weight-sharing bits for conv layers")
-    p.add_argument("--fc-bits", type=int, default=5, help="weight-sharing bits for fc layers")
+    defaults = CompressionConfig()  # the config's own defaults, not a second copy here
+    for name, text, kwargs in _CONFIG_OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        p.add_argument(flag, default=getattr(defaults, name), help=text, **kwargs)
     p.add_argument("--bits", action="append", metavar="LAYER=B", help="bits for one layer")
-    p.add_argument(
-        "--init",
-        choices=INITS,
-        default="linear",
-        help="k-means centroid initialisation",
-    )
-    p.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        default="sgd",
-        help="retraining optimizer: SGD + momentum + L2 (the paper's) or AdamW",
-    )
-    p.add_argument("--lr", type=float, default=0.01, help="retraining learning rate")
-    p.add_argument("--finetune-lr", type=float, default=0.001, help="centroid fine-tuning lr")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay in retraining")
     p.add_argument(
         "--float32-other",
         action="store_true",
@@ -146,24 +143,14 @@ def _model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save
+    from cnnlab.compress import compress, layer_table, model_bytes, save
 
     cfg = CompressionConfig(
         quality=_per_layer(args.quality, "quality"),
         sparsity=_per_layer(args.sparsity, "sparsity"),
-        prune_steps=args.prune_steps,
-        schedule=args.schedule,
-        retrain_epochs=args.retrain_epochs,
-        finetune_epochs=args.finetune_epochs,
-        conv_bits=args.conv_bits,
-        fc_bits=args.fc_bits,
         bits=_per_layer(args.bits, "bits", int),
-        init=args.init,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        finetune_lr=args.finetune_lr,
-        weight_decay=args.weight_decay,
         half_precision_other=not args.float32_other,
+        **{name: getattr(args, name) for name, _, _ in _CONFIG_OPTIONS},
     )
     if cfg.bits and "*" in cfg.bits:
         raise ValueError("--bits takes LAYER=B; use --conv-bits / --fc-bits for all layers")
