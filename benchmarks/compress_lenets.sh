@@ -32,7 +32,8 @@ control() {  # MODEL: the same retraining rounds at sparsity 0 (its "pruned" sta
   tmp=$(mktemp -d)
   "${cnnlab[@]}" compress "$1" --checkpoint "$out/$1/last.safetensors" "${recipe[@]}" \
     --sparsity 0 --finetune-epochs 0 --out "$tmp/dense.cnz" --json |
-    .venv/bin/python -c 'import json, sys; s = json.load(sys.stdin)["stages"][1]
+    .venv/bin/python -c 'import json, sys
+s = next(s for s in json.load(sys.stdin)["stages"] if s["stage"] == "pruned")
 print("dense control (%s, same retraining, nothing pruned): top-1 %.2f%%" % (sys.argv[1], s["top1"]))' "$1"
   rm -r "$tmp"
 }

@@ -135,8 +135,8 @@ def compress(
         kept = sum(int((m.weight != 0).sum()) for m in layers)
         total = sum(m.weight.numel() for m in layers)
         stages.append(
-            {  # evaluate() gives fractions; the report speaks in percent. Rounded: these
-                "stage": stage,  # records go into the file's header, where bytes count.
+            {  # evaluate() gives fractions; the report speaks in percent. Rounded: the last
+                "stage": stage,  # record's top-1/top-5 go into the file's header.
                 "top1": round(100 * metrics["top1"], 2),
                 "top5": round(100 * metrics["top5"], 2),
                 "kept": round(kept / total, 5),

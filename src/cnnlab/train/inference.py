@@ -62,7 +62,7 @@ def evaluate_checkpoint(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and confusion matrix of a checkpoint (our safetensors
-    weights, or a Deep Compression file through ``cnnlab.compress.load``) on ``data``'s
+    weights, or a Deep Compression .cnz file, at the input size it stores) on ``data``'s
     validation / test split (``seed``: the training run's, so ``val_split`` holds out the same
     images; ``strict``: a corrupt image is an error)."""
     if (checkpoint is None) == (compressed is None):
