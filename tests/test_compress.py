@@ -157,6 +157,8 @@ def test_masks_hold_exactly_through_training() -> None:
         {"sparsity": 0.5, "optimizer": "adam"},
         {"sparsity": 0.5, "schedule": "cubic"},
         {"sparsity": 0.5, "prune_steps": 0},
+        {"sparsity": 0.5, "distill": 1.5},
+        {"sparsity": 0.5, "distill": 0.5, "distill_temperature": 0},
     ],
 )
 def test_config_rejects_bad_settings(bad) -> None:
@@ -379,8 +381,8 @@ def test_cli_decompress_and_errors(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_cli_compress_end_to_end(tmp_path, capsys, optimizer) -> None:
+@pytest.mark.parametrize("optimizer, distill", [("sgd", "0"), ("adamw", "0.5")])
+def test_cli_compress_end_to_end(tmp_path, capsys, optimizer, distill) -> None:
     torch.manual_seed(0)
     model = create_model("lenet_300_100", num_classes=10, in_chans=3)
     ckpt = tmp_path / "w.safetensors"
@@ -408,6 +410,8 @@ def test_cli_compress_end_to_end(tmp_path, capsys, optimizer) -> None:
         "1",
         "--optimizer",
         optimizer,
+        "--distill",
+        distill,
         "--out",
         str(out),
     ]

@@ -19,6 +19,7 @@ from cnnlab.cli import main
 from cnnlab.data import build_loaders
 from cnnlab.io import CnnlabError
 from cnnlab.train import (
+    Distillation,
     LRSchedule,
     NonFiniteLossError,
     TrainConfig,
@@ -111,6 +112,41 @@ def test_non_finite_loss_stops_before_the_step() -> None:
         assert torch.isfinite(v.float()).all()
         if v.dtype.is_floating_point and "running" not in k:
             assert torch.equal(v, before[k])  # zero loss: SGD with zero grads left them
+
+
+def test_distillation_loss_and_pull_toward_the_teacher() -> None:
+    torch.manual_seed(0)
+    logits, target, x = torch.randn(8, 10), torch.randn(8, 10), torch.arange(8)
+    teacher = FixedLogits(target)
+    task = torch.tensor(2.0)
+    soft = (target / 3).softmax(1)
+    kl = (soft * (soft.log() - (logits / 3).log_softmax(1))).sum(1).mean()
+    mixed = Distillation(teacher, weight=0.25, temperature=3.0).loss(task, logits, x)
+    assert float(mixed) == pytest.approx(0.75 * 2.0 + 0.25 * 9 * float(kl), rel=1e-5)
+    assert float(Distillation(teacher, 1.0).loss(task, target, x)) == pytest.approx(0, abs=1e-6)
+    for bad in ({"weight": 1.5}, {"temperature": 0.0}):
+        with pytest.raises(ValueError, match="distillation needs"):
+            Distillation(teacher, **bad)
+    # Pure distillation: the student's outputs move toward the teacher's, which stays put.
+    train, _, _ = build_loaders("synthetic", img_size=16, in_chans=3, batch_size=64)
+    teacher_net, student = TinyNet(), TinyNet()
+    distill = Distillation(teacher_net, 1.0, 1.0)  # puts the teacher in eval mode
+    frozen = {k: v.clone() for k, v in teacher_net.state_dict().items()}
+    probe = next(iter(train))[0]
+
+    def gap() -> float:
+        student.eval()
+        with torch.no_grad():
+            t, s = teacher_net(probe).log_softmax(1), student(probe).log_softmax(1)
+        return float(nn.functional.kl_div(s, t, log_target=True, reduction="batchmean"))
+
+    start = gap()
+    opt = torch.optim.Adam(student.parameters(), lr=0.01)
+    for _ in range(3):
+        train_one_epoch(student, train, opt, distill=distill)
+    assert gap() < start / 4
+    assert all(torch.equal(v, frozen[k]) for k, v in teacher_net.state_dict().items())
+    assert not teacher_net.training and not any(p.requires_grad for p in teacher_net.parameters())
 
 
 def test_schedules() -> None:

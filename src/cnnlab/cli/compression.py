@@ -35,6 +35,12 @@ _CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("lr", "retraining learning rate", {"type": float}),
     ("finetune_lr", "centroid fine-tuning lr", {"type": float}),
     ("weight_decay", "weight decay in retraining", {"type": float}),
+    (
+        "distill",
+        "weight of distillation from the uncompressed model in retraining (0: off)",
+        {"type": float},
+    ),
+    ("distill_temperature", "distillation temperature", {"type": float}),
 )
 
 

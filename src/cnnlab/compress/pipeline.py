@@ -8,10 +8,11 @@ it (see :mod:`cnnlab.compress.prune` and :mod:`cnnlab.compress.quantize`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from cnnlab.compress.prune import (
     strip,
 )
 from cnnlab.compress.quantize import round_to_half, share_weights
+
+if TYPE_CHECKING:
+    from cnnlab.train import Distillation
 
 __all__ = ["CompressionConfig", "compress", "finalize", "layer_table", "model_bytes"]
 
@@ -46,7 +50,10 @@ class CompressionConfig:
     weight decay (the paper found L2 best for retraining), the learning rate decaying to zero
     on a cosine within each round. ``optimizer="adamw"`` retrains with AdamW instead
     (decoupled weight decay): the right choice for a baseline trained with AdamW, whose
-    weights SGD's step sizes do not suit.
+    weights SGD's step sizes do not suit. ``distill > 0`` makes every retraining and
+    fine-tuning epoch distil from the uncompressed model (Hinton et al., 2015) with that
+    weight and ``distill_temperature``: the dense network's soft outputs guide the pruned
+    and shared one back (not in the paper; Polino et al., ICLR 2018, use it for quantization).
     """
 
     quality: float | Mapping[str, float] | None = None
@@ -64,6 +71,8 @@ class CompressionConfig:
     finetune_lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     half_precision_other: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -76,10 +85,18 @@ class CompressionConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.prune_steps < 1 or self.retrain_epochs < 0 or self.finetune_epochs < 0:
             raise ValueError("prune_steps must be >= 1 and epochs >= 0")
+        if not 0 <= self.distill <= 1 or not self.distill_temperature > 0:
+            raise ValueError("distill must be in [0, 1] and distill_temperature > 0")
 
 
 def _retrain(
-    model: nn.Module, loader: Any, epochs: int, lr: float, cfg: CompressionConfig, device: str
+    model: nn.Module,
+    loader: Any,
+    epochs: int,
+    lr: float,
+    cfg: CompressionConfig,
+    device: str,
+    distill: Distillation | None,
 ) -> None:
     from cnnlab.train import train_one_epoch
 
@@ -95,7 +112,9 @@ def _retrain(
     steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     for _ in range(epochs):
-        train_one_epoch(model, loader, optimizer, device=device, scheduler=scheduler)
+        train_one_epoch(
+            model, loader, optimizer, device=device, scheduler=scheduler, distill=distill
+        )
 
 
 def finalize(model: nn.Module, half_precision_other: bool = True) -> nn.Module:
@@ -122,10 +141,15 @@ def compress(
     Conv/Linear weights). At the end the model holds plain weights exactly as
     :func:`cnnlab.compress.save` stores them.
     """
-    from cnnlab.train import evaluate
+    from cnnlab.train import Distillation, evaluate
 
     cfg.check()
     model.to(device)
+    distill = (  # the teacher: the model as given, before anything is pruned
+        Distillation(copy.deepcopy(model), cfg.distill, cfg.distill_temperature)
+        if cfg.distill
+        else None
+    )
     names = list(prunable_layers(model))
     stages: list[dict[str, Any]] = []
 
@@ -162,12 +186,12 @@ def compress(
         }
     for step in range(cfg.prune_steps):
         prune(model, masks_for_sparsity(model, {n: r[step] for n, r in ramps.items()}))
-        _retrain(model, train_loader, cfg.retrain_epochs, cfg.lr, cfg, device)
+        _retrain(model, train_loader, cfg.retrain_epochs, cfg.lr, cfg, device, distill)
     record("pruned")
     share_weights(model, cfg.bits, conv_bits=cfg.conv_bits, fc_bits=cfg.fc_bits, init=cfg.init)
     record("quantized")
     if cfg.finetune_epochs:
-        _retrain(model, train_loader, cfg.finetune_epochs, cfg.finetune_lr, cfg, device)
+        _retrain(model, train_loader, cfg.finetune_epochs, cfg.finetune_lr, cfg, device, distill)
         record("finetuned")
     finalize(model, cfg.half_precision_other)
     model.cpu()

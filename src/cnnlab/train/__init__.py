@@ -13,10 +13,11 @@ from cnnlab.train.inference import (
     plot_confusion,
     predict,
 )
-from cnnlab.train.loop import NonFiniteLossError, evaluate, train_one_epoch
+from cnnlab.train.loop import Distillation, NonFiniteLossError, evaluate, train_one_epoch
 from cnnlab.train.trainer import LRSchedule, TrainConfig, build_optimizer, fit
 
 __all__ = [
+    "Distillation",
     "LRSchedule",
     "NonFiniteLossError",
     "TrainConfig",

@@ -3,8 +3,8 @@
 A model in training mode may return a tuple (or namedtuple) whose first item is the logits
 and the rest auxiliary logits: GoogLeNet's two auxiliary classifiers, whose losses "were added
 to the total loss of the network with a discount weight (0.3)" (Szegedy et al., 2015,
-section 6). On CUDA the forward pass runs under bf16 autocast with channels_last inputs;
-on CPU in fp32.
+section 6). A :class:`Distillation` mixes in a teacher's softened outputs. On CUDA the
+forward pass runs under bf16 autocast with channels_last inputs; on CPU in fp32.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from cnnlab.io import CnnlabError
 
-__all__ = ["NonFiniteLossError", "evaluate", "train_one_epoch"]
+__all__ = ["Distillation", "NonFiniteLossError", "evaluate", "train_one_epoch"]
 
 
 class NonFiniteLossError(CnnlabError):
@@ -57,6 +58,37 @@ def split_outputs(out: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
     raise TypeError(f"model returned {type(out).__name__}; expected logits or (logits, *aux)")
 
 
+@dataclass
+class Distillation:
+    """Knowledge distillation (Hinton, Vinyals, Dean, 2015, "Distilling the Knowledge in a
+    Neural Network", section 2): the loss becomes ``(1 - weight) x`` the task loss ``+ weight x
+    T^2 x KL(softmax(teacher / T) || softmax(student / T))``; the T^2 keeps the soft term's
+    gradients on the hard term's scale. The teacher runs in eval mode, without gradients.
+    """
+
+    teacher: nn.Module
+    weight: float = 0.5
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.weight <= 1 or not self.temperature > 0:
+            raise ValueError("distillation needs 0 <= weight <= 1 and temperature > 0")
+        self.teacher.eval().requires_grad_(False)
+
+    def loss(self, task_loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Mix ``task_loss`` with the distillation term for the student's ``logits`` on ``x``."""
+        with torch.no_grad():
+            target, _ = split_outputs(self.teacher(x))
+        t = self.temperature
+        soft = nn.functional.kl_div(
+            nn.functional.log_softmax(logits.float() / t, 1),
+            nn.functional.log_softmax(target.float() / t, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return (1 - self.weight) * task_loss + self.weight * t * t * soft
+
+
 def run_epoch(
     model: nn.Module,
     loader: Any,
@@ -67,6 +99,7 @@ def run_epoch(
     clip_grad_norm: float | None = None,
     aux_weight: float = 0.3,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    distill: Distillation | None = None,
     on_batch: Callable[[int, float, int, int], None] | None = None,
 ) -> dict[str, float]:
     """:func:`train_one_epoch` with a per-batch hook ``on_batch(n_images, loss, correct, i)``."""
@@ -80,6 +113,8 @@ def run_epoch(
         with _autocast(device):
             logits, aux = split_outputs(model(x))
             loss = loss_fn(logits, y)
+            if distill is not None:
+                loss = distill.loss(loss, logits, x)
             for a in aux:
                 loss = loss + aux_weight * loss_fn(a, y)
         value = loss.item()
@@ -123,11 +158,13 @@ def train_one_epoch(
     clip_grad_norm: float | None = None,
     aux_weight: float = 0.3,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    distill: Distillation | None = None,
 ) -> dict[str, float]:
     """Train ``model`` for one pass over ``loader``; return mean loss, top-1 and image count.
 
     ``scheduler`` (if given) is stepped after every optimizer step (per-batch schedules).
-    Auxiliary outputs add ``aux_weight`` times their loss. A NaN or infinite loss raises
+    ``distill`` mixes a teacher's outputs into the main loss. Auxiliary outputs add
+    ``aux_weight`` times their loss. A NaN or infinite loss raises
     :class:`NonFiniteLossError` before the optimizer step, so the weights stay finite.
     Under ``torch.distributed`` the returned figures cover all processes.
     """
@@ -140,6 +177,7 @@ def train_one_epoch(
         clip_grad_norm=clip_grad_norm,
         aux_weight=aux_weight,
         loss_fn=loss_fn,
+        distill=distill,
     )
 
 
