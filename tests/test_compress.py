@@ -33,7 +33,7 @@ from cnnlab.compress import (
     sensitivity,
     share_weights,
 )
-from cnnlab.compress.pipeline import finalize
+from cnnlab.compress.pipeline import compress, finalize
 from cnnlab.compress.prune import prunable_layers, quality_to_sparsity
 from cnnlab.io import CnnlabError
 from cnnlab.registry import create_model
@@ -155,6 +155,7 @@ def test_masks_hold_exactly_through_training() -> None:
         {},
         {"quality": 1.0, "sparsity": 0.5},
         {"sparsity": 0.5, "optimizer": "adam"},
+        {"sparsity": 0.5, "finetune_optimizer": "adam"},
         {"sparsity": 0.5, "schedule": "cubic"},
         {"sparsity": 0.5, "prune_steps": 0},
         {"sparsity": 0.5, "distill": 1.5},
@@ -164,6 +165,28 @@ def test_masks_hold_exactly_through_training() -> None:
 def test_config_rejects_bad_settings(bad) -> None:
     with pytest.raises(ValueError):
         CompressionConfig(**bad).check()
+
+
+@pytest.mark.parametrize(("finetune_optimizer", "expected"), [(None, "SGD"), ("adamw", "AdamW")])
+def test_finetune_optimizer_defaults_to_the_retraining_one(
+    monkeypatch, finetune_optimizer, expected
+) -> None:
+    built = []
+
+    def recording(cls: type) -> type:
+        class Recording(cls):
+            def __init__(self, *args, **kwargs) -> None:
+                built.append(cls.__name__)
+                super().__init__(*args, **kwargs)
+
+        return Recording
+
+    monkeypatch.setattr(torch.optim, "SGD", recording(torch.optim.SGD))
+    monkeypatch.setattr(torch.optim, "AdamW", recording(torch.optim.AdamW))
+    torch.manual_seed(0)
+    cfg = CompressionConfig(sparsity=0.5, finetune_optimizer=finetune_optimizer)
+    compress(Tiny(), _batches(2), _batches(1, seed=1), cfg)
+    assert built == ["SGD", expected]  # one prune/retrain round, then the centroids
 
 
 def test_gradual_schedule_is_cubic() -> None:

@@ -33,6 +33,12 @@ _CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
         {"choices": OPTIMIZERS},
     ),
     ("lr", "retraining learning rate", {"type": float}),
+    (
+        "finetune_optimizer",
+        "centroid fine-tuning optimizer (default: --optimizer); adamw suits layers of very many"
+        " weights per centroid",
+        {"choices": OPTIMIZERS},
+    ),
     ("finetune_lr", "centroid fine-tuning lr", {"type": float}),
     ("weight_decay", "weight decay in retraining", {"type": float}),
     (
