@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +31,18 @@ def test_unknown_command_exits_2():
     with pytest.raises(SystemExit) as exc:
         main(["no-such-command"])
     assert exc.value.code == 2
+
+
+def test_closed_stdout_is_a_quiet_exit_141():
+    read, write = os.pipe()
+    os.close(read)  # as `cnnlab models | head -1` once head has gone
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cnnlab", "models"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == ""
