@@ -19,9 +19,11 @@ mkdir -p "$out"
 train() {  # MODEL ARGS...: the uncompressed baseline (a baseline already in OUT_DIR is reused)
   local model=$1
   shift
-  [ -e "$out/$model/last.safetensors" ] && return
+  [ -d "$out/$model" ] && return
+  rm -rf "$out/$model.partial"  # last.safetensors is written every epoch: train aside, then rename
   "${cnnlab[@]}" train "$model" "${data[@]}" --img-size 32 "$@" --no-progress --no-tensorboard \
-    --out "$out/$model"
+    --out "$out/$model.partial"
+  mv "$out/$model.partial" "$out/$model"
 }
 
 compress() {  # MODEL ARGS...: one pruning round + 1 retraining epoch, 8/5-bit sharing, 1 fine-tuning epoch
@@ -54,6 +56,6 @@ for model in "${models[@]}"; do
         --finetune-optimizer adamw --finetune-lr 1e-4 ;;
     *) echo "unknown model $model" >&2; exit 2 ;;
   esac
-  "${cnnlab[@]}" eval "$model" --compressed "$out/$model.cnz" "${data[@]}" | head -3
+  "${cnnlab[@]}" eval "$model" --compressed "$out/$model.cnz" "${data[@]}"
 done
 echo "compress_bignets: ${SECONDS} s"
