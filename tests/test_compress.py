@@ -314,6 +314,28 @@ def test_relative_indices_use_fillers() -> None:
     assert report.encoding == "shared" and report.index_entries == 3 + 5 + 8
 
 
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_centroid_steps_script_measures_every_shared_layer() -> None:
+    torch.manual_seed(0)
+    model = Tiny()
+    prune(model, masks_for_sparsity(model, {"conv": 0.5, "fc1": 0.5, "fc2": 0.5}))
+    share_weights(model, conv_bits=2, fc_bits=2)
+    kept = {n: int((m.weight != 0).sum()) for n, m in prunable_layers(model).items()}
+    x, y = _batches(1)[0]
+    steps = _benchmark("centroid_steps").centroid_steps
+    rows, doubled = steps(model, x, y, lr=1e-3), steps(model, x, y, lr=2e-3)
+    assert [name for name, _, _ in rows] == list(kept)
+    for (name, members, ratio), (_, _, ratio2) in zip(rows, doubled, strict=True):
+        assert members == pytest.approx(kept[name] / 4)  # 2 bits: four centroids per layer
+        assert ratio > 0 and ratio2 == pytest.approx(2 * ratio)  # gradients not accumulated
+
+
 def test_registry_model_compresses_and_loads_back(tmp_path, capsys) -> None:
     torch.manual_seed(0)
     model = create_model("lenet_300_100", num_classes=10, in_chans=1)
@@ -331,12 +353,7 @@ def test_registry_model_compresses_and_loads_back(tmp_path, capsys) -> None:
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(loaded(x), model.eval()(x))
     # benchmarks/coding_headroom.py re-encodes the file to the byte and bounds each stream
-    spec = importlib.util.spec_from_file_location(
-        "coding_headroom", BENCHMARKS / "coding_headroom.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    script.headroom(str(tmp_path / "m.cnz"))
+    _benchmark("coding_headroom").headroom(str(tmp_path / "m.cnz"))
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if ".weight" in line]
     assert [r[0] for r in rows] == ["hidden.fc1.weight", "hidden.fc2.weight", "fc.weight"]
     for _, _, _, huff_w, h0_w, _, huff_p, h0_p, *_ in rows:
