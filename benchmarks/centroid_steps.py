@@ -1,7 +1,7 @@
 """How far one SGD step moves each layer's shared centroids, against the spacing between them.
 
-Deep Compression fine-tunes a centroid with the sum of its members' gradients (sec. 3.1, figure
-3), so under SGD its step grows with its cluster. This prunes a trained model as `cnnlab compress
+Deep Compression fine-tunes a centroid with the sum of its members' gradients (sec. 3.3, eq. 3),
+so under SGD its step grows with its cluster. This prunes a trained model as `cnnlab compress
 --sparsity` does, shares its weights (conv 8 / fc 5 bits), takes one batch's gradient and prints
 per layer the weights per centroid and lr x the largest centroid gradient over the mean distance
 between neighbouring centroids. Near 1 or above, one step carries a centroid past its neighbours.
