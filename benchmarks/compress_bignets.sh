@@ -2,7 +2,7 @@
 # The big-network rows of docs/compression.md: resnet18 and mobilenet_v2 trained on
 # Fashion-MNIST (28x28 padded to 32x32, one input channel) on the 2-core CPU, then one
 # prune/retrain round, trained quantization (conv 8 / fc 5 bits) and one fine-tuning epoch.
-# vgg16_bn runs only when named: at ~13 img/s here it gets one epoch on the first 15,000
+# vgg16_bn runs only when named: at ~14 img/s here it gets one epoch on the first 15,000
 # training images, and its compression retrains and evaluates its stages on the first 5,000
 # images of each split (the stored file is then evaluated on all 10,000); a real run needs a GPU.
 # Usage: benchmarks/compress_bignets.sh [OUT_DIR] [MODEL...]   (default runs/bignets resnet18 mobilenet_v2)
@@ -48,7 +48,7 @@ for model in "${models[@]}"; do
     vgg16_bn)
       train vgg16_bn --limit 15000 --epochs 1 --batch-size 64 --optimizer sgd --lr 0.01 \
         --weight-decay 5e-4 --schedule onecycle
-      # The paper's VGG-16 pattern (Table 4): fc6/fc7 keep 4%, fc8 23%, the convs 30-65%.
+      # The paper's VGG-16 pattern (Table 4): fc6/fc7 keep 4%, fc8 23%, the convs 22-58%.
       # SGD would move fc6's centroids (128,451 weights each) by lr x the sum of their members'
       # gradients, many times their spacing: its codebooks are fine-tuned with AdamW instead.
       compress vgg16_bn --limit 5000 --sparsity 0.6 --sparsity features.conv1_1=0.4 \
