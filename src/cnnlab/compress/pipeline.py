@@ -54,11 +54,11 @@ class CompressionConfig:
     trains the codebooks. With SGD a centroid moves by the learning rate times the *sum* of
     its members' gradients (the paper's rule), so its step grows with its cluster: VGG-16's
     fc6 at 4% kept has 128,451 weights per 5-bit centroid, and at lr 1e-3 one step moves them
-    12x the spacing between centroids (``benchmarks/centroid_steps.py``). AdamW's step does not depend on
-    the cluster's size. ``distill > 0`` makes every retraining and
-    fine-tuning epoch distil from the uncompressed model (Hinton et al., 2015) with that
-    weight and ``distill_temperature``: the dense network's soft outputs guide the pruned
-    and shared one back (not in the paper; Polino et al., ICLR 2018, use it for quantization).
+    12x the spacing between centroids (``benchmarks/centroid_steps.py``). AdamW's step does
+    not depend on the cluster's size. ``distill > 0`` makes every retraining and fine-tuning
+    epoch distil from the uncompressed model (Hinton et al., 2015) with that weight and
+    ``distill_temperature``: the dense network's soft outputs guide the pruned and shared one
+    back (not in the paper; Polino et al., ICLR 2018, use it for quantization).
     """
 
     quality: float | Mapping[str, float] | None = None
