@@ -87,9 +87,11 @@ class CompressionConfig:
             raise ValueError("give exactly one of quality and sparsity")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for value in (self.optimizer, self.finetune_optimizer or self.optimizer):
-            if value not in OPTIMIZERS:
-                raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {value!r}")
+        if self.optimizer not in OPTIMIZERS or self.finetune_optimizer not in (None, *OPTIMIZERS):
+            raise ValueError(
+                f"optimizer and finetune_optimizer must be one of {OPTIMIZERS}, "
+                f"got {self.optimizer!r} and {self.finetune_optimizer!r}"
+            )
         if self.prune_steps < 1 or self.retrain_epochs < 0 or self.finetune_epochs < 0:
             raise ValueError("prune_steps must be >= 1 and epochs >= 0")
         if not 0 <= self.distill <= 1 or not self.distill_temperature > 0:
