@@ -37,7 +37,8 @@ def centroid_steps(
         shared = module.parametrizations.weight[0]
         spacing = (codebook.max() - codebook.min()).item() / max(1, codebook.numel() - 1)
         step = lr * codebook.grad.abs().max().item()
-        rows.append((name, int(shared.mask.sum()) / codebook.numel(), step / spacing))
+        ratio = step / spacing if spacing else float("inf")  # one shared value: no spacing
+        rows.append((name, int(shared.mask.sum()) / codebook.numel(), ratio))
     return rows
 
 
