@@ -8,9 +8,18 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from cnnlab.errors import CnnlabError
 
-class CnnlabError(Exception):
-    """An error the CLI reports as one line with exit code 2 (bad file, bad argument)."""
+
+def check_output(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path if its folder exists (checked before a long run, not after it)."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise CnnlabError(f"folder {str(folder)!r} does not exist (for {str(target)!r})")
+    if target.is_dir():
+        raise CnnlabError(f"{str(target)!r} is a folder, not a file name")
+    return target
 
 
 @contextlib.contextmanager
@@ -19,10 +28,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
-    target = Path(path)
+    target = check_output(path)
     folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise CnnlabError(f"folder {str(folder)!r} does not exist (for {str(target)!r})")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -1,5 +1,8 @@
 """The model registry: ``create_model``, ``list_models``, ``model_info``.
 
+A leaf: it imports no model; ``import cnnlab`` imports :mod:`cnnlab.models`, whose family
+files register themselves.
+
 Each architecture file registers its builders with :func:`register_model`, together with the
 paper, the native input size and the reference figures (params, MACs) that the fidelity tests
 check against (``../shared/reference/architectures.md``).
@@ -108,7 +111,6 @@ def register_model(
 
 
 def _entry(name: str) -> ModelEntry:
-    _load_models()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -147,7 +149,6 @@ def create_model(
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching the shell-style ``pattern``, sorted."""
-    _load_models()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
 
 
@@ -168,8 +169,3 @@ def match_models(patterns: Iterable[str]) -> list[str]:
 def model_info(name: str) -> dict[str, Any]:
     """Paper, year, input size, reference params / MACs and their source for ``name``."""
     return _entry(name).as_dict()
-
-
-def _load_models() -> None:
-    # Importing the package runs every family's @register_model.
-    from cnnlab import models  # noqa: F401

@@ -1,6 +1,6 @@
 """``cnnlab compress``, ``cnnlab sensitivity`` and ``cnnlab decompress`` (Deep Compression).
 
-cnnlab compress MODEL --checkpoint RUN --data fashion-mnist --quality 1.0 --out m.cnz
+cnnlab compress MODEL --checkpoint RUN --data fashion-mnist --out m.cnz   (the default recipe)
 cnnlab sensitivity MODEL --checkpoint RUN --data fashion-mnist --plot sens.png
 cnnlab decompress m.cnz --out m.safetensors
 """
@@ -8,18 +8,30 @@ cnnlab decompress m.cnz --out m.safetensors
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 from typing import Any
 
-import torch
-
+import cnnlab
+from cnnlab import codec, plots
 from cnnlab.cli._format import format_table, print_json
-from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES, CompressionConfig
+from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
+from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES
 from cnnlab.compress.quantize import INITS
-from cnnlab.io import CnnlabError, atomic_path
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_path, check_output
+from cnnlab.saved import save as save_checkpoint
+from cnnlab.train import evaluate, model_and_loaders
 
 # The CompressionConfig fields set by an option of the same name: (field, help, argparse keywords).
 _CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "recipe",
+        "per-layer sparsity and bits: paper (Han et al.'s table: lenet_300_100, lenet5_caffe, "
+        "alexnet, vgg16), sensitivity (a quick per-layer sweep) or a .toml file; default: "
+        "paper where it has a table, else sensitivity",
+        {"metavar": "paper|sensitivity|FILE.toml"},
+    ),
+    ("tolerance", "sensitivity recipe: top-1 points one layer's pruning may cost", {"type": float}),
     ("prune_steps", "prune/retrain rounds", {"type": int}),
     ("schedule", "sparsity per round: linear, or Zhu & Gupta's cubic ramp", {"choices": SCHEDULES}),
     ("retrain_epochs", "retraining epochs per round", {"type": int}),
@@ -66,7 +78,11 @@ def _per_layer(values: list[str] | None, what: str, cast: type = float) -> Any:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name, e.g. lenet_300_100")
-    p.add_argument("--checkpoint", required=True, help="trained weights (.safetensors or run dir)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="any saved model: run folder, .safetensors, .cnz, torchvision:PATH, timm:PATH",
+    )
     p.add_argument("--data", required=True, help="fashion-mnist, synthetic or an image folder")
     p.add_argument(
         "--img-size", type=int, default=None, help="input side (default: the checkpoint's)"
@@ -126,37 +142,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_decompress)
 
 
-def _model_and_data(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, Any, int]:
-    """The checkpoint's model and the data's loaders, at the checkpoint's input size and channels
-    (a run's stored preprocessing; else the data's channels and the model's native size)."""
-    from cnnlab.data import Preprocess, build_loaders, data_channels
-    from cnnlab.registry import create_model, model_info
-    from cnnlab.train import load_weights, read_meta
+def _log(args: argparse.Namespace) -> Any:
+    return None if args.json else print
 
-    torch.manual_seed(args.seed)
-    stored = read_meta(args.checkpoint).get("preprocess")
-    if stored is not None:
-        pre = Preprocess.from_dict(stored)
-        in_chans, img_size = pre.in_chans, args.img_size or pre.size
-    else:
-        in_chans = data_channels(args.data)
-        img_size = args.img_size or model_info(args.model)["input_size"][1]
-    train, val, classes = build_loaders(
-        args.data,
-        img_size=img_size,
-        in_chans=in_chans,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        seed=args.seed,
-    )
-    model = create_model(args.model, num_classes=len(classes), in_chans=in_chans)
-    load_weights(model, args.checkpoint)
-    return model, train, val, img_size
+
+def _note(message: str) -> None:
+    print(f"cnnlab: {message}", file=sys.stderr)
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    from cnnlab.compress import compress, layer_table, model_bytes, save
-
     cfg = CompressionConfig(
         quality=_per_layer(args.quality, "quality"),
         sparsity=_per_layer(args.sparsity, "sparsity"),
@@ -166,39 +160,60 @@ def run_compress(args: argparse.Namespace) -> int:
     )
     if cfg.bits and "*" in cfg.bits:
         raise ValueError("--bits takes LAYER=B; use --conv-bits / --fc-bits for all layers")
-    cfg.check()
-    model, train, val, img_size = _model_and_data(args)
+    model, meta, train, val = model_and_loaders(
+        args.checkpoint, args.data, args.model, img_size=args.img_size,
+        batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=_note,
+    )  # fmt: skip
+    check_output(args.out)
     size_before = model_bytes(model)
-    stages = compress(model, train, val, cfg, log=None if args.json else print)
-    # The file carries what a user of the model needs (its input size, its accuracy); the
-    # stage-by-stage log is printed, not shipped: every header byte counts in the ratio.
-    stored = stages[-1]
-    extra = {"img_size": img_size, "top1": stored["top1"], "top5": stored["top5"]}
+    result = compress(model, train, val, cfg, log=_log(args))
+    stored = result["stages"][-1]
+    # What a user of the model needs travels in the file; the stage log is printed only.
+    preprocess = {**meta["preprocess"], "size": args.img_size or meta["preprocess"]["size"]}
+    extra = {
+        "img_size": preprocess["size"],
+        "top1": stored["top1"],
+        "top5": stored["top5"],
+        "class_names": meta["class_names"],
+        "preprocess": preprocess,
+        "recipe": result["recipe"],
+    }
     report = save(model, args.out, extra=extra)
     table = layer_table(report, model, size_before)
-    result = {"model": args.model, "out": args.out, "stages": stages, **table}
+    output = {"model": meta["model"], "out": args.out, **result, **table}
     if args.json:
-        print_json(result)
+        print_json(output)
         return 0
-    print()
-    print(format_layer_table(table))
-    print()
+    _print_compress(output, args.out)
+    return 0
+
+
+def _print_compress(result: dict[str, Any], out: str) -> None:
+    recipe = result["recipe"]
+    print(f"\nrecipe: {recipe['source']}")
     print(
         format_table(
-            ["stage", "top-1", "top-5", "weights kept"],
+            ["layer", "kept", "bits"],
             [
-                (s["stage"], f"{s['top1']:.2f}", f"{s['top5']:.2f}", f"{100 * s['kept']:.1f}%")
-                for s in stages
+                (n, f"{100 * (1 - recipe['sparsity'].get(n, 0.0)):.1f}%", b)
+                for n, b in recipe["bits"].items()
             ],
         )
     )
-    t = table["total"]
+    print()
+    print(format_layer_table(result))
+    print()
+    rows = [
+        (s["stage"], f"{s['top1']:.2f}", f"{s['top5']:.2f}", f"{100 * s['kept']:.1f}%")
+        for s in result["stages"]
+    ]
+    print(format_table(["stage", "top-1", "top-5", "weights kept"], rows))
+    t = result["total"]
     print(
         f"\nsize {t['size_before']:,} B -> {t['size_after']:,} B ({t['ratio']:.1f}x; "
         f"pruning only {t['ratio_pruning_only']:.1f}x, pruning + quantization "
-        f"{t['ratio_pruning_quantization']:.1f}x, computed); wrote {args.out}"
+        f"{t['ratio_pruning_quantization']:.1f}x, computed); wrote {out}"
     )
-    return 0
 
 
 def format_layer_table(table: dict[str, Any]) -> str:
@@ -245,10 +260,6 @@ def format_layer_table(table: dict[str, Any]) -> str:
 
 
 def run_sensitivity(args: argparse.Namespace) -> int:
-    from cnnlab.analysis.compare import check_plot_path
-    from cnnlab.compress import sensitivity
-    from cnnlab.train import evaluate
-
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
     except ValueError:
@@ -256,12 +267,15 @@ def run_sensitivity(args: argparse.Namespace) -> int:
             f"--fractions must be comma-separated numbers, got {args.fractions!r}"
         ) from None
     if args.plot:  # before the sweep, not after it
-        check_plot_path(args.plot)
-    model, _, val, _ = _model_and_data(args)
+        plots.check_plot_path(args.plot)
+    model, _, _, val = model_and_loaders(
+        args.checkpoint, args.data, args.model, img_size=args.img_size,
+        batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=_note,
+    )  # fmt: skip
     layers = args.layers.split(",") if args.layers else None
     curves = sensitivity(model, lambda m: 100 * evaluate(m, val)["top1"], fractions, layers)
     if args.plot:
-        _plot(curves, args.plot, args.model)
+        plots.plot_sensitivity(curves, args.plot, args.model)
     if args.json:
         print_json({"model": args.model, "curves": curves})
         return 0
@@ -277,39 +291,22 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot(curves: dict[str, list[tuple[float, float]]], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        ax.plot([100 * f for f, _ in curve], [a for _, a in curve], marker="o", label=name)
-    ax.set_xlabel("parameters pruned away (%)")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"{title}: pruning sensitivity per layer")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".").lower())
-    plt.close(fig)
-
-
 def run_decompress(args: argparse.Namespace) -> int:
+    """A registry model becomes a full cnnlab checkpoint (every command takes it); a .cnz of
+    some other network becomes plain safetensors."""
     from safetensors.torch import save_file
-
-    from cnnlab.compress import read, rebuild_model
-    from cnnlab.train import save_weights
 
     if not args.out.endswith(".safetensors"):
         raise CnnlabError(f"--out must end in .safetensors, got {args.out!r}")
-    header, state = read(args.file)
+    header, state = codec.read(args.file)
     name = header.get("model")
-    if isinstance(name, str):  # a registry model: a checkpoint `cnnlab eval` / `train` read
-        model = rebuild_model(header, state, source=str(args.file))
-        save_weights(model, args.out, meta={"model": name, "source": str(args.file)})
+    if isinstance(name, str):
+        model, meta = cnnlab.load(args.file)
+        kept = {k: meta[k] for k in ("img_size", "top1", "top5", "recipe") if k in meta}
+        save_checkpoint(
+            model, args.out, class_names=meta["class_names"], preprocess=meta["preprocess"],
+            meta={**kept, "source": str(args.file)},
+        )  # fmt: skip
     else:
         with atomic_path(args.out) as tmp:
             save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))

@@ -1,24 +1,22 @@
 """Deep Compression (Han, Mao, Dally, ICLR 2016): prune, share weights, entropy-code, store.
 
-``save(model, path)`` writes a ``.cnz`` file (see :mod:`cnnlab.compress.format` and
-docs/compression.md), ``load(path)`` rebuilds the model, ``compress(...)`` runs the pipeline.
+``compress(...)`` runs the pipeline with a :class:`CompressionConfig` (per-layer sparsity and
+bits from a :mod:`recipe <cnnlab.compress.recipe>`), ``save(model, path)`` writes the ``.cnz``
+file (bytes by :mod:`cnnlab.codec`), and :func:`cnnlab.load` reads it back like any saved model.
 """
 
-from cnnlab.compress.format import (
-    CnzReport,
-    TensorReport,
-    decode_bytes,
-    encode_state_dict,
-    load,
-    load_state_dict,
-    read,
-    read_header,
-    rebuild_model,
-    save,
-)
+from cnnlab.codec import CnzReport, TensorReport, decode_bytes, encode_state_dict, read
 from cnnlab.compress.pipeline import CompressionConfig, compress, finalize, layer_table, model_bytes
 from cnnlab.compress.prune import gradual_sparsity, masks_for_sparsity, prune, sensitivity
 from cnnlab.compress.quantize import kmeans_1d, share_weights
+from cnnlab.compress.store import (
+    default_index_bits,
+    load,
+    load_state_dict,
+    plain_state_dict,
+    read_header,
+    save,
+)
 
 __all__ = [
     "CnzReport",
@@ -26,6 +24,7 @@ __all__ = [
     "TensorReport",
     "compress",
     "decode_bytes",
+    "default_index_bits",
     "encode_state_dict",
     "finalize",
     "gradual_sparsity",
@@ -35,10 +34,10 @@ __all__ = [
     "load_state_dict",
     "masks_for_sparsity",
     "model_bytes",
+    "plain_state_dict",
     "prune",
     "read",
     "read_header",
-    "rebuild_model",
     "save",
     "sensitivity",
     "share_weights",

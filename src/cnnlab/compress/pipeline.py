@@ -12,14 +12,16 @@ import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from cnnlab.compress.format import CnzReport
+from cnnlab.codec import CnzReport
+from cnnlab.compress import recipe as recipes
 from cnnlab.compress.prune import (
     gradual_sparsity,
+    layer_kind,
     masks_for_sparsity,
     prunable_layers,
     prune,
@@ -28,11 +30,10 @@ from cnnlab.compress.prune import (
     strip,
 )
 from cnnlab.compress.quantize import round_to_half, share_weights
+from cnnlab.compress.store import plain_state_dict
+from cnnlab.train import Distillation, build_optimizer, evaluate, train_one_epoch
 
-if TYPE_CHECKING:
-    from cnnlab.train import Distillation
-
-__all__ = ["CompressionConfig", "compress", "finalize", "layer_table", "model_bytes"]
+__all__ = ["CompressionConfig", "compress", "finalize", "layer_table", "model_bytes", "plan"]
 
 SCHEDULES = ("iterative", "gradual")
 OPTIMIZERS = ("sgd", "adamw")
@@ -43,7 +44,11 @@ class CompressionConfig:
     """What to prune, how many bits to share, how long to retrain.
 
     ``quality`` (threshold = quality x std of the layer's weights) or ``sparsity`` (fraction
-    removed) is one number for every layer or ``{layer pattern: value}``. ``prune_steps``
+    removed) is one number for every layer or ``{layer pattern: value}``; without either,
+    ``recipe`` decides per layer (:mod:`cnnlab.compress.recipe`: ``"paper"``,
+    ``"sensitivity"`` within ``tolerance`` top-1 points, or a TOML file; by default the
+    paper's table where it has one, else the sensitivity sweep). ``bits`` (per layer) override
+    the recipe's bits and ``conv_bits`` / ``fc_bits`` (the paper's 8 / 5). ``prune_steps``
     reaches the target in that many prune/retrain rounds: ``"iterative"`` raises the sparsity
     linearly, ``"gradual"`` on Zhu & Gupta's cubic ramp. ``retrain_epochs`` is per round;
     ``finetune_epochs`` fine-tunes the centroids. Retraining uses SGD with momentum and L2
@@ -82,9 +87,13 @@ class CompressionConfig:
     half_precision_other: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def check(self) -> None:
-        if (self.quality is None) == (self.sparsity is None):
-            raise ValueError("give exactly one of quality and sparsity")
+    recipe: str | None = None
+    tolerance: float = 1.0
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("quality", "sparsity", "recipe") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of quality, sparsity and recipe, not {' and '.join(given)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS or self.finetune_optimizer not in (None, *OPTIMIZERS):
@@ -96,6 +105,15 @@ class CompressionConfig:
             raise ValueError("prune_steps must be >= 1 and epochs >= 0")
         if not 0 <= self.distill <= 1 or not self.distill_temperature > 0:
             raise ValueError("distill must be in [0, 1] and distill_temperature > 0")
+        for name in ("lr", "finetune_lr"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+        if not 0 <= self.momentum < 1 or not 0 <= self.tolerance <= 100:
+            raise ValueError("momentum must be in [0, 1) and tolerance in [0, 100] points")
+        if not (1 <= self.conv_bits <= 16 and 1 <= self.fc_bits <= 16):
+            raise ValueError("conv_bits and fc_bits must be in 1..16")
 
 
 def _retrain(
@@ -108,16 +126,12 @@ def _retrain(
     device: str,
     distill: Distillation | None,
 ) -> None:
-    from cnnlab.train import train_one_epoch
-
     if epochs == 0:
         return
-    if optimizer_name == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
+    optimizer = build_optimizer(
+        model, optimizer_name, lr, cfg.weight_decay, momentum=cfg.momentum, nesterov=False,
+        decay_1d=True,
+    )  # fmt: skip
     # Cosine decay to zero over the round, per batch: the round ends on converged weights.
     steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
@@ -136,6 +150,56 @@ def finalize(model: nn.Module, half_precision_other: bool = True) -> nn.Module:
     return model
 
 
+def plan(
+    model: nn.Module, cfg: CompressionConfig, top1: Callable[[nn.Module], float]
+) -> recipes.Recipe:
+    """The per-layer sparsity and bits: from ``quality`` / ``sparsity`` where given, else
+    from ``cfg.recipe`` (:func:`cnnlab.compress.recipe.choose`); ``bits`` override per layer.
+    ``top1(model)`` (in %) serves the sensitivity recipe."""
+    names = list(prunable_layers(model))
+    if cfg.sparsity is not None or cfg.quality is not None:
+        if cfg.sparsity is not None:
+            target = resolve_per_layer(cfg.sparsity, names, "sparsity")
+        else:
+            target = quality_to_sparsity(model, resolve_per_layer(cfg.quality, names, "quality"))
+        recipe = recipes.Recipe("options", target, {})
+    else:
+        recipe = recipes.choose(model, cfg.recipe, top1, cfg.tolerance)
+    kinds = {n: layer_kind(m) for n, m in prunable_layers(model).items()}
+    bits = {n: cfg.conv_bits if kinds[n] == "conv" else cfg.fc_bits for n in names}
+    bits |= recipe.bits | dict(cfg.bits or {})
+    unknown = [n for n in bits if n not in kinds]
+    if unknown:
+        raise ValueError(f"bits given for unknown layers {unknown} (layers: {names})")
+    return recipes.Recipe(recipe.source, recipe.sparsity, bits)
+
+
+def _ramps(recipe: recipes.Recipe, cfg: CompressionConfig) -> list[dict[str, float]]:
+    """The sparsity of every layer after each prune/retrain round."""
+    steps = cfg.prune_steps
+    if cfg.schedule == "gradual":
+        per_layer = {n: gradual_sparsity(s, steps) for n, s in recipe.sparsity.items()}
+    else:
+        per_layer = {
+            n: [s * t / steps for t in range(1, steps + 1)] for n, s in recipe.sparsity.items()
+        }
+    return [{n: r[step] for n, r in per_layer.items()} for step in range(steps)]
+
+
+def _stage(model: nn.Module, stage: str, top1_top5: Callable[[], dict[str, float]]) -> dict:
+    """One row of the report: top-1 / top-5 in % (rounded as stored) and the weights kept."""
+    metrics = top1_top5()
+    layers = prunable_layers(model).values()
+    kept = sum(int((m.weight != 0).sum()) for m in layers)
+    total = sum(m.weight.numel() for m in layers)
+    return {
+        "stage": stage,
+        "top1": round(100 * metrics["top1"], 2),
+        "top5": round(100 * metrics["top5"], 2),
+        "kept": round(kept / total, 5),
+    }
+
+
 def compress(
     model: nn.Module,
     train_loader: Any,
@@ -144,87 +208,50 @@ def compress(
     *,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> dict[str, Any]:
     """Prune, retrain, share weights, fine-tune centroids; ``model`` is changed in place.
 
-    Returns one record per stage (``stage``, ``top1`` and ``top5`` in %, ``kept`` fraction of
-    Conv/Linear weights). At the end the model holds plain weights exactly as
+    Returns ``{"recipe": the per-layer plan (source, sparsity, bits), "stages": [...]}``, one
+    stage per step (``stage``, ``top1`` and ``top5`` in %, ``kept`` fraction of Conv/Linear
+    weights). At the end the model holds plain weights exactly as
     :func:`cnnlab.compress.save` stores them.
     """
-    from cnnlab.train import Distillation, evaluate
-
-    cfg.check()
     model.to(device)
-    distill = (  # the teacher: the model as given, before anything is pruned
-        Distillation(copy.deepcopy(model), cfg.distill, cfg.distill_temperature)
-        if cfg.distill
-        else None
-    )
-    names = list(prunable_layers(model))
+    teacher = copy.deepcopy(model) if cfg.distill else None  # before anything is pruned
+    distill = Distillation(teacher, cfg.distill, cfg.distill_temperature) if teacher else None
     stages: list[dict[str, Any]] = []
 
     def record(stage: str) -> None:
-        metrics = evaluate(model, val_loader, device=device)
-        layers = prunable_layers(model).values()
-        kept = sum(int((m.weight != 0).sum()) for m in layers)
-        total = sum(m.weight.numel() for m in layers)
-        stages.append(
-            {  # evaluate() gives fractions; the report speaks in percent. Rounded: the last
-                "stage": stage,  # record's top-1/top-5 go into the file's header.
-                "top1": round(100 * metrics["top1"], 2),
-                "top5": round(100 * metrics["top5"], 2),
-                "kept": round(kept / total, 5),
-            }
-        )
+        stages.append(_stage(model, stage, lambda: evaluate(model, val_loader, device=device)))
         if log:
-            log(
-                f"{stage:>10}: top-1 {stages[-1]['top1']:.2f}  top-5 {stages[-1]['top5']:.2f}  "
-                f"weights kept {100 * kept / total:.1f}%"
-            )
+            s = stages[-1]
+            log(f"{stage:>10}: top-1 {s['top1']:.2f}  top-5 {s['top5']:.2f}  "
+                f"weights kept {100 * s['kept']:.1f}%")  # fmt: skip
 
     record("baseline")
-    if cfg.sparsity is not None:
-        target = resolve_per_layer(cfg.sparsity, names, "sparsity")
-    else:
-        target = quality_to_sparsity(model, resolve_per_layer(cfg.quality, names, "quality"))
-    if cfg.schedule == "gradual":
-        ramps = {n: gradual_sparsity(s, cfg.prune_steps) for n, s in target.items()}
-    else:
-        ramps = {
-            n: [s * t / cfg.prune_steps for t in range(1, cfg.prune_steps + 1)]
-            for n, s in target.items()
-        }
-    for step in range(cfg.prune_steps):
-        prune(model, masks_for_sparsity(model, {n: r[step] for n, r in ramps.items()}))
-        _retrain(
-            model, train_loader, cfg.retrain_epochs, cfg.optimizer, cfg.lr, cfg, device, distill
-        )
+    recipe = plan(model, cfg, lambda m: 100 * evaluate(m, val_loader, device=device)["top1"])
+    if log:
+        log(f"    recipe: {recipe.source}, " + ", ".join(
+            f"{n} {1 - s:.0%} kept" for n, s in recipe.sparsity.items()))  # fmt: skip
+    for sparsity in _ramps(recipe, cfg):
+        prune(model, masks_for_sparsity(model, sparsity))
+        _retrain(model, train_loader, cfg.retrain_epochs, cfg.optimizer, cfg.lr, cfg, device,
+                 distill)  # fmt: skip
     record("pruned")
-    share_weights(model, cfg.bits, conv_bits=cfg.conv_bits, fc_bits=cfg.fc_bits, init=cfg.init)
+    share_weights(model, recipe.bits, init=cfg.init)
     record("quantized")
     if cfg.finetune_epochs:
-        finetune_optimizer = cfg.finetune_optimizer or cfg.optimizer
-        _retrain(
-            model,
-            train_loader,
-            cfg.finetune_epochs,
-            finetune_optimizer,
-            cfg.finetune_lr,
-            cfg,
-            device,
-            distill,
-        )
+        _retrain(model, train_loader, cfg.finetune_epochs, cfg.finetune_optimizer or cfg.optimizer,
+                 cfg.finetune_lr, cfg, device, distill)  # fmt: skip
         record("finetuned")
     finalize(model, cfg.half_precision_other)
     model.cpu()
     record("stored")
-    return stages
+    return {"recipe": recipe.as_dict(), "stages": stages}
 
 
 def model_bytes(model: nn.Module) -> int:
     """Size of the uncompressed model: every state-dict tensor at its own dtype."""
-    from cnnlab.compress.format import plain_state_dict
-
     return sum(t.numel() * t.element_size() for t in plain_state_dict(model).values())
 
 

@@ -1,18 +1,13 @@
-"""Training: the loop, evaluation, checkpoints, exact resume, distributed (torchrun + DDP).
+"""Training: the loop, evaluation, fine-tuning, checkpoints, exact resume, distributed.
 
 * :func:`train_one_epoch` / :func:`evaluate`: one pass, for any classifier ``nn.Module``;
-* :func:`fit` with a :class:`TrainConfig`: a whole run as ``cnnlab train`` does it;
-* :func:`load_weights`: our safetensors checkpoints into a model, with one clear error for a
-  file that is missing, corrupt, foreign or does not fit.
+* :func:`fit` with a :class:`TrainConfig`: a whole run as ``cnnlab train`` does it, from
+  scratch or fine-tuned from any saved weights (``init_from``, ``freeze_backbone``, ``freeze``);
+* :func:`evaluate_checkpoint` / :func:`predict`: any file :func:`cnnlab.load` reads.
 """
 
-from cnnlab.train.checkpoint import load_state, load_weights, read_meta, save_weights
-from cnnlab.train.inference import (
-    evaluate_checkpoint,
-    load_checkpoint_model,
-    plot_confusion,
-    predict,
-)
+from cnnlab.train.checkpoint import load_state, save_state
+from cnnlab.train.inference import evaluate_checkpoint, model_and_loaders, predict
 from cnnlab.train.loop import Distillation, NonFiniteLossError, evaluate, train_one_epoch
 from cnnlab.train.trainer import LRSchedule, TrainConfig, build_optimizer, fit
 
@@ -25,12 +20,9 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoint",
     "fit",
-    "load_checkpoint_model",
     "load_state",
-    "load_weights",
-    "plot_confusion",
+    "model_and_loaders",
     "predict",
-    "read_meta",
-    "save_weights",
+    "save_state",
     "train_one_epoch",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -149,17 +150,7 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
     if int(block_bits.sum()) > 8 * len(data):
         raise ValueError("Huffman block lengths run past the end of the stream")
     canonical_codes(lengths)  # validates the lengths (Kraft's inequality)
-    used = np.flatnonzero(lengths)
-    if len(used) == 0:
-        raise ValueError("Huffman table is empty but the stream is not")
-    top = int(lengths.max())
-    # Canonical codes, read as `top`-bit numbers, cover consecutive ranges [start, start+span)
-    # in order of (length, symbol): the symbol of a window is found by binary search.
-    order = used[np.lexsort((used, lengths[used]))]
-    order_len = lengths[order]
-    starts_top = np.cumsum(1 << (top - order_len)) - (1 << (top - order_len))
-    filled = int(starts_top[-1] + (1 << (top - int(order_len[-1]))))
-
+    order, order_len, starts_top, top, filled = _code_ranges(lengths)
     buf = np.frombuffer(data + b"\0\0\0\0", dtype=np.uint8).astype(np.uint64)
     windows = (buf[:-3] << 24) | (buf[1:-2] << 16) | (buf[2:-1] << 8) | buf[3:]
     starts = np.concatenate(([0], np.cumsum(block_bits)[:-1]))
@@ -174,7 +165,41 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
     per_block[-1] = count - BLOCK_SYMBOLS * (n_blocks - 1)
     lookup = _Lookup(starts_top, order, order_len, top, filled)
     out = np.empty(count, dtype=np.int64)
-    # Groups of blocks covering at most GROUP_BITS bits bound the per-bit arrays.
+    for blocks in _groups(starts, block_bits):
+        symbols = _decode_group(
+            windows, lookup, top, starts[blocks], block_bits[blocks], per_block[blocks]
+        )
+        first = blocks.start * BLOCK_SYMBOLS
+        out[first : first + len(symbols)] = symbols
+    return out
+
+
+def _code_ranges(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """The canonical code as ranges of ``top``-bit windows, ``top`` the longest code length.
+
+    Canonical codes, read as ``top``-bit numbers, cover consecutive ranges [start, start+span)
+    in order of (length, symbol): the symbol of a window is found by binary search. Returns
+    ``(order, order_len, starts_top, top, filled)``: the used symbols in that order, their code
+    lengths, the first window of each range, and the end of the last range (windows from
+    ``filled`` on start no code).
+    """
+    used = np.flatnonzero(lengths)
+    if len(used) == 0:
+        raise ValueError("Huffman table is empty but the stream is not")
+    top = int(lengths.max())
+    order = used[np.lexsort((used, lengths[used]))]
+    order_len = lengths[order]
+    starts_top = np.cumsum(1 << (top - order_len)) - (1 << (top - order_len))
+    filled = int(starts_top[-1] + (1 << (top - int(order_len[-1]))))
+    return order, order_len, starts_top, top, filled
+
+
+def _groups(starts: np.ndarray, block_bits: np.ndarray) -> Iterator[slice]:
+    """Runs of consecutive blocks covering at most ``GROUP_BITS`` bits (or one longer block).
+
+    The groups bound the per-bit arrays :func:`_decode_group` builds.
+    """
+    n_blocks = len(starts)
     group_start = 0
     while group_start < n_blocks:
         group_end = group_start + 1
@@ -183,33 +208,43 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
             and starts[group_end] + block_bits[group_end] - starts[group_start] <= GROUP_BITS
         ):
             group_end += 1
-        blocks = slice(group_start, group_end)
-        lo = int(starts[group_start])
-        hi = int(starts[group_end - 1] + block_bits[group_end - 1])
-        # Decode at every bit position of the group at once: the symbol and code length a
-        # code starting there would have; then follow the chain of code starts per block.
-        bit = np.arange(lo, hi + 1, dtype=np.int64)
-        w = windows[np.minimum(bit >> 3, len(windows) - 1)]
-        peek = ((w << (bit & 7).astype(np.uint64)) & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - top)
-        sym_at, len_at = lookup(peek.astype(np.int64))
-        len_at[-1] = 0  # the position after the group's last bit never starts a code
-        n_steps = int(per_block[blocks].max())
-        pos = starts[blocks] - lo
-        trail = np.empty((group_end - group_start, n_steps), dtype=np.int64)
-        for step in range(n_steps):
-            trail[:, step] = pos
-            pos = np.minimum(pos + len_at[pos], hi - lo)
-        counts = per_block[blocks]
-        active = np.arange(n_steps) < counts[:, None]
-        if np.any(active & (len_at[trail] == 0)):
-            raise ValueError("invalid Huffman code in the stream")
-        last = trail[np.arange(len(counts)), counts - 1]
-        if not np.array_equal(last + len_at[last], starts[blocks] + block_bits[blocks] - lo):
-            raise ValueError("Huffman blocks do not end where their lengths say")
-        first = group_start * BLOCK_SYMBOLS
-        out[first : first + int(counts.sum())] = sym_at[trail[active]]
+        yield slice(group_start, group_end)
         group_start = group_end
-    return out
+
+
+def _decode_group(
+    windows: np.ndarray,
+    lookup: _Lookup,
+    top: int,
+    starts: np.ndarray,
+    block_bits: np.ndarray,
+    counts: np.ndarray,
+) -> np.ndarray:
+    """The symbols of a group of consecutive blocks (``counts`` symbols each), in order.
+
+    Decodes at every bit position of the group at once (the symbol and code length a code
+    starting there would have), then follows the chain of code starts in all blocks together.
+    """
+    lo = int(starts[0])
+    hi = int(starts[-1] + block_bits[-1])
+    bit = np.arange(lo, hi + 1, dtype=np.int64)
+    w = windows[np.minimum(bit >> 3, len(windows) - 1)]
+    peek = ((w << (bit & 7).astype(np.uint64)) & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - top)
+    sym_at, len_at = lookup(peek.astype(np.int64))
+    len_at[-1] = 0  # the position after the group's last bit never starts a code
+    n_steps = int(counts.max())
+    pos = starts - lo
+    trail = np.empty((len(counts), n_steps), dtype=np.int64)
+    for step in range(n_steps):
+        trail[:, step] = pos
+        pos = np.minimum(pos + len_at[pos], hi - lo)
+    active = np.arange(n_steps) < counts[:, None]
+    if np.any(active & (len_at[trail] == 0)):
+        raise ValueError("invalid Huffman code in the stream")
+    last = trail[np.arange(len(counts)), counts - 1]
+    if not np.array_equal(last + len_at[last], starts + block_bits - lo):
+        raise ValueError("Huffman blocks do not end where their lengths say")
+    return sym_at[trail[active]]
 
 
 class _Lookup:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Mapping
@@ -35,11 +36,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from cnnlab.compress import huffman
-from cnnlab.compress.prune import layer_kind, prunable_layers
-from cnnlab.io import CnnlabError, atomic_write_bytes
+from cnnlab.codec import huffman
+from cnnlab.errors import CnnlabError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,15 +46,10 @@ __all__ = [
     "CnzReport",
     "TensorReport",
     "decode_bytes",
-    "default_index_bits",
     "encode_state_dict",
-    "load",
-    "load_state_dict",
-    "plain_state_dict",
+    "is_cnz",
     "read",
-    "read_header",
-    "rebuild_model",
-    "save",
+    "relative_indices",
 ]
 
 MAGIC = b"\x89CNZ\r\n\x1a\n"
@@ -154,7 +148,7 @@ def _encode_stream(symbols: np.ndarray, alphabet: int) -> tuple[bytes, int]:
     return bytes(out), total
 
 
-def _relative_indices(positions: np.ndarray, index_bits: int) -> np.ndarray:
+def relative_indices(positions: np.ndarray, index_bits: int) -> np.ndarray:
     """Gaps between non-zero positions; a gap too wide for ``index_bits`` gets filler symbols.
 
     Symbol ``M = 2**index_bits - 1`` is a filler: "skip M positions, no weight here". Any other
@@ -181,7 +175,7 @@ def _shared_payload(flat_bits: np.ndarray, index_bits: int) -> tuple[bytes, Tens
     codebook, weight_idx = np.unique(values, return_inverse=True)
     if len(codebook) > MAX_SHARED_CODEBOOK:
         return None
-    gaps = _relative_indices(positions, index_bits)
+    gaps = relative_indices(positions, index_bits)
     out = bytearray(_varint(len(codebook)))
     out += codebook.astype("<i4").tobytes()
     out += struct.pack("<B", index_bits)
@@ -437,9 +431,24 @@ def decode_bytes(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return header, state
 
 
-def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(header, tensors) of a .cnz file, fully verified; ``CnnlabError`` if it is invalid."""
+def is_cnz(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file that starts with the .cnz magic bytes."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, tensors) of a .cnz file, fully verified; ``CnnlabError`` if it is invalid.
+
+    Only a regular file is read (a FIFO or a device would never end)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CnnlabError(f"{str(path)!r} is not a regular file")
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
@@ -450,116 +459,3 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.
         return decode_bytes(data)
     except (ValueError, IndexError, OverflowError, MemoryError, RuntimeError) as exc:
         raise CnnlabError(f"{str(path)!r} is not a valid .cnz file: {exc}") from None
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state dict with parametrized weights (masks, shared weights) evaluated."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if "parametrizations." not in key:
-            out[key] = value
-            continue
-        prefix, rest = key.rsplit("parametrizations.", 1)
-        pname, _, tail = rest.partition(".")
-        if tail == "original":
-            module = model.get_submodule(prefix[:-1]) if prefix else model
-            out[prefix + pname] = getattr(module, pname).detach()
-    return out
-
-
-def default_index_bits(model: nn.Module, conv_bits: int = 8, fc_bits: int = 5) -> dict[str, int]:
-    """Relative-index width per weight: 8 bits for conv, 5 for fc (Deep Compression, sec. 2)."""
-    return {
-        f"{name}.weight" if name else "weight": conv_bits if layer_kind(m) == "conv" else fc_bits
-        for name, m in prunable_layers(model).items()
-    }
-
-
-def _model_config(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """num_classes / in_chans that rebuild ``model`` with create_model (checked on 'meta')."""
-    from cnnlab.registry import create_model
-
-    name = model.model_name
-    in_chans = model.input_size[0] if getattr(model, "input_size", None) else 3
-    num_classes = getattr(model, "num_classes", None)
-    if not isinstance(num_classes, int):
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        num_classes = linears[-1].out_features if linears else 1000
-    config = {"num_classes": num_classes, "in_chans": in_chans}
-    with torch.device("meta"):
-        ref = create_model(name, **config).state_dict()
-    if {k: tuple(v.shape) for k, v in ref.items()} != {k: tuple(v.shape) for k, v in state.items()}:
-        raise ValueError(
-            f"cannot tell how to rebuild this {name!r} (tried {config}); pass config=..."
-        )
-    return config
-
-
-def save(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    *,
-    config: Mapping[str, Any] | None = None,
-    index_bits: Mapping[str, int] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> CnzReport:
-    """Write ``model`` to ``path`` as a .cnz file (atomically) and return the byte accounting.
-
-    A registry model (one with ``model_name``) is stored with the ``create_model`` keyword
-    arguments that rebuild it (``config``, inferred when not given); ``index_bits`` defaults to
-    :func:`default_index_bits`. Weights that hold few distinct values (after
-    :func:`cnnlab.compress.quantize.share_weights`) are stored SHARED; storage is lossless.
-    """
-    state = plain_state_dict(model)
-    name = getattr(model, "model_name", None)
-    if name is not None and config is None:
-        config = _model_config(model, state)
-    header = {"model": name, "config": dict(config) if config else None, "extra": extra or {}}
-    bits = default_index_bits(model) if index_bits is None else index_bits
-    data, report = encode_state_dict(state, header=header, index_bits=bits)
-    atomic_write_bytes(path, data)
-    return report
-
-
-def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON header of a .cnz file (model name, config, extra); the file is fully verified."""
-    return read(path)[0]
-
-
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The tensors of a .cnz file, bit-identical to those saved; ``CnnlabError`` if invalid."""
-    return read(path)[1]
-
-
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """Rebuild the model stored in a .cnz file (``create_model`` + its weights), in eval mode."""
-    return rebuild_model(*read(path), source=str(path))
-
-
-def rebuild_model(
-    header: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: str = "the file"
-) -> nn.Module:
-    """The model a .cnz ``header`` names, holding ``state`` (what :func:`read` returned)."""
-    from cnnlab.registry import create_model
-
-    name, config = header.get("model"), header.get("config")
-    if not isinstance(name, str):
-        raise CnnlabError(
-            f"{source!r} holds no registry model name; use cnnlab.compress.load_state_dict"
-        )
-    if config is not None and not isinstance(config, dict):
-        raise CnnlabError(f"{source!r}: model config is not a JSON object")
-    try:
-        model = create_model(name, **(config or {}))
-    except (ValueError, TypeError) as exc:
-        raise CnnlabError(f"{source!r}: cannot rebuild model {name!r}: {exc}") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise CnnlabError(f"{source!r}: weights do not fit {name!r}: {detail}") from None
-    return model.eval()

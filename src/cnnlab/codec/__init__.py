@@ -1,0 +1,28 @@
+"""The ``.cnz`` byte codec: state dict <-> bytes, canonical Huffman coding (no model logic).
+
+The file layout is documented in :mod:`cnnlab.codec.cnz` and docs/compression.md. Building
+models from a file is :mod:`cnnlab.saved`'s job; deciding what to store is
+:mod:`cnnlab.compress`'s.
+"""
+
+from cnnlab.codec.cnz import (
+    MAGIC,
+    CnzReport,
+    TensorReport,
+    decode_bytes,
+    encode_state_dict,
+    is_cnz,
+    read,
+    relative_indices,
+)
+
+__all__ = [
+    "MAGIC",
+    "CnzReport",
+    "TensorReport",
+    "decode_bytes",
+    "encode_state_dict",
+    "is_cnz",
+    "read",
+    "relative_indices",
+]

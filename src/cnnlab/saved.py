@@ -1,0 +1,486 @@
+"""A saved model: weights + metadata, to and from every kind of file cnnlab takes.
+
+``save(model, path, class_names=..., preprocess=...)`` writes a cnnlab ``.safetensors`` file;
+``load(source, model=None, num_classes=None) -> (model, meta)`` reads any of these, told apart
+by their content, not their extension:
+
+* a **run folder** (``cnnlab train --out``): its ``best.safetensors``, else ``last.safetensors``;
+* a **cnnlab .safetensors** file (``format = cnnlab.weights/1`` in its metadata);
+* a **.cnz** file (Deep Compression, :mod:`cnnlab.codec`), decoded bit for bit;
+* **foreign weights**: a torchvision or timm state dict, in a ``.pth``/``.pt`` file (read with
+  ``torch.load(weights_only=True)``: pickled code is refused, never run) or a plain
+  ``.safetensors`` file, converted by :mod:`cnnlab.interop`. ``torchvision:PATH`` or
+  ``timm:PATH`` names the layout; without a prefix cnnlab's own key names are tried first,
+  then torchvision's, then timm's. Foreign weights need the model's name.
+
+``meta`` always holds ``model``, ``num_classes``, ``in_chans``, ``class_names`` and
+``preprocess`` (a :class:`cnnlab.data.Preprocess` as a dict), plus ``kind`` (which of the
+above), ``path`` and whatever else the file stored (epoch, accuracy, compression recipe...).
+What a file does not say is filled in and listed in ``meta["assumed"]``: class names ``0`` ..
+``N-1`` (torchvision's ImageNet category names for its 1000-class weights) and the model's
+native input size with ImageNet statistics (RGB) or Fashion-MNIST's (grey).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+import struct
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+from torch import nn
+
+from cnnlab import codec, interop
+from cnnlab.data import FASHION_MNIST_STATS, IMAGENET_STATS, Preprocess
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_bytes
+from cnnlab.registry import create_model, model_info
+
+__all__ = [
+    "FOREIGN_LAYOUTS",
+    "FORMAT",
+    "is_aux_key",
+    "load",
+    "load_weights",
+    "read_meta",
+    "read_weights",
+    "resolve_weights",
+    "save",
+    "save_weights",
+]
+
+FORMAT = "cnnlab.weights/1"
+FOREIGN_LAYOUTS = ("torchvision", "timm")
+MAX_META_BYTES = 1 << 20  # a checkpoint's JSON metadata; class names of even 100k classes fit
+MAX_CLASSES = 100_000
+MAX_IMG_SIZE = 4096  # pixels per side that a file may ask us to resize to
+
+
+# --------------------------------------------------------------------------- cnnlab safetensors
+
+
+def is_aux_key(key: str) -> bool:
+    """Parameters of auxiliary heads (``aux1.*``, ``aux2.*``), used in training only."""
+    return key.split(".", 1)[0].startswith("aux")
+
+
+def _state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    meta: Mapping[str, Any] | None = None,
+    drop_aux: bool = False,
+) -> None:
+    """Write the model's tensors (and JSON ``meta``) to ``path`` atomically."""
+    tensors = _state_dict(model)
+    if drop_aux:
+        tensors = {k: v for k, v in tensors.items() if not is_aux_key(k)}
+    # Tied tensors (shared storage) are cloned: safetensors stores each tensor on its own.
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        if v.untyped_storage().data_ptr() in seen:
+            tensors[k] = v.clone()
+        seen.add(tensors[k].untyped_storage().data_ptr())
+    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in (meta or {}).items()}}
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    class_names: list[str] | None = None,
+    preprocess: Preprocess | Mapping[str, Any] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> None:
+    """Save ``model`` as a cnnlab ``.safetensors`` file that every command takes.
+
+    ``model`` is a registry model (``cnnlab.create_model``); ``class_names`` (one per output)
+    and ``preprocess`` default as :func:`load` would assume them; ``meta`` adds entries.
+    """
+    name = getattr(model, "model_name", None)
+    if not isinstance(name, str):
+        raise CnnlabError("save() takes a model built by cnnlab.create_model (it has model_name)")
+    num_classes = _num_classes(model)
+    in_chans = int(model.input_size[0])
+    full = _complete(
+        {
+            **dict(meta or {}),
+            "model": name,
+            "class_names": class_names,
+            "preprocess": preprocess.as_dict()
+            if isinstance(preprocess, Preprocess)
+            else preprocess,
+        },
+        name,
+        num_classes,
+        in_chans,
+    )
+    full.pop("assumed")
+    save_weights(model, path, {k: v for k, v in full.items() if k not in ("kind", "path")})
+
+
+def resolve_weights(path: str | os.PathLike[str]) -> Path:
+    """A weights file, or a run folder's ``best.safetensors`` (else ``last.safetensors``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise CnnlabError(f"no best.safetensors or last.safetensors in folder {str(p)!r}")
+    if not p.exists():
+        raise CnnlabError(f"checkpoint {str(p)!r} does not exist")
+    if not p.is_file():
+        raise CnnlabError(f"{str(p)!r} is not a regular file")
+    return p
+
+
+def _read_safetensors(p: Path, with_tensors: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, raw string metadata) of any safetensors file; ``CnnlabError`` if unreadable."""
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in (f.keys() if with_tensors else [])}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CnnlabError(
+            f"{str(p)!r} is not a readable safetensors file (corrupt, truncated or another "
+            f"format): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    return tensors, raw_meta
+
+
+def read_weights(
+    path: str | os.PathLike[str], with_tensors: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a cnnlab weights file; any other file is a ``CnnlabError``.
+
+    ``with_tensors=False`` reads the header only (the tensors come back empty)."""
+    p = resolve_weights(path)
+    tensors, raw_meta = _read_safetensors(p, with_tensors)
+    if raw_meta.get("format") != FORMAT:
+        raise CnnlabError(f"{str(p)!r} is a safetensors file but not a cnnlab checkpoint")
+    if sum(len(v) for v in raw_meta.values()) > MAX_META_BYTES:
+        raise CnnlabError(f"{str(p)!r}: checkpoint metadata larger than {MAX_META_BYTES} bytes")
+    try:
+        meta = {k: json.loads(v) for k, v in raw_meta.items() if k != "format"}
+    except (json.JSONDecodeError, RecursionError):
+        raise CnnlabError(f"{str(p)!r}: corrupt checkpoint metadata") from None
+    return tensors, meta
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a cnnlab weights file (model, class names, preprocessing, epoch...)."""
+    return read_weights(path, with_tensors=False)[1]
+
+
+def _fit_report(own: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor], aux: bool):
+    """'missing a, b; unexpected c; shape d (1, 2) vs (3, 4)', or '' where they fit."""
+    missing = [k for k in own if k not in tensors and (aux or not is_aux_key(k))]
+    unexpected = [k for k in tensors if k not in own and (aux or not is_aux_key(k))]
+    wrong = [
+        f"{k} {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in tensors and tensors[k].shape != v.shape
+    ]
+    return "; ".join(
+        f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+        if keys
+    )
+
+
+def _copy_into(
+    model: nn.Module, tensors: Mapping[str, torch.Tensor], source: str, strict_aux: bool = False
+) -> None:
+    """Copy ``tensors`` into ``model``, or raise naming what does not fit (model untouched).
+
+    Auxiliary-head tensors may be missing on either side unless ``strict_aux``."""
+    target = getattr(model, "module", model)
+    own = target.state_dict()
+    problems = _fit_report(own, tensors, strict_aux)
+    if problems:
+        name = getattr(target, "model_name", type(target).__name__)
+        raise CnnlabError(f"{source!r} does not fit {name}: {problems}")
+    with torch.no_grad():
+        for k, v in own.items():
+            if k in tensors:
+                v.copy_(tensors[k])
+
+
+def load_weights(
+    model: nn.Module, path: str | os.PathLike[str], *, strict_aux: bool = False
+) -> None:
+    """Load cnnlab safetensors weights (a file, or a run folder's best/last) into ``model``."""
+    tensors, _ = read_weights(path)
+    _copy_into(model, tensors, str(resolve_weights(path)), strict_aux)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _num_classes(model: nn.Module) -> int:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else 1000
+
+
+def _default_class_names(name: str, num_classes: int) -> list[str]:
+    """torchvision's ImageNet names for a 1000-class torchvision architecture, else '0'..'N-1'."""
+    tv_name = interop.TORCHVISION_NAMES.get(name)
+    if num_classes == 1000 and tv_name is not None:
+        import torchvision
+
+        weights = list(torchvision.models.get_model_weights(tv_name))
+        categories = weights[0].meta.get("categories") if weights else None
+        if categories and len(categories) == num_classes:
+            return list(categories)
+    return [str(i) for i in range(num_classes)]
+
+
+def _default_preprocess(name: str, in_chans: int, size: Any = None) -> dict[str, Any]:
+    """The model's native size (or the ``img_size`` a .cnz header gives), standard statistics."""
+    if type(size) is not int or not 0 < size <= MAX_IMG_SIZE:
+        size = model_info(name)["input_size"][-1]
+    mean, std = FASHION_MNIST_STATS if in_chans == 1 else IMAGENET_STATS
+    return Preprocess(size, in_chans, mean, std).as_dict()
+
+
+def _complete(meta: dict[str, Any], name: str, num_classes: int, in_chans: int) -> dict[str, Any]:
+    """``meta`` with model, num_classes, in_chans, class names and preprocessing checked or
+    filled in (the filled-in ones listed under ``assumed``)."""
+    out = {**meta, "model": name, "num_classes": num_classes, "in_chans": in_chans}
+    assumed = []
+    names = meta.get("class_names")
+    if names is None:
+        names = _default_class_names(name, num_classes)
+        assumed.append("class_names")
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise CnnlabError("class names must be a list of strings")
+    if len(names) != num_classes:
+        raise CnnlabError(f"{len(names)} class names for a model of {num_classes} outputs")
+    pre = meta.get("preprocess")
+    if pre is None:
+        pre = _default_preprocess(name, in_chans, meta.get("img_size"))
+        assumed.append("preprocess")
+    if not isinstance(pre, dict):
+        raise CnnlabError("preprocessing metadata must be a JSON object")
+    pre = Preprocess.from_dict(pre)
+    if pre.size > MAX_IMG_SIZE:
+        raise CnnlabError(f"preprocessing size {pre.size} is above the limit {MAX_IMG_SIZE}")
+    if pre.in_chans != in_chans:
+        raise CnnlabError(
+            f"preprocessing gives {pre.in_chans} channels, the model takes {in_chans}"
+        )
+    out.update(class_names=names, preprocess=pre.as_dict(), assumed=assumed)
+    return out
+
+
+# --------------------------------------------------------------------------- building models
+
+
+def _build_checked(name: str, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
+                   source: str) -> nn.Module:  # fmt: skip
+    """``create_model(name, **config)`` holding ``tensors``; the shapes are checked on the
+    'meta' device first, so a file's claims allocate nothing they do not pay for."""
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **config)
+    except (ValueError, TypeError) as exc:
+        raise CnnlabError(f"{source!r}: cannot build {name!r} with {dict(config)}: {exc}") from None
+    problems = _fit_report(probe.state_dict(), tensors, aux=False)
+    if problems:
+        raise CnnlabError(f"{source!r} does not fit {name} {dict(config)}: {problems}")
+    model = create_model(name, **config)
+    _copy_into(model, tensors, source)
+    return model
+
+
+def _infer_config(name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """num_classes and in_chans of a state dict of model ``name`` (checked when built)."""
+    kept = [v for k, v in tensors.items() if not is_aux_key(k)]
+    matrices = [v for v in kept if v.dim() == 2]
+    convs = [v for v in kept if v.dim() == 4]
+    in_chans = int(convs[0].shape[1]) if convs else model_info(name)["input_size"][0]
+    num_classes = int(matrices[-1].shape[0]) if matrices else model_info(name)["num_classes"]
+    return {"num_classes": num_classes, "in_chans": in_chans}
+
+
+def _model_name(stored: Any, wanted: str | None, source: str) -> str:
+    if wanted is not None and stored is not None and stored != wanted:
+        raise CnnlabError(f"{source!r} holds {stored}, not {wanted}")
+    name = stored if stored is not None else wanted
+    if not isinstance(name, str):
+        raise CnnlabError(f"{source!r} does not say which model it holds; name the model")
+    model_info(name)  # an unknown name fails here, with suggestions
+    return name
+
+
+# --------------------------------------------------------------------------- the four kinds
+
+
+def _load_cnnlab(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    tensors, meta = read_weights(p)
+    name = _model_name(meta.get("model"), wanted, str(p))
+    config = _infer_config(name, tensors)
+    if isinstance(meta.get("class_names"), list):
+        config["num_classes"] = len(meta["class_names"])
+    return _build_checked(name, config, tensors, str(p)), {**meta, "kind": "cnnlab"}
+
+
+def _load_cnz(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    header, tensors = codec.read(p)
+    name = _model_name(header.get("model"), wanted, str(p))
+    config = header.get("config")
+    if not isinstance(config, dict) or set(config) - {"num_classes", "in_chans"}:
+        raise CnnlabError(f"{str(p)!r}: the model configuration is not num_classes / in_chans")
+    extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
+    meta = {**extra, "model": name, "kind": "cnz"}
+    return _build_checked(name, config, tensors, str(p)), meta
+
+
+def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a plain safetensors file or a weights-only torch file."""
+    if _is_safetensors(p):
+        return _read_safetensors(p, with_tensors=True)[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile, AttributeError, TypeError, struct.error) as exc:  # fmt: skip
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CnnlabError(
+            f"{str(p)!r} is not a weights-only state dict (refused: {first[:160]})"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise CnnlabError(f"{str(p)!r} does not hold a state dict (a mapping of names to tensors)")
+    return obj
+
+
+def _load_foreign(p: Path, wanted: str | None, layout: str | None) -> tuple[nn.Module, dict]:
+    if wanted is None:
+        raise CnnlabError(f"{str(p)!r} holds foreign weights: name the model they are for")
+    model_info(wanted)
+    tensors = {k: v for k, v in _read_foreign(p).items() if not k.endswith("num_batches_tracked")}
+    config = _infer_config(wanted, tensors)
+    with torch.device("meta"):
+        ours = create_model(wanted, **config).state_dict()
+    converted, kind = _convert(wanted, tensors, ours, layout, str(p))
+    meta = {"model": wanted, "kind": kind, "source": str(p)}
+    return _build_checked(wanted, config, converted, str(p)), meta
+
+
+def _convert(name: str, tensors: dict, ours: dict, layout: str | None, source: str):
+    """(tensors under our key names, the layout they came in)."""
+    ours = {k: v for k, v in ours.items() if not k.endswith("num_batches_tracked")}
+    if layout is None and not _fit_report(ours, tensors, aux=False):
+        return tensors, "state-dict"
+    layouts = [layout] if layout else [
+        lay for lay, names in (("torchvision", interop.TORCHVISION_NAMES),
+                               ("timm", interop.TIMM_NAMES)) if name in names
+    ]  # fmt: skip
+    if not layouts:
+        raise CnnlabError(
+            f"{source!r} does not fit {name} ({_fit_report(ours, tensors, aux=False)}) and "
+            f"{name} has no torchvision or timm counterpart to convert from"
+        )
+    convert = {"torchvision": interop.from_torchvision, "timm": interop.from_timm}
+    config = _infer_config(name, tensors)
+    try:
+        return convert[layouts[0]](name, tensors, **config), layouts[0]
+    except ValueError as exc:
+        raise CnnlabError(f"{source!r} as {layouts[0]} weights for {name}: {exc}") from None
+
+
+def _is_safetensors(p: Path) -> bool:
+    with open(p, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 0
+
+
+def _kind(p: Path) -> str:
+    if p.is_dir():
+        return "run"
+    if not p.exists():
+        raise CnnlabError(f"checkpoint {str(p)!r} does not exist")
+    if not stat.S_ISREG(p.stat().st_mode):
+        raise CnnlabError(f"{str(p)!r} is not a regular file")
+    if codec.is_cnz(p):
+        return "cnz"
+    if _is_safetensors(p):
+        return "cnnlab" if _read_safetensors(p, False)[1].get("format") == FORMAT else "foreign"
+    return "foreign"
+
+
+def split_source(source: str | os.PathLike[str]) -> tuple[str | None, Path]:
+    """``"torchvision:w.pth"`` -> ``("torchvision", Path("w.pth"))``; no prefix -> ``None``."""
+    text = os.fspath(source)
+    layout, sep, rest = text.partition(":")
+    if sep and layout in FOREIGN_LAYOUTS and not Path(text).exists():
+        return layout, Path(rest)
+    return None, Path(text)
+
+
+def load(
+    source: str | os.PathLike[str],
+    model: str | nn.Module | None = None,
+    num_classes: int | None = None,
+    *,
+    strict_aux: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(the model in eval mode holding the weights of ``source``, its metadata).
+
+    ``model`` is the expected model name (required for foreign weights; a file holding another
+    model is an error), or a built model to load the weights into. ``num_classes`` replaces
+    the classifier when it differs from the file's (for fine-tuning; the head is then new).
+    Any problem is one ``CnnlabError`` line, and nothing half-loaded is returned.
+    """
+    layout, p = split_source(source)
+    wanted = getattr(model, "model_name", None) if isinstance(model, nn.Module) else model
+    kind = "foreign" if layout else _kind(p)
+    if kind == "run":
+        p, kind = resolve_weights(p), "cnnlab"
+    if kind == "cnz":
+        built, meta = _load_cnz(p, wanted)
+    elif kind == "cnnlab":
+        built, meta = _load_cnnlab(p, wanted)
+    else:
+        built, meta = _load_foreign(p, wanted, layout)
+    meta = _complete(meta, meta["model"], _num_classes(built), int(built.input_size[0]))
+    meta["path"] = str(p)
+    if isinstance(model, nn.Module):
+        _copy_into(model, built.state_dict(), str(p), strict_aux)
+        built = model
+    if num_classes is not None and num_classes != meta["num_classes"]:
+        _replace_head(built, meta, num_classes)
+    return built.eval(), meta
+
+
+def _replace_head(model: nn.Module, meta: dict[str, Any], num_classes: int) -> None:
+    if not isinstance(num_classes, int) or not 0 < num_classes <= MAX_CLASSES:
+        raise CnnlabError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes!r}")
+    model.reset_classifier(num_classes)
+    meta.update(num_classes=num_classes, class_names=[str(i) for i in range(num_classes)])
+    meta["assumed"] = sorted({*meta["assumed"], "class_names"})
