@@ -1,4 +1,4 @@
-"""Time of ``cnnlab compare '*'`` (the whole zoo, no latency): the issue asks for < 60 s.
+"""Time of ``cnnlab compare '*'`` (the whole zoo, no latency); target: under 60 s.
 
 Run: ``.venv/bin/python benchmarks/compare_zoo.py``. Prints the time of the Python call and
 of the command itself (a fresh process, imports included), side by side, and the slowest

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The big-network rows of docs/compression.md: resnet18 and mobilenet_v2 trained on
+# The big-network rows of docs/results/compression.md: resnet18 and mobilenet_v2 trained on
 # Fashion-MNIST (28x28 padded to 32x32, one input channel) on the 2-core CPU, then one
 # prune/retrain round, trained quantization (conv 8 / fc 5 bits) and one fine-tuning epoch.
 # vgg16_bn runs only when named: at ~14 img/s here it gets one epoch on the first 15,000

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Deep Compression results of docs/compression.md: train lenet_300_100 and lenet5_caffe on
+# The Deep Compression results of docs/results/compression.md: train lenet_300_100 and lenet5_caffe on
 # Fashion-MNIST, then compress each (4 gradual prune/retrain rounds with the baseline's
 # optimizer, 5-bit fc / 8-bit conv weight sharing; per-layer fractions and bits below;
 # lenet5_caffe distils from its uncompressed model while it retrains) and evaluate the file.
@@ -56,7 +56,7 @@ control lenet_300_100
 train lenet5_caffe 8
 # conv2 is more sensitive than fc1 (`cnnlab sensitivity`): keep 20% of conv2 where the paper
 # keeps 12%, and 7.5% of fc1 at 3 bits where it keeps 8% at 5. Distillation from the
-# uncompressed model helps here (for lenet_300_100 it did not; docs/compression.md).
+# uncompressed model helps here (for lenet_300_100 it did not; docs/results/compression.md).
 compress lenet5_caffe --sparsity features.conv1=0.34 --sparsity features.conv2=0.80 \
   --sparsity fc1=0.925 --sparsity fc2=0.81 --bits fc1=3 --distill 0.5
 control lenet5_caffe --distill 0.5

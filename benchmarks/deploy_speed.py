@@ -1,4 +1,4 @@
-"""The deploy targets of issue 6, measured side by side in one run (docs/deploy.md).
+"""Deploy speed against its targets, measured side by side in one run (docs/results/deploy.md).
 
 1. Fastest cnnlab backend vs torchvision eager, same architecture, batch 1 and 16, for
    resnet50, mobilenet_v2 and googlenet_tv (targets: >= 1.5x at batch 1, >= 1.2x at batch 16),

@@ -5,7 +5,7 @@ For each architecture both models get identical weights (converted with
 so that other load on the machine slows both alike: inference at batch 1 and 16, and one
 training step (forward, cross-entropy, backward, SGD step) at batch 16. Printed: median
 times and the median of the per-round ratios torchvision / ours (>= 1 means ours is at least
-as fast; the target of issue 2 is >= 0.97).
+as fast; target: >= 0.97, i.e. not slower than torchvision).
 
     .venv/bin/python benchmarks/eager_vs_torchvision.py [--repeats 9] [--threads N]
 """

@@ -5,7 +5,7 @@ files register themselves.
 
 Each architecture file registers its builders with :func:`register_model`, together with the
 paper, the native input size and the reference figures (params, MACs) that the fidelity tests
-check against (``../shared/reference/architectures.md``).
+check against (``docs/reference/architectures.md``).
 """
 
 from __future__ import annotations

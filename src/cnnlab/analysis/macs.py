@@ -1,6 +1,6 @@
 """Multiply-accumulates (MACs) of Conv and Linear layers, counted from shapes.
 
-Conventions of ``../shared/reference/architectures.md``: only convolutions and linear layers
+Conventions of ``docs/reference/architectures.md``: only convolutions and linear layers
 count, batch 1; FLOPs = 2 x MACs. Counting hooks read shapes only, so a forward pass on the
 ``meta`` device counts a model at no compute cost.
 """

@@ -10,7 +10,7 @@ Definitions (``docs/analysis.md`` explains them with VGG-16 and MobileNet):
 - ``params`` all parameters; ``trainable_params`` those with ``requires_grad`` (BN running
   statistics are buffers, never parameters); ``param_bytes`` their storage.
 - ``macs`` multiply-accumulates of Conv and Linear layers (``layer_macs``), ``flops`` = 2 x MACs
-  (``../shared/reference/architectures.md``).
+  (``docs/reference/architectures.md``).
 - ``activations`` the elements of every tensor a forward pass keeps: the input, then each
   tensor a module returns that is *new*. A tensor is not new when it shares storage with one
   already counted (an in-place ReLU, ``Flatten``'s view, ``Dropout`` and ``Identity`` in eval
