@@ -1,4 +1,4 @@
-"""The zoo against the reference figures (../shared/reference/architectures.md).
+"""The zoo against the reference figures (docs/reference/architectures.md).
 
 The figures live in the registry (``model_info``), each with its source; this file only
 checks them. MACs are counted two ways: our Conv/Linear hooks, and PyTorch's own

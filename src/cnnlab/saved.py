@@ -360,13 +360,15 @@ def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile, AttributeError, TypeError, struct.error) as exc:  # fmt: skip
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
+    except pickle.UnpicklingError:
         raise CnnlabError(
-            f"{str(p)!r} is not a weights-only state dict (refused: {first[:160]})"
+            f"{str(p)!r} refused: it holds pickled objects other than tensors and plain data "
+            "(read with weights_only=True; nothing in it was run)"
         ) from None
+    except Exception as exc:  # any failure to parse an untrusted file is a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CnnlabError(f"{str(p)!r} is not a readable weights file: {first[:160]}") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -383,7 +385,7 @@ def _load_foreign(p: Path, wanted: str | None, layout: str | None) -> tuple[nn.M
     if wanted is None:
         raise CnnlabError(f"{str(p)!r} holds foreign weights: name the model they are for")
     model_info(wanted)
-    tensors = {k: v for k, v in _read_foreign(p).items() if not k.endswith("num_batches_tracked")}
+    tensors = _read_foreign(p)
     config = _infer_config(wanted, tensors)
     with torch.device("meta"):
         ours = create_model(wanted, **config).state_dict()
@@ -394,7 +396,6 @@ def _load_foreign(p: Path, wanted: str | None, layout: str | None) -> tuple[nn.M
 
 def _convert(name: str, tensors: dict, ours: dict, layout: str | None, source: str):
     """(tensors under our key names, the layout they came in)."""
-    ours = {k: v for k, v in ours.items() if not k.endswith("num_batches_tracked")}
     if layout is None and not _fit_report(ours, tensors, aux=False):
         return tensors, "state-dict"
     layouts = [layout] if layout else [
@@ -408,10 +409,31 @@ def _convert(name: str, tensors: dict, ours: dict, layout: str | None, source: s
         )
     convert = {"torchvision": interop.from_torchvision, "timm": interop.from_timm}
     config = _infer_config(name, tensors)
+    tensors = _reference_order(layouts[0], name, tensors, config["num_classes"])
     try:
         return convert[layouts[0]](name, tensors, **config), layouts[0]
     except ValueError as exc:
         raise CnnlabError(f"{source!r} as {layouts[0]} weights for {name}: {exc}") from None
+
+
+def _reference_order(layout: str, name: str, tensors: dict, num_classes: int) -> dict:
+    """``tensors`` in the order of the reference model's state dict (interop converts by
+    position, and a safetensors file keeps its keys sorted, not in model order)."""
+    try:
+        with torch.device("meta"):
+            if layout == "torchvision":
+                import torchvision
+
+                tv_name = interop.TORCHVISION_NAMES[name]
+                ref = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
+            else:
+                import timm
+
+                ref = timm.create_model(interop.TIMM_NAMES[name], num_classes=num_classes)
+    except (ImportError, KeyError, TypeError, ValueError):
+        return tensors  # no reference to order by: the file's own order
+    order = [k for k in ref.state_dict() if k in tensors]
+    return {k: tensors[k] for k in order + [k for k in tensors if k not in set(order)]}
 
 
 def _is_safetensors(p: Path) -> bool:

@@ -9,8 +9,9 @@ import sys
 
 import torch
 
+import cnnlab
 from cnnlab.analysis.compare import check_plot_path, compare_models, plot_comparison
-from cnnlab.analysis.gradients import gradient_norms, plot_gradients, random_batches
+from cnnlab.analysis.gradients import batches_for, gradient_norms, plot_gradients
 from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
 from cnnlab.cli._format import format_table, human, print_json
 from cnnlab.registry import create_model, model_info
@@ -26,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="input size CxHxW (default: the model's native size)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--depth", type=int, default=2, help="show modules down to this depth")
+    p.add_argument(
+        "--checkpoint",
+        help="any saved model (run folder, .safetensors, .cnz, torchvision:PATH, timm:PATH)",
+    )
     p.add_argument(
         "--measure-memory",
         action="store_true",
@@ -52,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "gradients", help="per-layer gradient norms at init and after N training steps"
     )
     p.add_argument("models", nargs="+", help="one or more registered model names")
+    p.add_argument(
+        "--checkpoint",
+        help="start from these weights (one model only): any saved model",
+    )
     p.add_argument("--steps", type=int, default=0, help="SGD steps before the second look")
     p.add_argument(
         "--data",
@@ -87,6 +96,14 @@ def _build(name: str, input_text: str | None) -> tuple[torch.nn.Module, tuple]:
     size = parse_input(input_text, model_info(name)["input_size"])  # unknown names fail here
     with torch.device("meta"):
         model = create_model(name, in_chans=size[0])
+    return model, check_input_size(model, size)
+
+
+def _load(name: str, checkpoint: str, input_text: str | None) -> tuple[torch.nn.Module, tuple]:
+    """A saved model and its checked input size (default: the size it was trained at)."""
+    model, meta = cnnlab.load(checkpoint, name)
+    pre = meta["preprocess"]
+    size = parse_input(input_text, (pre["in_chans"], pre["size"], pre["size"]))
     return model, check_input_size(model, size)
 
 
@@ -144,13 +161,15 @@ def summary_text(name: str, prof: Profile, depth: int) -> str:
 def run_summary(args: argparse.Namespace) -> int:
     if args.depth < 1:
         raise ValueError(f"--depth must be >= 1, got {args.depth}")
-    model, size = _build(args.model, args.input)
+    if args.checkpoint:
+        model, size = _load(args.model, args.checkpoint, args.input)
+    else:
+        model, size = _build(args.model, args.input)
     prof = profile(model, size, args.batch_size)
     if args.measure_memory:
         torch.manual_seed(0)
-        prof.measured = measure_memory(
-            create_model(args.model, in_chans=size[0]), size, args.batch_size
-        )
+        real = model if args.checkpoint else create_model(args.model, in_chans=size[0])
+        prof.measured = measure_memory(real, size, args.batch_size)
     if args.json:
         print_json({"model": args.model, **prof.to_dict()})
     else:
@@ -221,26 +240,23 @@ def run_gradients(args: argparse.Namespace) -> int:
         check_plot_path(args.plot)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.checkpoint and len(args.models) != 1:
+        raise ValueError("--checkpoint holds one model; name only that one")
     reports = {}
     for name in args.models:
-        _, size = _build(name, args.input)
-        if args.data == "random":
-            num_classes = 10
-            batches = random_batches(size, num_classes, args.batch_size, args.seed)
+        if args.checkpoint:
+            model, size = _load(name, args.checkpoint, args.input)
         else:
-            from cnnlab.data import build_loaders
-
-            train, _, classes = build_loaders(
-                args.data,
-                img_size=size[1],
-                in_chans=size[0],
-                batch_size=args.batch_size,
-                seed=args.seed,
-                limit=args.batch_size * (args.steps + 1),
-            )
-            num_classes, batches = len(classes), train
-        torch.manual_seed(args.seed)
-        model = create_model(name, num_classes=num_classes, in_chans=size[0])
+            model, size = _build(name, args.input)
+        n = getattr(model, "num_classes", 10)
+        batches, num_classes = batches_for(
+            args.data, size, args.batch_size, args.steps, args.seed, num_classes=n
+        )
+        if args.checkpoint and num_classes != n:
+            raise ValueError(f"{args.checkpoint} has {n} classes, {args.data!r} has {num_classes}")
+        if not args.checkpoint:
+            torch.manual_seed(args.seed)
+            model = create_model(name, num_classes=num_classes, in_chans=size[0])
         reports[name] = gradient_norms(
             model, batches, args.steps, lr=args.lr, clip_grad_norm=args.clip_grad_norm
         )

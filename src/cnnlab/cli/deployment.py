@@ -6,8 +6,10 @@ import argparse
 import csv
 import sys
 
+import cnnlab
 from cnnlab.cli._format import format_table, human, print_json
-from cnnlab.io import CnnlabError
+from cnnlab.deploy import BACKENDS, FORMATS, MATMUL_SIZE, benchmark, export_onnx
+from cnnlab.errors import CnnlabError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,11 +17,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "export", help="export a model to ONNX (BatchNorm folded), verified with onnxruntime"
     )
     p.add_argument("model", help="model name, see `cnnlab models`")
-    p.add_argument("--checkpoint", help="our safetensors weights (a file or a run folder)")
+    p.add_argument(
+        "--checkpoint",
+        help="any saved model: run folder, .safetensors, .cnz, torchvision:PATH, timm:PATH",
+    )
     p.add_argument("--format", default="onnx", help="output format (only 'onnx')")
     p.add_argument("--out", required=True, help="output file, e.g. resnet50.onnx")
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension")
-    p.add_argument("--img-size", type=int, help="input side (default: the model's native size)")
+    p.add_argument(
+        "--img-size", type=int, help="input side (default: the checkpoint's, else the model's)"
+    )
     p.add_argument(
         "--external-data", action="store_true", help="weights in OUT.data beside the graph"
     )
@@ -37,7 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated from eager, fused, compile, onnxruntime; or 'all'",
     )
     b.add_argument("--vs", choices=["torchvision"], help="interleave the peer's model")
-    b.add_argument("--img-size", type=int, help="input side (default: the model's native size)")
+    b.add_argument(
+        "--checkpoint", help="time this saved model (any kind; one model pattern only)"
+    )
+    b.add_argument(
+        "--img-size", type=int, help="input side (default: the checkpoint's, else the model's)"
+    )
     b.add_argument("--repeats", type=int, default=10, help="timed rounds (10)")
     b.add_argument("--warmup", type=int, default=3, help="untimed calls first (3)")
     b.add_argument("--no-train", action="store_true", help="skip the training throughput")
@@ -51,22 +63,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from cnnlab.deploy import export_onnx
-    from cnnlab.deploy.export import FORMATS
-    from cnnlab.registry import create_model
-
     if args.format not in FORMATS:
         raise CnnlabError(f"unsupported format {args.format!r}; choose from {', '.join(FORMATS)}")
+    img_size = args.img_size
     if args.checkpoint:
-        from cnnlab.train import load_checkpoint_model
-
-        model, _ = load_checkpoint_model(args.model, args.checkpoint)
+        model, meta = cnnlab.load(args.checkpoint, args.model)
+        img_size = img_size or meta["preprocess"]["size"]
     else:
-        model = create_model(args.model)
+        model = cnnlab.create_model(args.model)
     result = export_onnx(
         model,
         args.out,
-        img_size=args.img_size,
+        img_size=img_size,
         dynamic_batch=args.dynamic_batch,
         external_data=args.external_data,
         atol=args.atol,
@@ -94,8 +102,6 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from cnnlab.deploy.bench import BACKENDS, benchmark
-
     backends = list(BACKENDS) if args.backend == "all" else args.backend.split(",")
     quiet = args.json or args.csv
     results = benchmark(
@@ -109,6 +115,7 @@ def run_bench(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         channels_last=not args.no_channels_last,
+        checkpoint=args.checkpoint,
         progress=None if quiet else lambda m: print(f"... {m}", file=sys.stderr),
     )
     rows = [r.as_dict() for r in results]
@@ -142,8 +149,6 @@ def _table(results: list, vs: bool) -> str:
         if vs:
             row += [f"{r.torchvision_latency_ms:.2f}", f"{r.speedup_vs_torchvision:.2f}x"]
         rows.append(row)
-    from cnnlab.deploy.bench import MATMUL_SIZE
-
     note = (
         f"\nGFLOP/s = 2 x MACs x batch / latency; peak = fp32 {MATMUL_SIZE}^3 matmul "
         f"({results[0].matmul_peak_gflops:.1f} GFLOP/s, measured in the same rounds); "

@@ -1,8 +1,8 @@
 """Compression recipes: the fraction of each layer to prune and the bits to share it with.
 
-* ``paper``: the per-layer tables of Deep Compression (Han, Mao, Dally, ICLR 2016, Tables 2-5:
-  LeNet-300-100, LeNet-5, AlexNet, VGG-16), taken from Han et al., "Learning both Weights and
-  Connections for Efficient Neural Networks" (NeurIPS 2015, Tables 2-4);
+* ``paper``: the per-layer tables of Deep Compression (Han, Mao, Dally, ICLR 2016: LeNet-300-100,
+  LeNet-5, AlexNet, VGG-16; fractions kept as in Han et al., "Learning both Weights and
+  Connections for Efficient Neural Networks", NeurIPS 2015; docs/reference/deep_compression.md);
 * ``sensitivity``: from a quick sweep that prunes one layer at a time without retraining
   (the same paper, Sec. 3.3 and figure 6): each layer gets the largest fraction whose top-1
   stays within ``tolerance`` points of the unpruned model; conv layers share 8 bits, fc 5;
@@ -47,7 +47,7 @@ _ALEXNET = {
     "classifier.fc7": (0.09, 5),
     "classifier.fc8": (0.25, 5),
 }
-_VGG16_CONV_KEPT = {  # Han et al. 2015, Table 4
+_VGG16_CONV_KEPT = {  # Han et al. 2015, the VGG-16 table
     "1_1": 0.58, "1_2": 0.22, "2_1": 0.34, "2_2": 0.36, "3_1": 0.53, "3_2": 0.24, "3_3": 0.42,
     "4_1": 0.32, "4_2": 0.27, "4_3": 0.34, "5_1": 0.35, "5_2": 0.29, "5_3": 0.36,
 }  # fmt: skip

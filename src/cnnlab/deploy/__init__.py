@@ -4,12 +4,21 @@ onnx, onnxscript and onnxruntime are the optional extra ``cnnlab[export]``; they
 only when an export or the onnxruntime backend is used.
 """
 
-from cnnlab.deploy.bench import BACKENDS, BenchResult, benchmark, matmul_peak, torchvision_model
-from cnnlab.deploy.export import ExportResult, export_onnx, onnxruntime_session
+from cnnlab.deploy.bench import (
+    BACKENDS,
+    MATMUL_SIZE,
+    BenchResult,
+    benchmark,
+    matmul_peak,
+    torchvision_model,
+)
+from cnnlab.deploy.export import FORMATS, ExportResult, export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import FuseReport, fuse, fuse_with_report
 
 __all__ = [
     "BACKENDS",
+    "FORMATS",
+    "MATMUL_SIZE",
     "BenchResult",
     "ExportResult",
     "FuseReport",
