@@ -18,10 +18,9 @@ import argparse
 import torch
 from torch import nn
 
-from cnnlab.cli.compression import _model_and_data, _per_layer
 from cnnlab.compress import masks_for_sparsity, prune, share_weights
-from cnnlab.compress.prune import prunable_layers, resolve_per_layer
-from cnnlab.train.loop import split_outputs
+from cnnlab.compress.prune import parse_per_layer, prunable_layers, resolve_per_layer
+from cnnlab.train import model_and_loaders, split_outputs
 
 
 def centroid_steps(
@@ -51,10 +50,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
-    args.img_size, args.limit, args.seed = None, args.batch_size, 0
-    model, train, _, _ = _model_and_data(args)
+    model, _, train, _ = model_and_loaders(
+        args.checkpoint, args.data, args.model, batch_size=args.batch_size, limit=args.batch_size
+    )
     names = list(prunable_layers(model))
-    sparsity = resolve_per_layer(_per_layer(args.sparsity, "sparsity"), names, "sparsity")
+    sparsity = resolve_per_layer(parse_per_layer(args.sparsity, "sparsity"), names, "sparsity")
     prune(model, masks_for_sparsity(model, sparsity))
     share_weights(model)
     x, y = next(iter(train))

@@ -18,14 +18,8 @@ import os
 
 import numpy as np
 
-from cnnlab.compress import load
-from cnnlab.compress.format import (
-    _relative_indices,
-    default_index_bits,
-    encode_state_dict,
-    plain_state_dict,
-    read_header,
-)
+from cnnlab.codec import encode_state_dict, relative_indices
+from cnnlab.compress import default_index_bits, load, plain_state_dict, read_header
 
 
 def entropy_bits(symbols: np.ndarray) -> float:
@@ -74,7 +68,7 @@ def headroom(path: str) -> None:
         flat = w.reshape(-1)
         positions = np.flatnonzero(flat)
         _, weight_symbols = np.unique(flat[positions], return_inverse=True)
-        relative = _relative_indices(positions, t.index_bits)
+        relative = relative_indices(positions, t.index_bits)
         nz = max(t.nonzero, 1)
         h_weights, h_positions = entropy_bits(weight_symbols), entropy_bits(relative)
         saved_bits += t.weight_stream_bits - h_weights + t.index_stream_bits - h_positions

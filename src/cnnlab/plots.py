@@ -11,7 +11,14 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path
 
-__all__ = ["FORMATS", "check_plot_path", "plot_confusion", "plot_sensitivity"]
+__all__ = [
+    "FORMATS",
+    "check_plot_path",
+    "plot_comparison",
+    "plot_confusion",
+    "plot_gradients",
+    "plot_sensitivity",
+]
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -85,3 +92,60 @@ def plot_sensitivity(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_gradients(reports: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """One line per model: gradient norm (log) by layer depth, at init and after training
+    (``reports``: name -> :class:`cnnlab.analysis.GradientReport`)."""
+    plt = _pyplot()
+    trained = all(r.final is not None for r in reports.values())
+    fig, axes = plt.subplots(1, 2 if trained else 1, figsize=(12 if trained else 6.5, 4.5))
+    axes = list(axes) if trained else [axes]
+    panels = [("init", "at initialisation")]
+    if trained:
+        steps = next(iter(reports.values())).steps
+        panels.append(("final", f"after {steps} SGD steps"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for name, report in reports.items():
+            values = getattr(report, key)
+            ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
+        ax.set(yscale="log", xlabel="weight layer (input → output)", ylabel="‖∂L/∂W‖")
+        ax.set_title(f"per-layer gradient norm {title}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path, dpi=100)
+
+
+def _labelled_scatter(ax: Any, rows: list[dict[str, Any]], x: list, y: list, **kwargs) -> None:
+    ax.scatter(x, y, **kwargs)
+    for r, xi, yi in zip(rows, x, y, strict=True):
+        ax.annotate(r["model"], (xi, yi), fontsize=7, ha="center", va="bottom")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_comparison(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Bubble chart: MACs (x, log) vs params (y, log), bubble area = forward activation memory
+    (rows of :func:`cnnlab.analysis.compare_models`); a second panel plots latency against
+    MACs when the rows hold ``latency_ms``."""
+    plt = _pyplot()
+    with_latency = all("latency_ms" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_latency else 1, figsize=(13 if with_latency else 7, 5.5))
+    axes = list(axes) if with_latency else [axes]
+    macs = [r["macs"] / 1e6 for r in rows]
+    memory = [r["forward_bytes"] / 2**20 for r in rows]
+    biggest = max(memory) or 1.0
+    sizes = [20 + 1500 * m / biggest for m in memory]
+    params = [r["params"] / 1e6 for r in rows]
+    _labelled_scatter(axes[0], rows, macs, params, s=sizes, alpha=0.45, edgecolors="k",
+                      linewidths=0.5)  # fmt: skip
+    axes[0].set(xscale="log", yscale="log", xlabel="MACs (millions, batch 1)",
+                ylabel="parameters (M)")  # fmt: skip
+    axes[0].set_title(f"bubble area ∝ forward activation memory (largest {biggest:.0f} MiB)")
+    if with_latency:
+        _labelled_scatter(axes[1], rows, macs, [r["latency_ms"] for r in rows], s=30)
+        axes[1].set(xscale="log", yscale="log", xlabel="MACs (millions)",
+                    ylabel="latency, batch 1 (ms)")  # fmt: skip
+        axes[1].set_title("CPU latency vs MACs")
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)

@@ -109,28 +109,19 @@ def save(
     """Save ``model`` as a cnnlab ``.safetensors`` file that every command takes.
 
     ``model`` is a registry model (``cnnlab.create_model``); ``class_names`` (one per output)
-    and ``preprocess`` default as :func:`load` would assume them; ``meta`` adds entries.
+    and ``preprocess`` are checked and stored where given (:func:`load` assumes defaults for
+    what is missing, and says so); ``meta`` adds entries (plain JSON data).
     """
     name = getattr(model, "model_name", None)
     if not isinstance(name, str):
         raise CnnlabError("save() takes a model built by cnnlab.create_model (it has model_name)")
-    num_classes = _num_classes(model)
-    in_chans = int(model.input_size[0])
-    full = _complete(
-        {
-            **dict(meta or {}),
-            "model": name,
-            "class_names": class_names,
-            "preprocess": preprocess.as_dict()
-            if isinstance(preprocess, Preprocess)
-            else preprocess,
-        },
-        name,
-        num_classes,
-        in_chans,
-    )
-    full.pop("assumed")
-    save_weights(model, path, {k: v for k, v in full.items() if k not in ("kind", "path")})
+    if isinstance(preprocess, Preprocess):
+        preprocess = preprocess.as_dict()
+    given = {"class_names": class_names, "preprocess": preprocess}
+    given = {k: v for k, v in given.items() if v is not None}
+    checked = _complete(given, name, _num_classes(model), int(model.input_size[0]))
+    stored = {k: checked[k] for k in ("model", "num_classes", "in_chans", *given)}
+    save_weights(model, path, {**dict(meta or {}), **stored})
 
 
 def resolve_weights(path: str | os.PathLike[str]) -> Path:
@@ -310,12 +301,27 @@ def _build_checked(name: str, config: Mapping[str, Any], tensors: Mapping[str, t
     return model
 
 
+def _in_model_order(name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` in the order of ``name``'s state dict where the keys are ours (a safetensors
+    file keeps its keys sorted, not in model order); other keys follow as they came."""
+    with torch.device("meta"):
+        order = [k for k in create_model(name).state_dict() if k in tensors]
+    return {k: tensors[k] for k in order + [k for k in tensors if k not in set(order)]}
+
+
 def _infer_config(name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """num_classes and in_chans of a state dict of model ``name`` (checked when built)."""
+    """num_classes and in_chans of a state dict of model ``name``, in model order: the first
+    conv's input channels (or the first linear layer's C x H x W inputs) and the last linear
+    layer's outputs. The caller checks them by building the model."""
     kept = [v for k, v in tensors.items() if not is_aux_key(k)]
     matrices = [v for v in kept if v.dim() == 2]
     convs = [v for v in kept if v.dim() == 4]
-    in_chans = int(convs[0].shape[1]) if convs else model_info(name)["input_size"][0]
+    channels, height, width = model_info(name)["input_size"]
+    if convs:
+        in_chans = int(convs[0].shape[1])
+    else:
+        first = int(matrices[0].shape[1]) if matrices else channels * height * width
+        in_chans = first // (height * width) if first % (height * width) == 0 else channels
     num_classes = int(matrices[-1].shape[0]) if matrices else model_info(name)["num_classes"]
     return {"num_classes": num_classes, "in_chans": in_chans}
 
@@ -336,10 +342,11 @@ def _model_name(stored: Any, wanted: str | None, source: str) -> str:
 def _load_cnnlab(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]]:
     tensors, meta = read_weights(p)
     name = _model_name(meta.get("model"), wanted, str(p))
+    tensors = _in_model_order(name, tensors)
     config = _infer_config(name, tensors)
     if isinstance(meta.get("class_names"), list):
         config["num_classes"] = len(meta["class_names"])
-    return _build_checked(name, config, tensors, str(p)), {**meta, "kind": "cnnlab"}
+    return _build_checked(name, config, tensors, str(p)), {**meta, "model": name, "kind": "cnnlab"}
 
 
 def _load_cnz(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]]:
@@ -385,38 +392,40 @@ def _load_foreign(p: Path, wanted: str | None, layout: str | None) -> tuple[nn.M
     if wanted is None:
         raise CnnlabError(f"{str(p)!r} holds foreign weights: name the model they are for")
     model_info(wanted)
-    tensors = _read_foreign(p)
+    tensors = _in_model_order(wanted, _read_foreign(p))
     config = _infer_config(wanted, tensors)
     with torch.device("meta"):
         ours = create_model(wanted, **config).state_dict()
-    converted, kind = _convert(wanted, tensors, ours, layout, str(p))
+    if layout is None and not _fit_report(ours, tensors, aux=False):
+        converted, kind = tensors, "state-dict"  # our own key names, saved with torch.save
+    else:
+        kind = layout or _guess_layout(wanted, _fit_report(ours, tensors, aux=False), str(p))
+        converted = _convert(wanted, tensors, kind, str(p))
     meta = {"model": wanted, "kind": kind, "source": str(p)}
     return _build_checked(wanted, config, converted, str(p)), meta
 
 
-def _convert(name: str, tensors: dict, ours: dict, layout: str | None, source: str):
-    """(tensors under our key names, the layout they came in)."""
-    if layout is None and not _fit_report(ours, tensors, aux=False):
-        return tensors, "state-dict"
-    layouts = [layout] if layout else [
-        lay for lay, names in (("torchvision", interop.TORCHVISION_NAMES),
-                               ("timm", interop.TIMM_NAMES)) if name in names
-    ]  # fmt: skip
-    if not layouts:
-        raise CnnlabError(
-            f"{source!r} does not fit {name} ({_fit_report(ours, tensors, aux=False)}) and "
-            f"{name} has no torchvision or timm counterpart to convert from"
-        )
-    convert = {"torchvision": interop.from_torchvision, "timm": interop.from_timm}
-    config = _infer_config(name, tensors)
-    tensors = _reference_order(layouts[0], name, tensors, config["num_classes"])
+def _guess_layout(name: str, problems: str, source: str) -> str:
+    for layout, names in (("torchvision", interop.TORCHVISION_NAMES), ("timm", interop.TIMM_NAMES)):
+        if name in names:
+            return layout
+    raise CnnlabError(
+        f"{source!r} does not fit {name} ({problems}) and {name} has no torchvision or timm "
+        "counterpart to convert from"
+    )
+
+
+def _convert(name: str, tensors: dict, layout: str, source: str) -> dict[str, torch.Tensor]:
+    """``tensors`` of torchvision's or timm's ``name`` under our key names (by position)."""
+    convert = {"torchvision": interop.from_torchvision, "timm": interop.from_timm}[layout]
+    tensors = _reference_order(layout, name, tensors)
     try:
-        return convert[layouts[0]](name, tensors, **config), layouts[0]
+        return convert(name, tensors, **_infer_config(name, tensors))
     except ValueError as exc:
-        raise CnnlabError(f"{source!r} as {layouts[0]} weights for {name}: {exc}") from None
+        raise CnnlabError(f"{source!r} as {layout} weights for {name}: {exc}") from None
 
 
-def _reference_order(layout: str, name: str, tensors: dict, num_classes: int) -> dict:
+def _reference_order(layout: str, name: str, tensors: dict) -> dict:
     """``tensors`` in the order of the reference model's state dict (interop converts by
     position, and a safetensors file keeps its keys sorted, not in model order)."""
     try:
@@ -425,11 +434,11 @@ def _reference_order(layout: str, name: str, tensors: dict, num_classes: int) ->
                 import torchvision
 
                 tv_name = interop.TORCHVISION_NAMES[name]
-                ref = torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes)
+                ref = torchvision.models.get_model(tv_name, weights=None)
             else:
                 import timm
 
-                ref = timm.create_model(interop.TIMM_NAMES[name], num_classes=num_classes)
+                ref = timm.create_model(interop.TIMM_NAMES[name])
     except (ImportError, KeyError, TypeError, ValueError):
         return tensors  # no reference to order by: the file's own order
     order = [k for k in ref.state_dict() if k in tensors]

@@ -1,7 +1,7 @@
 """Measure models: parameters, MACs, activations, memory, comparisons, gradient flow."""
 
-from cnnlab.analysis.compare import compare_models, measure_latency, plot_comparison
-from cnnlab.analysis.gradients import GradientReport, gradient_norms, plot_gradients
+from cnnlab.analysis.compare import compare_models, measure_latency, zoo_table
+from cnnlab.analysis.gradients import GradientReport, gradient_norms
 from cnnlab.analysis.macs import count_macs, layer_macs
 from cnnlab.analysis.profile import LayerRow, Profile, measure_memory, profile
 
@@ -15,7 +15,6 @@ __all__ = [
     "layer_macs",
     "measure_latency",
     "measure_memory",
-    "plot_comparison",
-    "plot_gradients",
     "profile",
+    "zoo_table",
 ]

@@ -8,31 +8,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from cnnlab.analysis.macs import count_macs
 from cnnlab.analysis.profile import profile
-from cnnlab.io import CnnlabError, atomic_path
-from cnnlab.registry import create_model, match_models
+from cnnlab.registry import create_model, list_models, match_models, model_info
 
-__all__ = ["check_plot_path", "compare_models", "measure_latency", "plot_comparison"]
-
-PLOT_FORMATS = ("png", "svg", "pdf")
-
-
-def check_plot_path(path: str | Path) -> Path:
-    """``path`` if its folder exists and its suffix is a format matplotlib writes."""
-    target = Path(path)
-    if target.suffix.lstrip(".").lower() not in PLOT_FORMATS:
-        raise CnnlabError(f"plot file {str(target)!r} must end in .png, .svg or .pdf")
-    folder = target.parent
-    if not folder.is_dir():
-        raise CnnlabError(f"folder {str(folder)!r} for the plot {str(target)!r} does not exist")
-    return target
-
+__all__ = ["compare_models", "measure_latency", "zoo_table"]
 
 @torch.no_grad()
 def measure_latency(
@@ -99,43 +84,14 @@ def compare_models(
     return rows
 
 
-def plot_comparison(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Bubble chart: MACs (x, log) vs params (y, log), bubble area = forward activation memory.
-
-    A second panel plots latency against MACs when the rows hold ``latency_ms``.
-    """
-    target = check_plot_path(path)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_latency = all("latency_ms" in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if with_latency else 1, figsize=(13 if with_latency else 7, 5.5))
-    axes = list(axes) if with_latency else [axes]
-    macs = [r["macs"] / 1e6 for r in rows]
-    params = [r["params"] / 1e6 for r in rows]
-    memory = [r["forward_bytes"] / 2**20 for r in rows]
-    biggest = max(memory) or 1.0
-    sizes = [20 + 1500 * m / biggest for m in memory]
-    ax = axes[0]
-    ax.scatter(macs, params, s=sizes, alpha=0.45, edgecolors="k", linewidths=0.5)
-    for r, x, y in zip(rows, macs, params, strict=True):
-        ax.annotate(r["model"], (x, y), fontsize=7, ha="center", va="bottom")
-    ax.set(xscale="log", yscale="log", xlabel="MACs (millions, batch 1)", ylabel="parameters (M)")
-    ax.set_title(f"bubble area ∝ forward activation memory (largest {biggest:.0f} MiB)")
-    ax.grid(True, which="both", alpha=0.3)
-    if with_latency:
-        ax = axes[1]
-        latency = [r["latency_ms"] for r in rows]
-        ax.scatter(macs, latency, s=30)
-        for r, x, y in zip(rows, macs, latency, strict=True):
-            ax.annotate(r["model"], (x, y), fontsize=7, ha="center", va="bottom")
-        ax.set(xscale="log", yscale="log", xlabel="MACs (millions)", ylabel="latency, batch 1 (ms)")
-        ax.set_title("CPU latency vs MACs")
-        ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format=target.suffix.lstrip(".").lower(), dpi=110)
-    plt.close(fig)
-    return target
+def zoo_table(pattern: str = "*") -> list[dict[str, Any]]:
+    """One dict per model: metadata plus params and MACs counted on the built model."""
+    rows = []
+    for name in list_models(pattern):
+        info = model_info(name)
+        with torch.device("meta"):
+            model = create_model(name)
+        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        macs = count_macs(model, model.input_size)
+        rows.append({**info, "params": params, "macs": macs, "input_size": list(model.input_size)})
+    return rows

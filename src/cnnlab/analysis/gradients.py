@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnlab.io import atomic_path
+from cnnlab.data import build_loaders
 
-__all__ = ["GradientReport", "gradient_norms", "plot_gradients", "random_batches"]
+__all__ = ["GradientReport", "batches_for", "gradient_norms", "random_batches"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -49,6 +48,25 @@ def random_batches(
     images = torch.randn((batch_size, *input_size), generator=generator)
     labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
     return [(images, labels)]
+
+
+def batches_for(
+    data: str,
+    input_size: tuple[int, ...],
+    batch_size: int = 8,
+    steps: int = 0,
+    seed: int = 0,
+    num_classes: int = 10,
+) -> tuple[Iterable[Batch], int]:
+    """(batches, class count): one fixed random batch of ``num_classes`` labels for
+    ``data="random"``, else the first ``steps + 1`` batches of a data set at ``input_size``."""
+    if data == "random":
+        return random_batches(input_size, num_classes, batch_size, seed), num_classes
+    train, _, classes = build_loaders(
+        data, img_size=input_size[1], in_chans=input_size[0], batch_size=batch_size, seed=seed,
+        limit=batch_size * (steps + 1),
+    )  # fmt: skip
+    return train, len(classes)
 
 
 def _forever(batches: Iterable[Batch]) -> Iterator[Batch]:
@@ -92,93 +110,80 @@ def gradient_norms(
         raise ValueError(f"steps must be >= 0, got {steps}")
     if clip_grad_norm is not None and clip_grad_norm <= 0:
         raise ValueError(f"clip_grad_norm must be positive, got {clip_grad_norm}")
-    loss_fn = loss_fn or nn.functional.cross_entropy
     model.to(device).train()
+    run = _Probe(model, batches, lr, momentum, loss_fn or nn.functional.cross_entropy, device)
     layers = _weighted_layers(model)
-    order: dict[nn.Module, int] = {}
-
-    def record(module: nn.Module, _: tuple) -> None:  # a pre-hook's return would replace input
-        order.setdefault(module, len(order))
-
-    handles = [m.register_forward_pre_hook(record) for _, m in layers]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    stream = _forever(batches)
-    losses: list[float] = []
     total_norms: list[float] = []
-
-    def backward() -> None:
-        images, labels = next(stream)
-        optimizer.zero_grad(set_to_none=True)
-        out = model(images.to(device))
-        logits = out[0] if isinstance(out, (tuple, list)) else out
-        loss = loss_fn(logits, labels.to(device))
-        loss.backward()
-        losses.append(float(loss.detach()))
-
-    def norms() -> list[float]:
-        return [
-            float(m.weight.grad.norm()) if m.weight.grad is not None else 0.0 for _, m in ordered
-        ]
-
     try:
-        backward()
-        for h in handles:
-            h.remove()
-        ordered = sorted(layers, key=lambda item: order.get(item[1], len(order)))
-        init = norms()
+        ordered = run.first_backward(layers)
+        init = _norms(ordered)
+        limit = clip_grad_norm if clip_grad_norm is not None else float("inf")
         for step in range(steps):
             if step > 0:
-                backward()
-            limit = clip_grad_norm if clip_grad_norm is not None else float("inf")
-            total_norms.append(float(nn.utils.clip_grad_norm_(params, limit)))
-            optimizer.step()
+                run.backward()
+            total_norms.append(float(nn.utils.clip_grad_norm_(run.params, limit)))
+            run.optimizer.step()
         final = None
         if steps:
-            backward()
-            final = norms()
+            run.backward()
+            final = _norms(ordered)
     finally:
-        for h in handles:
-            h.remove()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
     return GradientReport(
         layers=[name for name, _ in ordered],
         init=init,
         final=final,
-        losses=losses,
+        losses=run.losses,
         total_norms=total_norms,
         steps=steps,
         clip_grad_norm=clip_grad_norm,
     )
 
 
-def plot_gradients(reports: dict[str, GradientReport], path: str | Path) -> Path:
-    """One line per model: gradient norm (log) by layer depth, at init and after training."""
-    from cnnlab.analysis.compare import check_plot_path
+class _Probe:
+    """The model, its SGD optimizer and the batch stream of one :func:`gradient_norms` run."""
 
-    target = check_plot_path(path)
-    import matplotlib
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Iterable[Batch],
+        lr: float,
+        momentum: float,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        device: str | torch.device,
+    ) -> None:
+        self.model, self.loss_fn, self.device = model, loss_fn, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=momentum)
+        self.stream = _forever(batches)
+        self.losses: list[float] = []  # loss of every backward pass
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def backward(self) -> None:
+        """Gradients of the loss on the next batch (previous gradients cleared)."""
+        images, labels = next(self.stream)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(images.to(self.device))
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        loss = self.loss_fn(logits, labels.to(self.device))
+        loss.backward()
+        self.losses.append(float(loss.detach()))
 
-    trained = all(r.final is not None for r in reports.values())
-    fig, axes = plt.subplots(1, 2 if trained else 1, figsize=(12 if trained else 6.5, 4.5))
-    axes = list(axes) if trained else [axes]
-    panels = [("init", "at initialisation")]
-    if trained:
-        steps = next(iter(reports.values())).steps
-        panels.append(("final", f"after {steps} SGD steps"))
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for name, report in reports.items():
-            values = getattr(report, key)
-            ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
-        ax.set(yscale="log", xlabel="weight layer (input → output)", ylabel="‖∂L/∂W‖")
-        ax.set_title(f"per-layer gradient norm {title}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format=target.suffix.lstrip(".").lower(), dpi=100)
-    plt.close(fig)
-    return target
+    def first_backward(self, layers: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
+        """:meth:`backward` on the first batch; returns ``layers`` in the order they ran."""
+        order: dict[nn.Module, int] = {}
+
+        def record(module: nn.Module, _: tuple) -> None:  # a pre-hook's return replaces input
+            order.setdefault(module, len(order))
+
+        handles = [m.register_forward_pre_hook(record) for _, m in layers]
+        try:
+            self.backward()
+        finally:
+            for h in handles:
+                h.remove()
+        return sorted(layers, key=lambda item: order.get(item[1], len(order)))
+
+
+def _norms(ordered: list[tuple[str, nn.Module]]) -> list[float]:
+    """The weight-gradient norm of each layer (0 for a layer that got no gradient)."""
+    return [float(m.weight.grad.norm()) if m.weight.grad is not None else 0.0 for _, m in ordered]

@@ -16,6 +16,7 @@ from cnnlab import codec, plots
 from cnnlab.cli._format import format_table, print_json
 from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
 from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES
+from cnnlab.compress.prune import parse_per_layer
 from cnnlab.compress.quantize import INITS
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, check_output
@@ -60,20 +61,6 @@ _CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ),
     ("distill_temperature", "distillation temperature", {"type": float}),
 )
-
-
-def _per_layer(values: list[str] | None, what: str, cast: type = float) -> Any:
-    """``["0.9", "conv1=0.4"]`` -> ``{"*": 0.9, "conv1": 0.4}`` (None when not given)."""
-    if not values:
-        return None
-    out: dict[str, Any] = {}
-    for item in values:
-        pattern, sep, value = item.rpartition("=")
-        try:
-            out[pattern if sep else "*"] = cast(value)
-        except ValueError:
-            raise ValueError(f"--{what} takes VALUE or LAYER_PATTERN=VALUE, got {item!r}") from None
-    return out
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -152,9 +139,9 @@ def _note(message: str) -> None:
 
 def run_compress(args: argparse.Namespace) -> int:
     cfg = CompressionConfig(
-        quality=_per_layer(args.quality, "quality"),
-        sparsity=_per_layer(args.sparsity, "sparsity"),
-        bits=_per_layer(args.bits, "bits", int),
+        quality=parse_per_layer(args.quality, "quality"),
+        sparsity=parse_per_layer(args.sparsity, "sparsity"),
+        bits=parse_per_layer(args.bits, "bits", int),
         half_precision_other=not args.float32_other,
         **{name: getattr(args, name) for name, _, _ in _CONFIG_OPTIONS},
     )

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from cnnlab.analysis import count_macs
+from cnnlab.analysis import zoo_table
 from cnnlab.cli._format import format_table, print_json
-from cnnlab.registry import create_model, list_models, model_info
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,19 +13,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
-
-
-def zoo_table(pattern: str = "*") -> list[dict]:
-    """One dict per model: metadata plus params and MACs counted on the built model."""
-    rows = []
-    for name in list_models(pattern):
-        info = model_info(name)
-        with torch.device("meta"):
-            model = create_model(name)
-        params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        macs = count_macs(model, model.input_size)
-        rows.append({**info, "params": params, "macs": macs, "input_size": list(model.input_size)})
-    return rows
 
 
 def run(args: argparse.Namespace) -> int:

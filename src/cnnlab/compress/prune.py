@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ __all__ = [
     "gradual_sparsity",
     "layer_kind",
     "masks_for_sparsity",
+    "parse_per_layer",
     "prunable_layers",
     "prune",
     "quality_to_sparsity",
@@ -69,6 +71,20 @@ def resolve_per_layer(
             raise ValueError(f"{what} pattern {pattern!r} matches no layer (layers: {names})")
         for n in hits:
             out[n] = float(value)
+    return out
+
+
+def parse_per_layer(values: list[str] | None, what: str, cast: type = float) -> Any:
+    """``["0.9", "conv1=0.4"]`` -> ``{"*": 0.9, "conv1": 0.4}`` (None when not given)."""
+    if not values:
+        return None
+    out: dict[str, Any] = {}
+    for item in values:
+        pattern, sep, value = item.rpartition("=")
+        try:
+            out[pattern if sep else "*"] = cast(value)
+        except ValueError:
+            raise ValueError(f"--{what} takes VALUE or LAYER_PATTERN=VALUE, got {item!r}") from None
     return out
 
 

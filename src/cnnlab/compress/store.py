@@ -113,6 +113,6 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def load(path: str | os.PathLike[str]) -> nn.Module:
     """The model stored in a .cnz file, in eval mode (:func:`cnnlab.load` also gives its
     metadata)."""
-    if not codec.is_cnz(path):
+    if os.path.exists(path) and not codec.is_cnz(path):
         raise CnnlabError(f"{str(path)!r} is not a .cnz file")
     return load_saved(path)[0]

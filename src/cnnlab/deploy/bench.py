@@ -29,9 +29,10 @@ from torch import nn
 from cnnlab.analysis import count_macs
 from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
-from cnnlab.interop import from_torchvision
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
+from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
 from cnnlab.registry import create_model, match_models
+from cnnlab.saved import load
 
 __all__ = [
     "BACKENDS",
@@ -107,8 +108,6 @@ class _Timer:
 
 def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
     """torchvision's model of the same architecture as cnnlab's ``name`` (random weights)."""
-    from cnnlab.interop import TORCHVISION_NAMES
-
     if name not in TORCHVISION_NAMES:
         raise ValueError(
             f"{name!r} has no torchvision counterpart; these do: {', '.join(TORCHVISION_NAMES)}"
@@ -163,6 +162,7 @@ def benchmark(
     warmup: int = 3,
     repeats: int = 10,
     channels_last: bool = True,
+    checkpoint: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
     """Benchmark every model matching ``patterns`` with each backend and batch size.
@@ -171,26 +171,14 @@ def benchmark(
     memory format unless ``channels_last=False``), ``compile`` (``torch.compile`` of the fused
     model, inductor with weight freezing) and ``onnxruntime`` (exported, all graph
     optimisations). ``vs_torchvision`` interleaves torchvision's model of the same architecture
-    (eager) and fills ``speedup_vs_torchvision`` = its latency / ours.
+    (eager) and fills ``speedup_vs_torchvision`` = its latency / ours. ``checkpoint``: any
+    saved model (:func:`cnnlab.load`) of the one model named, timed at the size it was trained
+    at unless ``img_size`` says otherwise.
     """
     names = match_models(patterns or ["*"])
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        raise ValueError(
-            f"unknown backend {', '.join(unknown) or '(none)'}; choose from {', '.join(BACKENDS)}"
-        )
-    if any(not isinstance(b, int) or b < 1 for b in batch_sizes) or not batch_sizes:
-        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be at least 1 and warmup at least 0")
-    if vs_torchvision:
-        from cnnlab.interop import TORCHVISION_NAMES
-
-        missing = [n for n in names if n not in TORCHVISION_NAMES]
-        if missing:
-            raise ValueError(
-                f"no torchvision counterpart for {', '.join(missing)} (--vs torchvision)"
-            )
+    if checkpoint is not None and len(names) != 1:
+        raise ValueError(f"a checkpoint holds one model; the patterns match {len(names)}")
+    _check_options(names, batch_sizes, backends, vs_torchvision, warmup, repeats)
     results: list[BenchResult] = []
     with _threads(threads) as n_threads:
         for name in names:
@@ -208,8 +196,35 @@ def benchmark(
                     warmup,
                     repeats,
                     channels_last,
+                    checkpoint,
                 )
     return results
+
+
+def _check_options(
+    names: Sequence[str],
+    batch_sizes: Sequence[int],
+    backends: Sequence[str],
+    vs_torchvision: bool,
+    warmup: int,
+    repeats: int,
+) -> None:
+    """Every :func:`benchmark` option checked before any work starts (``ValueError``)."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(
+            f"unknown backend {', '.join(unknown) or '(none)'}; choose from {', '.join(BACKENDS)}"
+        )
+    if any(not isinstance(b, int) or b < 1 for b in batch_sizes) or not batch_sizes:
+        raise ValueError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be at least 1 and warmup at least 0")
+    if vs_torchvision:
+        missing = [n for n in names if n not in TORCHVISION_NAMES]
+        if missing:
+            raise ValueError(
+                f"no torchvision counterpart for {', '.join(missing)} (--vs torchvision)"
+            )
 
 
 def _bench_one(
@@ -223,42 +238,21 @@ def _bench_one(
     warmup: int,
     repeats: int,
     channels_last: bool,
+    checkpoint: str | None,
 ) -> list[BenchResult]:
-    torch.manual_seed(0)
-    model = create_model(name).eval()
-    tv = None
-    if vs_torchvision:
-        tv = torchvision_model(name)
-        # The same weights on both sides, so that both compute the same numbers.
-        model.load_state_dict(from_torchvision(name, tv.state_dict()))
+    """One result per backend for model ``name`` at batch size ``batch``."""
+    model, tv = _models(name, vs_torchvision, checkpoint)
     chans, height, width = model.input_size
     if img_size is not None:
         height = width = img_size
     x = torch.randn(batch, chans, height, width)
     macs = count_macs(model, (chans, height, width))
-    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
-        fast = _fused(model, x, channels_last) if {"fused", "compile"} & set(backends) else None
-        timers = [_backend_timer(b, model, x, fast, threads, Path(tmp)) for b in backends]
-        reference = None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x)))
-        peak = _matmul_timer(MATMUL_SIZE)
-        everyone = [*timers, *([reference] if reference else []), peak]
-        for timer in everyone:
-            timer.calibrate(warmup)
-        order = random.Random(0)
-        for _ in range(repeats):  # a fresh order each round: no one always follows the same one
-            for timer in order.sample(everyone, len(everyone)):
-                timer.sample()
+    timers, reference, peak = _race(model, x, tv, backends, threads, warmup, repeats, channels_last)
     peak_gflops = 2 * MATMUL_SIZE**3 / min(peak.samples) / 1e9  # a peak: the best round
     train_rate = _train_rate(model, x, warmup=1, repeats=max(2, repeats // 3)) if train else None
     out = []
     for timer in timers:
         gflops = 2 * macs * batch / timer.median / 1e9
-        speedup = None
-        if reference is not None:
-            # The median of per-round ratios: each pair ran back to back under the same load.
-            speedup = statistics.median(
-                t / o for t, o in zip(reference.samples, timer.samples, strict=True)
-            )
         out.append(
             BenchResult(
                 model=name,
@@ -275,10 +269,70 @@ def _bench_one(
                 peak_fraction=gflops / peak_gflops,
                 train_images_per_s=train_rate,
                 torchvision_latency_ms=reference.median * 1e3 if reference else None,
-                speedup_vs_torchvision=speedup,
+                speedup_vs_torchvision=_speedup(reference, timer),
             )
         )
     return out
+
+
+def _models(
+    name: str, vs_torchvision: bool, checkpoint: str | None = None
+) -> tuple[nn.Module, nn.Module | None]:
+    """cnnlab's model ``name`` (seed 0, or the checkpoint's weights and trained input size; eval
+    mode) and, if asked, torchvision's holding the same weights, so both compute the same."""
+    torch.manual_seed(0)
+    if checkpoint is None:
+        model = create_model(name).eval()
+    else:
+        model, meta = load(checkpoint, name)
+        size = meta["preprocess"]["size"]
+        model.input_size = (meta["in_chans"], size, size)
+    tv = None
+    if vs_torchvision:
+        tv = torchvision_model(name, num_classes=meta["num_classes"] if checkpoint else 1000)
+        if checkpoint is None:
+            model.load_state_dict(from_torchvision(name, tv.state_dict()))
+        else:
+            tv.load_state_dict(convert_by_position(tv.state_dict(), model.state_dict()))
+    return model, tv
+
+
+def _race(
+    model: nn.Module,
+    x: torch.Tensor,
+    tv: nn.Module | None,
+    backends: Sequence[str],
+    threads: int,
+    warmup: int,
+    repeats: int,
+    channels_last: bool,
+) -> tuple[list[_Timer], _Timer | None, _Timer]:
+    """Timers of the backends, of ``tv`` (if given) and of the matmul peak, run interleaved.
+
+    Each is calibrated after ``warmup`` calls, then sampled once per round for ``repeats``
+    rounds (see the module docstring).
+    """
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
+        fast = _fused(model, x, channels_last) if {"fused", "compile"} & set(backends) else None
+        timers = [_backend_timer(b, model, x, fast, threads, Path(tmp)) for b in backends]
+        reference = None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x)))
+        peak = _matmul_timer(MATMUL_SIZE)
+        everyone = [*timers, *([reference] if reference else []), peak]
+        for timer in everyone:
+            timer.calibrate(warmup)
+        order = random.Random(0)
+        for _ in range(repeats):  # a fresh order each round: no one always follows the same one
+            for timer in order.sample(everyone, len(everyone)):
+                timer.sample()
+    return timers, reference, peak
+
+
+def _speedup(reference: _Timer | None, timer: _Timer) -> float | None:
+    """The median of per-round ratios reference / ours: each pair ran back to back under the
+    same load. None without a reference."""
+    if reference is None:
+        return None
+    return statistics.median(t / o for t, o in zip(reference.samples, timer.samples, strict=True))
 
 
 def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:

@@ -8,7 +8,13 @@
 
 from cnnlab.train.checkpoint import load_state, save_state
 from cnnlab.train.inference import evaluate_checkpoint, model_and_loaders, predict
-from cnnlab.train.loop import Distillation, NonFiniteLossError, evaluate, train_one_epoch
+from cnnlab.train.loop import (
+    Distillation,
+    NonFiniteLossError,
+    evaluate,
+    split_outputs,
+    train_one_epoch,
+)
 from cnnlab.train.trainer import LRSchedule, TrainConfig, build_optimizer, fit
 
 __all__ = [
@@ -24,5 +30,6 @@ __all__ = [
     "model_and_loaders",
     "predict",
     "save_state",
+    "split_outputs",
     "train_one_epoch",
 ]

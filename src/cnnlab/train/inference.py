@@ -44,7 +44,6 @@ def model_and_loaders(
     channels the model was trained with; the classifier must match the data's class count."""
     torch.manual_seed(seed)  # the model's random init draws come first, as in a training run
     model, meta = load(checkpoint, model_name)
-    _note_assumed(meta, log)
     pre = Preprocess.from_dict(meta["preprocess"])
     train, val, classes = build_loaders(
         data, img_size=img_size or pre.size, in_chans=pre.in_chans, batch_size=batch_size,
@@ -54,6 +53,10 @@ def model_and_loaders(
         raise CnnlabError(
             f"{meta['path']} has {meta['num_classes']} classes, {data!r} has {len(classes)}"
         )
+    if "class_names" in meta["assumed"]:  # the data names the classes the file does not
+        meta["class_names"] = list(classes)
+        meta["assumed"] = [a for a in meta["assumed"] if a != "class_names"]
+    _note_assumed(meta, log)
     return model, meta, train, val
 
 

@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 
-__all__ = ["Distillation", "NonFiniteLossError", "evaluate", "train_one_epoch"]
+__all__ = ["Distillation", "NonFiniteLossError", "evaluate", "split_outputs", "train_one_epoch"]
 
 
 class NonFiniteLossError(CnnlabError):
@@ -111,20 +111,9 @@ def run_epoch(
     for i, (x, y) in enumerate(loader):
         x, y = _to(x, device), y.to(device, non_blocking=True)
         with _autocast(device):
-            logits, aux = split_outputs(model(x))
-            loss = loss_fn(logits, y)
-            if distill is not None:
-                loss = distill.loss(loss, logits, x)
-            for a in aux:
-                loss = loss + aux_weight * loss_fn(a, y)
+            logits, loss = _forward_loss(model, x, y, loss_fn, aux_weight, distill)
         value = loss.item()
-        check = value
-        if _distributed():  # every process must stop together
-            flag = torch.tensor([value], dtype=torch.float64)
-            dist.all_reduce(flag)
-            check = float(flag)
-        if not math.isfinite(check):
-            raise NonFiniteLossError(value if not math.isfinite(value) else check, i)
+        _check_finite(value, i)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad_norm is not None:
@@ -146,6 +135,37 @@ def run_epoch(
     if n_sum == 0:
         raise CnnlabError("the training loader yielded no batches (data set smaller than a batch?)")
     return {"loss": loss_sum / n_sum, "top1": correct_sum / n_sum, "images": int(n_sum)}
+
+
+def _forward_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    aux_weight: float,
+    distill: Distillation | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, loss) of one batch: the task loss, mixed with ``distill``'s term if given, plus
+    ``aux_weight`` x each auxiliary head's loss (GoogLeNet, Szegedy et al. 2015, section 6)."""
+    logits, aux = split_outputs(model(x))
+    loss = loss_fn(logits, y)
+    if distill is not None:
+        loss = distill.loss(loss, logits, x)
+    for a in aux:
+        loss = loss + aux_weight * loss_fn(a, y)
+    return logits, loss
+
+
+def _check_finite(value: float, batch: int) -> None:
+    """``NonFiniteLossError`` if the loss is NaN or infinite here or, under DDP, in any process
+    (the sum over processes is checked, so that every process stops together)."""
+    check = value
+    if _distributed():
+        flag = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(flag)
+        check = float(flag)
+    if not math.isfinite(check):
+        raise NonFiniteLossError(value if not math.isfinite(value) else check, batch)
 
 
 def train_one_epoch(
