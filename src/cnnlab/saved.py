@@ -254,6 +254,8 @@ def _default_preprocess(name: str, in_chans: int, size: Any = None) -> dict[str,
 def _complete(meta: dict[str, Any], name: str, num_classes: int, in_chans: int) -> dict[str, Any]:
     """``meta`` with model, num_classes, in_chans, class names and preprocessing checked or
     filled in (the filled-in ones listed under ``assumed``)."""
+    if not 0 < num_classes <= MAX_CLASSES:
+        raise CnnlabError(f"{num_classes} classes is outside 1..{MAX_CLASSES}")
     out = {**meta, "model": name, "num_classes": num_classes, "in_chans": in_chans}
     assumed = []
     names = meta.get("class_names")
