@@ -348,6 +348,7 @@ def _load_cnnlab(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]
     config = _infer_config(name, tensors)
     if isinstance(meta.get("class_names"), list):
         config["num_classes"] = len(meta["class_names"])
+    config |= {k: meta[k] for k in ("num_classes", "in_chans") if type(meta.get(k)) is int}
     return _build_checked(name, config, tensors, str(p)), {**meta, "model": name, "kind": "cnnlab"}
 
 
