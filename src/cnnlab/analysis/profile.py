@@ -197,29 +197,45 @@ def profile(
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
     meta = meta_copy(model)
     names = {m: n for n, m in meta.named_modules()}
-    order: list[nn.Module] = []
-    own: dict[nn.Module, dict[str, Any]] = {}
-    uncounted: dict[str, int] = {}
-    seen: dict[int, torch.Tensor] = {}  # storage -> tensor, kept alive so ids are not reused
+    dtype = next((p.dtype for p in meta.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.zeros((batch_size, *size), device="meta", dtype=dtype)
+    recorder = _Recorder(x)
+    _hooked_forward(meta, x, recorder)
+    rows = _rows(names, [m for m in recorder.order if m is not meta], recorder.own)
+    result = _totals(model, x, rows, recorder)
+    if measure:
+        result.measured = measure_memory(model, size, batch_size)
+    return result
 
-    def pre_hook(module: nn.Module, inputs: tuple) -> None:
-        if module not in own:
-            order.append(module)
-            own[module] = {"macs": 0, "activations": 0, "bytes": 0, "output_shape": None}
 
-    def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
-        stats = own[module]
+class _Recorder:
+    """The hooks :func:`profile` puts on every module: MACs, new activations, output shape."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.order: list[nn.Module] = []  # modules in call order
+        self.own: dict[nn.Module, dict[str, Any]] = {}  # each module's own counts
+        self.uncounted: dict[str, int] = {}
+        # storage -> tensor, kept alive so ids are not reused; the input is already counted
+        self.seen: dict[int, torch.Tensor] = {_storage_key(x): x}
+
+    def pre_hook(self, module: nn.Module, inputs: tuple) -> None:
+        if module not in self.own:
+            self.order.append(module)
+            self.own[module] = {"macs": 0, "activations": 0, "bytes": 0, "output_shape": None}
+
+    def hook(self, module: nn.Module, inputs: tuple, output: Any) -> None:
+        stats = self.own[module]
         stats["output_shape"] = _shape_of(output)
         stats["macs"] += layer_macs(module, inputs, output)  # 0 for layers it does not count
         if not counts_macs(module) and not _is_free(module):
             has_own = any(True for _ in module.parameters(recurse=False))
             if has_own or not any(True for _ in module.children()):
                 kind = type(module).__name__
-                uncounted[kind] = uncounted.get(kind, 0) + 1
+                self.uncounted[kind] = self.uncounted.get(kind, 0) + 1
         first_in = next(_tensors(inputs), None)
         for t in _tensors(output):
             key = _storage_key(t)
-            if key in seen:
+            if key in self.seen:
                 continue
             if (
                 isinstance(module, _IDENTITY_AT_SAME_SIZE)
@@ -227,18 +243,22 @@ def profile(
                 and t.shape == first_in.shape
             ):
                 continue
-            seen[key] = t
+            self.seen[key] = t
             stats["activations"] += t.numel()
             stats["bytes"] += t.numel() * t.element_size()
 
-    dtype = next((p.dtype for p in meta.parameters() if p.is_floating_point()), torch.float32)
-    x = torch.zeros((batch_size, *size), device="meta", dtype=dtype)
-    seen[_storage_key(x)] = x
+
+def _hooked_forward(meta: nn.Module, x: torch.Tensor, recorder: _Recorder) -> None:
+    """One eval-mode forward of the meta model with ``recorder``'s hooks on every module.
+
+    Shape-preserving torch layers get a shortcut forward for the pass (see
+    ``_SHAPE_PRESERVING``); hooks, shortcuts and the training mode are restored afterwards.
+    """
     handles = []
     shortcut = []
     for m in meta.modules():
-        handles.append(m.register_forward_pre_hook(pre_hook))
-        handles.append(m.register_forward_hook(hook))
+        handles.append(m.register_forward_pre_hook(recorder.pre_hook))
+        handles.append(m.register_forward_hook(recorder.hook))
         if type(m).forward is getattr(_torch_base(m), "forward", None) and isinstance(
             m, _SHAPE_PRESERVING
         ):
@@ -252,7 +272,7 @@ def profile(
     except RuntimeError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(
-            f"forward pass failed for input {'x'.join(map(str, size))}: {first_line}"
+            f"forward pass failed for input {'x'.join(map(str, x.shape[1:]))}: {first_line}"
         ) from None
     finally:
         for h in handles:
@@ -260,19 +280,25 @@ def profile(
         for m in shortcut:
             del m.forward
         meta.train(was_training)
-    rows = _rows(names, [m for m in order if m is not meta], own)
+
+
+def _totals(
+    model: nn.Module, x: torch.Tensor, rows: list[LayerRow], recorder: _Recorder
+) -> Profile:
+    """The :class:`Profile` of ``model``: the rows plus the totals defined in the module doc."""
+    own = recorder.own.values()
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    macs = sum(s["macs"] for s in own.values())
-    activations = x.numel() + sum(s["activations"] for s in own.values())
-    forward_bytes = x.numel() * x.element_size() + sum(s["bytes"] for s in own.values())
+    macs = sum(s["macs"] for s in own)
+    activations = x.numel() + sum(s["activations"] for s in own)
+    forward_bytes = x.numel() * x.element_size() + sum(s["bytes"] for s in own)
     resident = forward_bytes + param_bytes + buffer_bytes + grad_bytes
-    result = Profile(
-        input_size=size,
-        batch_size=batch_size,
+    return Profile(
+        input_size=tuple(x.shape[1:]),
+        batch_size=x.shape[0],
         layers=rows,
         params=params,
         trainable_params=trainable,
@@ -284,11 +310,8 @@ def profile(
         param_bytes=param_bytes,
         buffer_bytes=buffer_bytes,
         input_bytes=x.numel() * x.element_size(),
-        uncounted=dict(sorted(uncounted.items())),
+        uncounted=dict(sorted(recorder.uncounted.items())),
     )
-    if measure:
-        result.measured = measure_memory(model, size, batch_size)
-    return result
 
 
 def _torch_base(module: nn.Module) -> type:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from cnnlab.deploy.fuse import fuse
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 
 __all__ = ["ExportResult", "export_onnx", "onnxruntime_session", "require_onnx"]
 
@@ -122,12 +122,7 @@ def export_onnx(
     Raises ``CnnlabError`` if export or verification fails.
     """
     require_onnx()
-    target = Path(path)
-    if target.is_dir():
-        raise CnnlabError(f"{str(target)!r} is a folder; give a file name such as model.onnx")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise CnnlabError(f"folder {str(folder)!r} does not exist (for {str(target)!r})")
+    target, folder = _destination(path)
     shape = _input_shape(model, img_size, batch_size=2 if dynamic_batch else 1)
     reference = model.eval()
     exported = fuse(reference) if fold_batchnorm else reference
@@ -143,16 +138,7 @@ def export_onnx(
             raise CnnlabError(f"could not write the ONNX file: {_first_line(exc)}") from None
         test_batch = (3 if dynamic_batch else 1, *shape[1:])
         diff = _verify(staged, reference, test_batch, atol)
-        staged_data = tmp / f"{target.name}.data"
-        data_target = target.with_name(f"{target.name}.data") if staged_data.exists() else None
-        size = staged.stat().st_size + (staged_data.stat().st_size if data_target else 0)
-        for f in (staged_data, staged):
-            if f.exists():
-                with open(f, "rb+") as handle:
-                    os.fsync(handle.fileno())
-        if data_target is not None:
-            os.replace(staged_data, data_target)
-        os.replace(staged, target)
+        data_target, size = _publish(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(
@@ -163,6 +149,37 @@ def export_onnx(
         max_abs_diff=diff,
         bytes=size,
     )
+
+
+def _destination(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The target file and its folder, checked: not a folder itself, in a folder that exists."""
+    target = Path(path)
+    if target.is_dir():
+        raise CnnlabError(f"{str(target)!r} is a folder; give a file name such as model.onnx")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise CnnlabError(f"folder {str(folder)!r} does not exist (for {str(target)!r})")
+    return target, folder
+
+
+def _publish(tmp: Path, target: Path) -> tuple[Path | None, int]:
+    """Move the verified files staged in ``tmp`` to ``target``: fsync'd, weights file first.
+
+    Returns where the external weights went (None when the graph holds them) and the bytes of
+    the graph and weights together.
+    """
+    staged = tmp / target.name
+    staged_data = tmp / f"{target.name}.data"
+    data_target = target.with_name(f"{target.name}.data") if staged_data.exists() else None
+    size = staged.stat().st_size + (staged_data.stat().st_size if data_target else 0)
+    for f in (staged_data, staged):
+        if f.exists():
+            with open(f, "rb+") as handle:
+                os.fsync(handle.fileno())
+    if data_target is not None:
+        os.replace(staged_data, data_target)
+    os.replace(staged, target)
+    return data_target, size
 
 
 def _torch_export(

@@ -167,40 +167,8 @@ class GoogLeNet(ClassifierModel):
         tv = torchvision_layout
         self.aux_logits = aux_logits
         self.transform_input = transform_input
-        conv = _conv_factory(batch_norm=tv)
-
-        def pool(kernel: int = 3) -> nn.MaxPool2d:
-            # Figure 3's "S" pools keep ceil(n / 2); torchvision's are ceil-mode, unpadded.
-            if tv:
-                return nn.MaxPool2d(kernel, stride=2, ceil_mode=True)
-            return nn.MaxPool2d(kernel, stride=2, padding=1)
-
-        # Figure 3, bottom: conv 7x7/2, max pool, LRN, conv 1x1 (#3x3 reduce), conv 3x3, LRN,
-        # max pool. torchvision has no LRN.
-        stem: OrderedDict[str, nn.Module] = OrderedDict()
-        stem["conv1"] = conv(in_chans, 64, 7, stride=2)
-        stem["pool1"] = pool()
-        if not tv:
-            stem["norm1"] = nn.LocalResponseNorm(**LRN)
-        stem["conv2"] = conv(64, 64, 1)
-        stem["conv3"] = conv(64, 192, 3)
-        if not tv:
-            stem["norm2"] = nn.LocalResponseNorm(**LRN)
-        stem["pool2"] = pool()
-        self.stem = nn.Sequential(stem)
-
-        self.blocks = nn.ModuleDict()
-        chans, pools = 192, 2
-        for row in TABLE_1:
-            if row == MAX_POOL:
-                pools += 1
-                # torchvision pools 2x2/2 before (5a), Table 1 3x3/2 (same size at 224).
-                self.blocks[f"pool{pools}"] = pool(2 if tv and pools == 4 else 3)
-                continue
-            block = Inception(chans, row, batch_norm=tv, kernel_5x5=3 if tv else 5)
-            self.blocks[f"inception{row.name}"] = block
-            chans = block.out_chans
-
+        self.stem = _stem(in_chans, tv)
+        self.blocks, chans = _inception_blocks(tv)
         if aux_logits:
             aux_in = {"4a": 512, "4d": 528}
             self.aux1 = InceptionAux(aux_in["4a"], num_classes, tv, not tv, aux_drop_rate)
@@ -247,6 +215,55 @@ class GoogLeNet(ClassifierModel):
         for head in (self.aux1, self.aux2):
             if head is not None:
                 head.fc2 = replace_linear(head.fc2, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        """``fc``, with the last layers of the aux heads where present (all three replaced by
+        ``reset_classifier``, so all three train when the backbone is frozen)."""
+        if self.aux1 is None or self.aux2 is None:
+            return self.fc
+        return nn.ModuleList([self.fc, self.aux1.fc2, self.aux2.fc2])
+
+
+def _pool(tv: bool, kernel: int = 3) -> nn.MaxPool2d:
+    """A max pool of stride 2: Figure 3's "S" pools keep ceil(n / 2); torchvision's are
+    ceil-mode, unpadded."""
+    if tv:
+        return nn.MaxPool2d(kernel, stride=2, ceil_mode=True)
+    return nn.MaxPool2d(kernel, stride=2, padding=1)
+
+
+def _stem(in_chans: int, tv: bool) -> nn.Sequential:
+    """Figure 3, bottom: conv 7x7/2, max pool, LRN, conv 1x1 (#3x3 reduce), conv 3x3, LRN,
+    max pool. torchvision has no LRN."""
+    conv = _conv_factory(batch_norm=tv)
+    stem: OrderedDict[str, nn.Module] = OrderedDict()
+    stem["conv1"] = conv(in_chans, 64, 7, stride=2)
+    stem["pool1"] = _pool(tv)
+    if not tv:
+        stem["norm1"] = nn.LocalResponseNorm(**LRN)
+    stem["conv2"] = conv(64, 64, 1)
+    stem["conv3"] = conv(64, 192, 3)
+    if not tv:
+        stem["norm2"] = nn.LocalResponseNorm(**LRN)
+    stem["pool2"] = _pool(tv)
+    return nn.Sequential(stem)
+
+
+def _inception_blocks(tv: bool) -> tuple[nn.ModuleDict, int]:
+    """Table 1 from (3a) to (5b): the inception modules and the max pools between them, and
+    the channels the last one returns."""
+    blocks = nn.ModuleDict()
+    chans, pools = 192, 2
+    for row in TABLE_1:
+        if row == MAX_POOL:
+            pools += 1
+            # torchvision pools 2x2/2 before (5a), Table 1 3x3/2 (same size at 224).
+            blocks[f"pool{pools}"] = _pool(tv, 2 if tv and pools == 4 else 3)
+            continue
+        block = Inception(chans, row, batch_norm=tv, kernel_5x5=3 if tv else 5)
+        blocks[f"inception{row.name}"] = block
+        chans = block.out_chans
+    return blocks, chans
 
 
 def _conv_factory(batch_norm: bool):
