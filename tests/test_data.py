@@ -18,9 +18,10 @@ from cnnlab.data import (
     data_channels,
     find_fashion_mnist,
     read_idx,
+    resolve_data,
     skipped_files,
 )
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -111,6 +112,24 @@ def test_download_uses_torchvision_layout(tmp_path: Path, monkeypatch) -> None:
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
     assert download_fashion_mnist(tmp_path) == tmp_path / "FashionMNIST" / "raw"
+
+
+def test_resolve_data_downloads_only_a_missing_fashion_mnist(tmp_path: Path, monkeypatch) -> None:
+    import torchvision.datasets
+
+    class FakeFashionMNIST:  # what torchvision's download leaves behind, without a network
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            write_fashion(Path(root) / "FashionMNIST" / "raw", gz=False)
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    monkeypatch.setattr("cnnlab.data.datasets.FASHION_MNIST_SYSTEM_DIR", tmp_path / "none")
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path / "cache"))
+    assert resolve_data("fashion-mnist") == "fashion-mnist"  # no download unless asked
+    assert resolve_data("synthetic", download=True) == "synthetic"
+    assert resolve_data(str(tmp_path), download=True) == str(tmp_path)  # a path: left alone
+    got = resolve_data("fashion-mnist", download=True)
+    assert got == str(tmp_path / "cache" / "FashionMNIST" / "raw")
+    assert resolve_data("fmnist", download=True) == "fmnist"  # found now: no second download
 
 
 def test_fashion_loaders_pad_to_32_and_normalise(fashion: Path) -> None:

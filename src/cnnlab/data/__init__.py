@@ -1,19 +1,10 @@
 """Data: Fashion-MNIST (IDX), ImageFolder trees, synthetic images; loaders and transforms.
 
-``build_loaders(data, img_size=..., in_chans=...)`` returns (train loader, val/test loader,
-class names). ``data`` is ``"fashion-mnist"`` (searched in ``$CNNLAB_DATA`` and the Debian
-package's folder), a folder holding the Fashion-MNIST IDX files, ``"synthetic"``, or an
-ImageFolder tree (``train/`` and ``val/`` sub-folders, or one folder split by ``val_split``).
+``build_loaders(data, img_size=..., in_chans=...)`` (:mod:`cnnlab.data.loaders`) returns
+(train loader, val/test loader, class names) for a ``--data`` value; the data sets are in
+:mod:`cnnlab.data.datasets`, the IDX reader in :mod:`cnnlab.data.idx`, the preprocessing in
+:mod:`cnnlab.data.transforms`.
 """
-
-from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
-
-import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from cnnlab.data.datasets import (
     FASHION_MNIST_CLASSES,
@@ -30,16 +21,31 @@ from cnnlab.data.datasets import (
     synthetic_dataset,
 )
 from cnnlab.data.idx import read_idx
+from cnnlab.data.loaders import (
+    FASHION_MNIST_NAMES,
+    SYNTHETIC_SIZES,
+    EpochSampler,
+    ShardSampler,
+    build_loaders,
+    data_channels,
+    resolve_data,
+    skipped_files,
+)
 from cnnlab.data.transforms import Preprocess, image_transform
-from cnnlab.io import CnnlabError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_NAMES",
+    "FASHION_MNIST_STATS",
+    "IMAGENET_STATS",
+    "SYNTHETIC_SIZES",
     "EpochSampler",
     "ImageFolderDataset",
     "Preprocess",
+    "ShardSampler",
     "TensorImageDataset",
     "build_loaders",
+    "collate_batch",
     "data_channels",
     "download_fashion_mnist",
     "fashion_mnist_folder",
@@ -48,180 +54,7 @@ __all__ = [
     "load_fashion_mnist",
     "load_image",
     "read_idx",
+    "resolve_data",
     "skipped_files",
     "synthetic_dataset",
 ]
-
-SYNTHETIC_SIZES = (512, 128)  # train, val images of the "synthetic" data set
-
-
-class EpochSampler(DistributedSampler):
-    """DistributedSampler (seeded shuffle, one shard per process) that also works alone.
-
-    The order of epoch ``e`` depends only on ``(seed, e)``, which makes resuming exact. The
-    trainer calls ``set_epoch``; a plain loop that does not still gets a new order each epoch,
-    because every pass moves to the next epoch.
-    """
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        self.epoch += 1
-        return iter(indices)
-
-
-class ShardSampler(Sampler[int]):
-    """Evaluation: process ``rank`` takes every ``world``-th sample, without padding."""
-
-    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.rank, self.world = n, rank, world
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fmnist")
-
-
-def _fashion_folder(data: str) -> Path | None:
-    """Where ``data`` names Fashion-MNIST: the folder of its IDX files; else None."""
-    if data in FASHION_MNIST_NAMES:
-        return find_fashion_mnist(None)
-    path = Path(data)
-    return fashion_mnist_folder(path) if path.is_dir() else None
-
-
-def data_channels(data: str) -> int:
-    """The natural number of channels of ``data``: 1 for Fashion-MNIST, else 3 (RGB)."""
-    if data == "synthetic":
-        return 3
-    if data in FASHION_MNIST_NAMES or fashion_mnist_folder(Path(data)) is not None:
-        return 1
-    return 3
-
-
-def _split(n: int, val_split: float, seed: int) -> tuple[list[int], list[int]]:
-    if not 0 < val_split < 1:
-        raise ValueError(f"val_split must be between 0 and 1, got {val_split}")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, round(n * val_split))
-    if n_val >= n:
-        raise ValueError(f"val_split {val_split} leaves no training images out of {n}")
-    return sorted(order[n_val:]), sorted(order[:n_val])
-
-
-def _limit(ds: Dataset, limit: int | None) -> Dataset:
-    if limit is None or limit >= len(ds):
-        return ds
-    if limit < 1:
-        raise ValueError(f"limit must be positive, got {limit}")
-    return Subset(ds, range(limit))
-
-
-def _datasets(
-    data: str,
-    img_size: int,
-    in_chans: int,
-    augment: bool,
-    val_split: float | None,
-    seed: int,
-    strict: bool,
-) -> tuple[Dataset, Dataset, list[str]]:
-    if data == "synthetic":
-        pre = Preprocess(img_size, in_chans, (0.0,), (1.0,))
-        train = synthetic_dataset(SYNTHETIC_SIZES[0], pre, seed=seed, part=0)
-        val = synthetic_dataset(SYNTHETIC_SIZES[1], pre, seed=seed, part=1)
-        return train, val, [f"class{i}" for i in range(10)]
-    path = Path(data)
-    if (folder := _fashion_folder(data)) is not None:
-        pre = Preprocess(img_size, in_chans, *FASHION_MNIST_STATS, source_size=28)
-        x_train, y_train = load_fashion_mnist(folder, "train")
-        train: Dataset = TensorImageDataset(x_train, y_train, pre, augment=augment)
-        if val_split is None:
-            val: Dataset = TensorImageDataset(*load_fashion_mnist(folder, "test"), pre)
-        else:
-            train_idx, val_idx = _split(len(train), val_split, seed)
-            val = Subset(TensorImageDataset(x_train, y_train, pre), val_idx)
-            train = Subset(train, train_idx)
-        return train, val, list(FASHION_MNIST_CLASSES)
-    if not path.is_dir():
-        raise CnnlabError(
-            f"data {data!r} is neither 'fashion-mnist', 'synthetic' nor an existing folder"
-        )
-    stats = IMAGENET_STATS
-    pre = Preprocess(img_size, in_chans, *stats)
-    sub = {d.name for d in path.iterdir() if d.is_dir()}
-    if "train" in sub and ({"val", "test"} & sub):
-        train_ds = ImageFolderDataset(path / "train", pre, augment=augment, strict=strict)
-        val_name = "val" if "val" in sub else "test"
-        val_ds = ImageFolderDataset(path / val_name, pre, classes=train_ds.classes, strict=strict)
-        if val_split is not None:
-            raise ValueError(f"{data!r} has train/ and {val_name}/; --val-split is for one folder")
-        return train_ds, val_ds, train_ds.classes
-    if val_split is None:
-        raise CnnlabError(
-            f"{data!r} has no train/ and val/ sub-folders; pass --val-split (e.g. 0.1) to hold "
-            "out part of it for validation"
-        )
-    train_all = ImageFolderDataset(path, pre, augment=augment, strict=strict)
-    train_idx, val_idx = _split(len(train_all), val_split, seed)
-    val_all = train_all.with_augment(False)
-    return Subset(train_all, train_idx), Subset(val_all, val_idx), train_all.classes
-
-
-def build_loaders(
-    data: str,
-    *,
-    img_size: int,
-    in_chans: int,
-    batch_size: int = 128,
-    workers: int = 0,
-    augment: bool = False,
-    val_split: float | None = None,
-    seed: int = 0,
-    limit: int | None = None,
-    strict: bool = False,
-) -> tuple[DataLoader, DataLoader, list[str]]:
-    """(train loader, val/test loader, class names) for ``data``.
-
-    Under ``torch.distributed`` each process gets its shard and ``batch_size`` is the global
-    batch (it must divide by the number of processes). The train loader shuffles with an
-    :class:`EpochSampler` seeded by ``seed`` and drops a last partial batch; ``limit`` keeps
-    the first ``limit`` images of each split (quick runs). ``strict`` makes a corrupt image in
-    an ImageFolder an error instead of a skipped, counted warning.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    rank, world = _world()
-    if batch_size % world:
-        raise ValueError(f"batch size {batch_size} does not divide among {world} processes")
-    train, val, classes = _datasets(data, img_size, in_chans, augment, val_split, seed, strict)
-    train, val = _limit(train, limit), _limit(val, limit)
-    local = batch_size // world
-    common = {"num_workers": workers, "collate_fn": collate_batch, "persistent_workers": False}
-    if workers > 0:
-        common["prefetch_factor"] = 4
-    sampler = EpochSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    train_loader = DataLoader(
-        train, batch_size=local, sampler=sampler, drop_last=len(train) >= batch_size, **common
-    )
-    val_loader = DataLoader(
-        val, batch_size=local, sampler=ShardSampler(len(val), rank, world), **common
-    )
-    return train_loader, val_loader, classes
-
-
-def skipped_files(loader: DataLoader) -> list[str]:
-    """The corrupt images an ImageFolder loader skipped (empty for other data sets)."""
-    ds = loader.dataset
-    while isinstance(ds, Subset):
-        ds = ds.dataset
-    return list(getattr(ds, "skipped", []))
