@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnlab.cli._format import format_table
 from cnnlab.deploy import BACKENDS, benchmark
+from cnnlab.tables import format_table
 
 PEERS = ["resnet50", "mobilenet_v2", "googlenet_tv"]
 CLAIMS = [("mobilenet_v1", "vgg16"), ("mobilenet_v2", "mobilenet_v1")]

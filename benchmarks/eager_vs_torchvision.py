@@ -21,9 +21,9 @@ from collections.abc import Callable
 import torch
 
 import cnnlab
-from cnnlab.cli._format import format_table
 from cnnlab.deploy.bench import torchvision_model, training_step
 from cnnlab.interop import from_torchvision
+from cnnlab.tables import format_table
 
 MODELS = ["resnet50", "mobilenet_v2", "vgg16", "googlenet_tv"]
 MIN_SAMPLE_S = 0.05  # repeat a call within one sample until the sample lasts this long
