@@ -1,5 +1,4 @@
-"""Longer fuzz run of the .cnz decoder (tests/test_compress_fuzz.py is the quick CI version,
-whose section surgery it reuses).
+"""Longer fuzz run of the .cnz decoder (tests/test_compress_fuzz.py is the quick CI version).
 
     .venv/bin/python scripts/fuzz_cnz.py --seconds 600 [--seed 0]
 
@@ -16,15 +15,10 @@ import random
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 
-from cnnlab.compress import decode_bytes, encode_state_dict
-
-# The CI fuzz test's file surgery: split a file into sections, reassemble with valid CRCs.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_compress_fuzz import assemble, sections
+from cnnlab.codec.cnz import decode_bytes, encode_state_dict, join_sections, split_sections
 
 
 def seed_files(rng: random.Random) -> list[bytes]:
@@ -72,12 +66,13 @@ def one_case(rng: random.Random, files: list[bytes]) -> bytes:
     data = rng.choice(files)
     if rng.random() < 0.5:
         return mutate(rng, data)
-    prefix, bodies = sections(data)
+    prefix, bodies = split_sections(data)
     k = rng.randrange(len(bodies))
     bodies[k] = mutate(rng, bodies[k])
     if rng.random() < 0.2:  # splice a section of another file in
-        bodies.insert(rng.randrange(len(bodies) + 1), rng.choice(sections(rng.choice(files))[1]))
-    return assemble(prefix, bodies)
+        at = rng.randrange(len(bodies) + 1)
+        bodies.insert(at, rng.choice(split_sections(rng.choice(files))[1]))
+    return join_sections(prefix, bodies)
 
 
 def main() -> int:

@@ -2,8 +2,9 @@
 decodes or raises one ValueError; never another exception, a hang or a giant allocation.
 
 Mutated files get their checksums recomputed, so the mutations reach the parser behind the
-CRCs (a plain flipped bit is caught by the CRC, see test_compress.py). ``scripts/fuzz_cnz.py``
-runs the same generators for longer.
+CRCs (a plain flipped bit is caught by the CRC, see test_compress.py), with the codec's own
+``split_sections`` / ``join_sections``. ``scripts/fuzz_cnz.py`` runs the same kind of cases
+for longer.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnlab.compress import decode_bytes, encode_state_dict
-from cnnlab.compress.format import MAGIC
+from cnnlab.codec.cnz import MAGIC, decode_bytes, encode_state_dict, join_sections, split_sections
 
 FAST = settings(
     max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
@@ -42,29 +42,7 @@ def _seed_file() -> bytes:
 SEED = _seed_file()
 
 
-def sections(data: bytes) -> tuple[bytes, list[bytes]]:
-    """Split a valid file into its prefix (magic .. section count) and section bodies."""
-    hdr_len = struct.unpack_from("<I", data, 9)[0]
-    pos = 13 + hdr_len + 4
-    count = struct.unpack_from("<I", data, pos)[0]
-    prefix, pos = data[: pos + 4], pos + 4
-    bodies = []
-    for _ in range(count):
-        n = struct.unpack_from("<I", data, pos)[0]
-        bodies.append(data[pos + 4 : pos + 4 + n])
-        pos += 8 + n
-    return prefix, bodies
-
-
-def assemble(prefix: bytes, bodies: list[bytes]) -> bytes:
-    """A file with correct lengths and CRCs around arbitrary section bodies."""
-    out = bytearray(prefix[:-4] + struct.pack("<I", len(bodies)))
-    for body in bodies:
-        out += struct.pack("<I", len(body)) + body + struct.pack("<I", zlib.crc32(body))
-    return bytes(out + struct.pack("<I", zlib.crc32(out)))
-
-
-PREFIX, BODIES = sections(SEED)
+PREFIX, BODIES = split_sections(SEED)
 
 
 def check(data: bytes) -> None:
@@ -105,7 +83,15 @@ OPS = st.lists(
 def test_seed_file_decodes() -> None:
     _, state = decode_bytes(SEED)
     assert set(state) == {"w", "conv", "b", "raw", "n"}
-    assert assemble(PREFIX, BODIES) == SEED
+    assert join_sections(PREFIX, BODIES) == SEED
+
+
+def test_split_sections_rejects_what_it_cannot_split() -> None:
+    with pytest.raises(ValueError, match="magic"):
+        split_sections(b"PK" + SEED[2:])
+    for n in range(len(SEED) - 4):  # any cut before the file CRC loses framing
+        with pytest.raises(ValueError, match="runs past the end"):
+            split_sections(SEED[:n] if n >= len(MAGIC) else MAGIC)
 
 
 @FAST
@@ -113,14 +99,14 @@ def test_seed_file_decodes() -> None:
 def test_mutated_sections_with_valid_checksums(index: int, ops: list) -> None:
     bodies = list(BODIES)
     bodies[index] = mutate_body(bodies[index], ops)
-    check(assemble(PREFIX, bodies))
+    check(join_sections(PREFIX, bodies))
 
 
 @FAST
 @given(st.binary(max_size=200), st.lists(st.binary(max_size=60), max_size=3))
 def test_generated_files(header: bytes, bodies: list[bytes]) -> None:
     head = struct.pack("<BI", 1, len(header)) + header + struct.pack("<I", zlib.crc32(header))
-    check(assemble(MAGIC + head + b"\0\0\0\0", bodies))
+    check(join_sections(MAGIC + head + b"\0\0\0\0", bodies))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -137,4 +123,4 @@ def test_every_byte_overwritten_in_every_section(field_value: int) -> None:
         for pos in range(len(body)):
             bodies = list(BODIES)
             bodies[index] = body[:pos] + bytes([field_value]) + body[pos + 1 :]
-            check(assemble(PREFIX, bodies))
+            check(join_sections(PREFIX, bodies))

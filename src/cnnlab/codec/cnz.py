@@ -48,8 +48,10 @@ __all__ = [
     "decode_bytes",
     "encode_state_dict",
     "is_cnz",
+    "join_sections",
     "read",
     "relative_indices",
+    "split_sections",
 ]
 
 MAGIC = b"\x89CNZ\r\n\x1a\n"
@@ -459,3 +461,42 @@ def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.
         return decode_bytes(data)
     except (ValueError, IndexError, OverflowError, MemoryError, RuntimeError) as exc:
         raise CnnlabError(f"{str(path)!r} is not a valid .cnz file: {exc}") from None
+
+
+# --------------------------------------------------------------------------- file surgery
+
+
+def split_sections(data: bytes) -> tuple[bytes, list[bytes]]:
+    """``(head, bodies)`` of a .cnz file, for tools that edit files (fuzzers, repairs).
+
+    ``head`` is every byte from the magic to the section count included; ``bodies`` are the
+    sections without their length and CRC fields. Checksums are not verified; ``ValueError``
+    if the magic is wrong or a length runs past the end of ``data``. :func:`join_sections`
+    puts the parts back together.
+    """
+    if data[: len(MAGIC)] != MAGIC:
+        raise _Corrupt("not a .cnz file (bad magic bytes)")
+    r = _Reader(data, "file")
+    r.pos = len(MAGIC) + 1  # magic, version
+    r.take(r.u32())  # the JSON header
+    r.u32()  # its CRC
+    count = r.u32()
+    head = data[: r.pos]
+    bodies = []
+    for _ in range(count):  # each pass consumes 8+ bytes or raises: bounded by len(data)
+        bodies.append(r.take(r.u32()))
+        r.u32()  # the section's CRC
+    return head, bodies
+
+
+def join_sections(head: bytes, bodies: list[bytes]) -> bytes:
+    """A .cnz file from ``head`` and section ``bodies`` (see :func:`split_sections`).
+
+    The section count (the last four bytes of ``head``) becomes ``len(bodies)``, each body is
+    framed by its length and CRC32, and the file CRC32 closes the file; the rest of ``head`` is
+    copied as it is. The bodies may hold anything: the result decodes or fails on its content.
+    """
+    out = bytearray(head[:-4] + struct.pack("<I", len(bodies)))
+    for body in bodies:
+        out += struct.pack("<I", len(body)) + body + struct.pack("<I", zlib.crc32(body))
+    return bytes(out + struct.pack("<I", zlib.crc32(out)))
