@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 import cnnlab
-from cnnlab.deploy.bench import torchvision_model, training_step
+from cnnlab.deploy import torchvision_model, training_step
 from cnnlab.interop import from_torchvision
 from cnnlab.tables import format_table
 

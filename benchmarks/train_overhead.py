@@ -25,7 +25,7 @@ from torch import nn
 
 from cnnlab import create_model
 from cnnlab.data import build_loaders
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 from cnnlab.train import train_one_epoch
 
 

@@ -11,7 +11,7 @@ from torch import nn
 import cnnlab
 from cnnlab.cli import main
 from cnnlab.deploy import benchmark, export_onnx, onnxruntime_session
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 
 pytest.importorskip("onnxruntime")
 
@@ -90,7 +90,7 @@ GREY_32 = {"size": 32, "in_chans": 1, "mean": [0.286], "std": [0.353]}  # a run'
 
 
 def test_checkpoint_that_does_not_fit(tmp_path, capsys) -> None:
-    from cnnlab.train import save_weights
+    from cnnlab.saved import save_weights
 
     ckpt = tmp_path / "lenet_300_100.safetensors"
     meta = {
@@ -107,7 +107,7 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys) -> None:
 
 
 def test_checkpoint_weights_are_exported(tmp_path) -> None:
-    from cnnlab.train import save_weights
+    from cnnlab.saved import save_weights
 
     model = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
     meta = {"model": "lenet5", "class_names": list("abcdefghij"), "preprocess": GREY_32}

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 
 COMMAND_MODULES = ["zoo", "analysis", "training", "compression", "deployment"]
 

@@ -12,8 +12,10 @@ from cnnlab.codec.cnz import (
     decode_bytes,
     encode_state_dict,
     is_cnz,
+    join_sections,
     read,
     relative_indices,
+    split_sections,
 )
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "decode_bytes",
     "encode_state_dict",
     "is_cnz",
+    "join_sections",
     "read",
     "relative_indices",
+    "split_sections",
 ]

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from cnnlab.data.idx import read_idx
 from cnnlab.data.transforms import Preprocess, augment_batch, erase_batch, image_transform
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 
 __all__ = [
     "FASHION_MNIST_CLASSES",

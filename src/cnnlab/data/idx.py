@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
 
 __all__ = ["read_idx"]
 

@@ -11,6 +11,7 @@ from cnnlab.deploy.bench import (
     benchmark,
     matmul_peak,
     torchvision_model,
+    training_step,
 )
 from cnnlab.deploy.export import FORMATS, ExportResult, export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import FuseReport, fuse, fuse_with_report
@@ -29,4 +30,5 @@ __all__ = [
     "matmul_peak",
     "onnxruntime_session",
     "torchvision_model",
+    "training_step",
 ]
