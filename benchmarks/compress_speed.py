@@ -21,8 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cnnlab import create_model
-from cnnlab.compress import decode_bytes, encode_state_dict, load_state_dict
-from cnnlab.compress.format import default_index_bits
+from cnnlab.compress import decode_bytes, default_index_bits, encode_state_dict, load_state_dict
 from cnnlab.compress.prune import layer_kind, prunable_layers
 
 

@@ -18,7 +18,7 @@ import traceback
 
 import torch
 
-from cnnlab.codec.cnz import decode_bytes, encode_state_dict, join_sections, split_sections
+from cnnlab.codec import decode_bytes, encode_state_dict, join_sections, split_sections
 
 
 def seed_files(rng: random.Random) -> list[bytes]:

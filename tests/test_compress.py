@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from cnnlab.cli import main
+from cnnlab.codec import huffman
 from cnnlab.compress import (
     CompressionConfig,
     decode_bytes,
@@ -32,7 +33,6 @@ from cnnlab.compress import (
     sensitivity,
     share_weights,
 )
-from cnnlab.codec import huffman
 from cnnlab.compress.pipeline import compress, finalize
 from cnnlab.compress.prune import prunable_layers, quality_to_sparsity
 from cnnlab.errors import CnnlabError
@@ -396,7 +396,7 @@ def test_wrong_version_foreign_and_missing_files(tmp_path) -> None:
         load_state_dict(tmp_path / "v2.cnz")
     sd = tmp_path / "w.safetensors"
     save_file({"a": torch.zeros(2)}, str(sd))
-    with pytest.raises(CnnlabError, match="not a .cnz file"):
+    with pytest.raises(CnnlabError, match=r"not a \.cnz file"):
         load(sd)
     with pytest.raises(CnnlabError, match="does not exist"):
         load(tmp_path / "missing.cnz")

@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnlab.codec.cnz import MAGIC, decode_bytes, encode_state_dict, join_sections, split_sections
+from cnnlab.codec import MAGIC, decode_bytes, encode_state_dict, join_sections, split_sections
 
 FAST = settings(
     max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

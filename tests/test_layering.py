@@ -64,7 +64,10 @@ def test_no_upward_import() -> None:
 def test_no_import_cycle() -> None:
     graph = _graph()
     # A package imports its own modules through its __init__; that is not a cycle.
-    edges = {m: {i for i in imports if i != m and not m.startswith(i + ".")} for m, imports in graph.items()}
+    edges = {
+        m: {i for i in imports if i != m and not m.startswith(i + ".")}
+        for m, imports in graph.items()
+    }
     state: dict[str, int] = {}
     path: list[str] = []
 

@@ -43,15 +43,17 @@ def test_sensitivity_rule_picks_the_largest_fraction_within_tolerance() -> None:
 def test_toml_recipe(tmp_path: Path) -> None:
     model = cnnlab.create_model("lenet5_caffe")
     path = tmp_path / "r.toml"
-    path.write_text('[layers]\n"features.*" = { sparsity = 0.5 }\nfc1 = { sparsity = 0.9, bits = 4 }\n')
+    path.write_text(
+        '[layers]\n"features.*" = { sparsity = 0.5 }\nfc1 = { sparsity = 0.9, bits = 4 }\n'
+    )
     r = recipes.from_file(model, path)
     assert r.sparsity == {"features.conv1": 0.5, "features.conv2": 0.5, "fc1": 0.9}
     assert r.bits == {"features.conv1": 8, "features.conv2": 8, "fc1": 4}
     for text, message in [
-        ('[layers]\nnope = { sparsity = 0.5 }\n', "matches no layer"),
-        ('[layers]\nfc1 = { sparsity = 1.5 }\n', "sparsity must be"),
-        ('[layers]\nfc1 = { bits = 40 }\n', "bits must be"),
-        ('[layers]\nfc1 = { kept = 0.1 }\n', "must be"),
+        ("[layers]\nnope = { sparsity = 0.5 }\n", "matches no layer"),
+        ("[layers]\nfc1 = { sparsity = 1.5 }\n", "sparsity must be"),
+        ("[layers]\nfc1 = { bits = 40 }\n", "bits must be"),
+        ("[layers]\nfc1 = { kept = 0.1 }\n", "must be"),
         ("[other]\n", "one non-empty"),
         ("not toml = = ", "not valid TOML"),
     ]:

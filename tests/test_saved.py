@@ -137,7 +137,9 @@ def test_file_claims_are_bounded(tmp_path: Path, lenet: dict) -> None:
     huge = Preprocess(20000, 1, (0.5,), (1.0,))
     with pytest.raises(CnnlabError, match="above the limit"):
         cnnlab.save(model, tmp_path / "big.safetensors", preprocess=huge)
-    save_weights(model, tmp_path / "big.safetensors", {"model": "lenet5", "preprocess": huge.as_dict()})
+    save_weights(
+        model, tmp_path / "big.safetensors", {"model": "lenet5", "preprocess": huge.as_dict()}
+    )
     with pytest.raises(CnnlabError, match="above the limit"):
         cnnlab.load(tmp_path / "big.safetensors")
     # A .cnz header claiming 50 million classes is refused on 'meta', before allocating.

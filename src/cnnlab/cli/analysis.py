@@ -13,9 +13,9 @@ import cnnlab
 from cnnlab.analysis.compare import compare_models
 from cnnlab.analysis.gradients import batches_for, gradient_norms
 from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
-from cnnlab.cli._format import format_table, human, print_json
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
 from cnnlab.registry import create_model, model_info
+from cnnlab.tables import format_table, human, print_json
 
 MIB = 2**20
 

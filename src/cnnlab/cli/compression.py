@@ -13,7 +13,6 @@ from typing import Any
 
 import cnnlab
 from cnnlab import codec, plots
-from cnnlab.cli._format import format_table, print_json
 from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
 from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES
 from cnnlab.compress.prune import parse_per_layer
@@ -21,6 +20,7 @@ from cnnlab.compress.quantize import INITS
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, check_output
 from cnnlab.saved import save as save_checkpoint
+from cnnlab.tables import format_table, print_json
 from cnnlab.train import evaluate, model_and_loaders
 
 # The CompressionConfig fields set by an option of the same name: (field, help, argparse keywords).

@@ -7,9 +7,9 @@ import csv
 import sys
 
 import cnnlab
-from cnnlab.cli._format import format_table, human, print_json
 from cnnlab.deploy import BACKENDS, FORMATS, MATMUL_SIZE, benchmark, export_onnx
 from cnnlab.errors import CnnlabError
+from cnnlab.tables import format_table, human, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,9 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated from eager, fused, compile, onnxruntime; or 'all'",
     )
     b.add_argument("--vs", choices=["torchvision"], help="interleave the peer's model")
-    b.add_argument(
-        "--checkpoint", help="time this saved model (any kind; one model pattern only)"
-    )
+    b.add_argument("--checkpoint", help="time this saved model (any kind; one model pattern only)")
     b.add_argument(
         "--img-size", type=int, help="input side (default: the checkpoint's, else the model's)"
     )

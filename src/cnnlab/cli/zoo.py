@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.analysis import zoo_table
-from cnnlab.cli._format import format_table, print_json
+from cnnlab.tables import format_table, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
