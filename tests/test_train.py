@@ -17,7 +17,8 @@ from torch import nn
 from cnnlab import registry
 from cnnlab.cli import main
 from cnnlab.data import build_loaders
-from cnnlab.io import CnnlabError
+from cnnlab.errors import CnnlabError
+from cnnlab.saved import load_weights, read_meta, save_weights
 from cnnlab.train import (
     Distillation,
     LRSchedule,
@@ -26,12 +27,9 @@ from cnnlab.train import (
     evaluate,
     fit,
     load_state,
-    load_weights,
-    read_meta,
     train_one_epoch,
 )
 from cnnlab.train import trainer as trainer_module
-from cnnlab.train.checkpoint import save_weights
 from test_train_helpers import TINY_MODELS, TinyNet
 
 QUICK = {"progress": False, "tensorboard": False, "log": None}
@@ -39,7 +37,6 @@ QUICK = {"progress": False, "tensorboard": False, "log": None}
 
 @pytest.fixture(autouse=True)
 def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    registry._load_models()
     for name, entry in TINY_MODELS.items():
         monkeypatch.setitem(registry._REGISTRY, name, entry)
 

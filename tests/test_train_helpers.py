@@ -40,6 +40,9 @@ class TinyNet(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(8 * 16, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
     def forward(self, x: torch.Tensor):
         self.check_input(x)
         f = self.forward_features(x)
@@ -51,7 +54,6 @@ class TinyNet(ClassifierModel):
 
 def _entry(name: str, **defaults) -> registry.ModelEntry:
     """A registry entry for TinyNet, made by ``register_model`` and taken out again."""
-    registry._load_models()
     registry.register_model(
         name, family="test", paper="test", year=2024, input_size=16, min_input_size=4,
         num_classes=10, **defaults,
@@ -68,7 +70,6 @@ TINY_MODELS = {
 
 def register_tiny() -> None:
     """Register the tiny models (for subprocesses; tests use the ``tiny_models`` fixture)."""
-    registry._load_models()
     registry._REGISTRY.update(TINY_MODELS)
 
 

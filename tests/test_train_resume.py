@@ -63,7 +63,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     assert resumed.returncode == 0, err.decode()
 
     torch.set_num_threads(1)
-    registry._load_models()
     for name, entry in TINY_MODELS.items():
         monkeypatch.setitem(registry._REGISTRY, name, entry)
     config = TrainConfig(model="tiny", data="synthetic", epochs=4, batch_size=32, img_size=24,

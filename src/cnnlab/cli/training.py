@@ -1,40 +1,54 @@
-"""``cnnlab train``, ``cnnlab eval`` and ``cnnlab predict``: thin wrappers over cnnlab.train."""
+"""``cnnlab train``, ``cnnlab eval`` and ``cnnlab predict``: thin wrappers over cnnlab.train.
+
+The options of ``cnnlab train`` are the fields of :class:`cnnlab.train.TrainConfig`
+(``--batch-size`` for ``batch_size``, help text from the field's metadata); the config checks
+their values.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-from pathlib import Path
+import typing
 
-from cnnlab.cli._format import format_table, print_json
+from cnnlab.tables import format_table, print_json
+from cnnlab.train.trainer import TrainConfig
+
+
+def add_config_options(
+    parser: argparse.ArgumentParser, config: type, skip: tuple[str, ...] = ()
+) -> None:
+    """One ``--field-name`` option per field of the dataclass ``config``, with the field's
+    default, type and ``metadata`` (help, choices, metavar); a bool field is a switch."""
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = dict(f.metadata)
+        if hints[f.name] is bool:
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        kind = next(t for t in (*typing.get_args(hints[f.name]), hints[f.name]) if t is not None)
+        if f.default is not None and "help" in kwargs:
+            kwargs["help"] += f" (default {f.default})"
+        parser.add_argument(flag, type=kind, default=f.default, **kwargs)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser(
         "train",
-        help="train a model (Fashion-MNIST, an ImageFolder, synthetic); torchrun-ready",
-        description="Train MODEL; checkpoints, metrics.csv and TensorBoard events go to --out. "
-        "Run under `torchrun --nproc_per_node=N -m cnnlab train ...` for several processes.",
+        help="train or fine-tune a model (Fashion-MNIST, an ImageFolder, synthetic); "
+        "torchrun-ready",
+        description="Train MODEL, from scratch or from --init-from weights (a run, a cnnlab "
+        "file, torchvision:PATH, timm:PATH); checkpoints, metrics.csv and TensorBoard events "
+        "go to --out. Run under `torchrun --nproc_per_node=N -m cnnlab train ...` for several "
+        "processes.",
     )
     t.add_argument("model", help="a registered model name (see `cnnlab models`)")
-    _data_args(t)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128, help="global batch (all processes)")
-    t.add_argument("--lr", type=float, default=None, help="default 0.05 (sgd), 1e-3 (adamw)")
-    t.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    t.add_argument(
-        "--schedule", choices=["cosine", "step", "onecycle", "constant"], default="cosine"
-    )
-    t.add_argument("--warmup-epochs", type=float, default=0.0)
-    t.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 / 0.05")
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--clip-grad-norm", type=float, default=None)
-    t.add_argument("--aux-weight", type=float, default=0.3, help="auxiliary heads' loss weight")
-    t.add_argument("--augment", action="store_true", help="random crop + flip + erasing")
-    t.add_argument("--in-chans", type=int, choices=[1, 3], default=None)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_config_options(t, TrainConfig, skip=("model",))
     t.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -45,8 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = subparsers.add_parser("eval", help="top-1/top-5, per-class accuracy, confusion matrix")
     e.add_argument("model")
-    e.add_argument("--checkpoint", help="weights file or run folder (best, else last)")
-    e.add_argument("--compressed", help="a cnnlab.compress file instead of --checkpoint")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint",
+        help="a run folder (best, else last), a .safetensors or .cnz file, or torchvision:PATH "
+        "/ timm:PATH",
+    )
+    source.add_argument("--compressed", help="the same as --checkpoint (kept for .cnz files)")
     _data_args(e)
     e.add_argument("--batch-size", type=int, default=256)
     seed_help = "the training run's --seed, so that --val-split holds out the same images"
@@ -57,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("predict", help="top-5 classes of images with probabilities")
     p.add_argument("model")
-    p.add_argument("--checkpoint", required=True, help="weights file or run folder")
+    p.add_argument(
+        "--checkpoint", required=True, help="any weights `cnnlab eval --checkpoint` takes"
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--json", action="store_true")
@@ -77,20 +98,16 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="a corrupt image is an error")
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from cnnlab.data import FASHION_MNIST_NAMES, download_fashion_mnist, find_fashion_mnist
-    from cnnlab.io import CnnlabError
-    from cnnlab.train import TrainConfig, fit
-    from cnnlab.train.trainer import CONFIG_FIELDS
+def _note(message: str) -> None:
+    print(f"cnnlab: {message}", file=sys.stderr)
 
-    data = args.data
-    if args.download and data in FASHION_MNIST_NAMES:
-        try:
-            find_fashion_mnist(None)
-        except CnnlabError:
-            root = os.environ.get("CNNLAB_DATA") or Path.home() / ".cache" / "cnnlab"
-            data = str(download_fashion_mnist(root))
-    cfg = TrainConfig(**{**{k: getattr(args, k) for k in CONFIG_FIELDS}, "data": data})
+
+def run_train(args: argparse.Namespace) -> int:
+    from cnnlab.data import resolve_data
+    from cnnlab.train import fit
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data, download=args.download))
     stream = sys.stderr if args.json else sys.stdout
     summary = fit(
         cfg,
@@ -114,12 +131,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from cnnlab.train import evaluate_checkpoint, plot_confusion
+    from cnnlab.plots import check_plot_path, plot_confusion
+    from cnnlab.train import evaluate_checkpoint
 
+    if args.plot:
+        check_plot_path(args.plot)  # before the work, not after it
     result = evaluate_checkpoint(
-        args.model, args.data, checkpoint=args.checkpoint, compressed=args.compressed,
-        batch_size=args.batch_size, workers=args.workers, img_size=args.img_size,
-        val_split=args.val_split, limit=args.limit, seed=args.seed, strict=args.strict,
+        args.model, args.data, args.checkpoint or args.compressed, batch_size=args.batch_size,
+        workers=args.workers, img_size=args.img_size, val_split=args.val_split,
+        limit=args.limit, seed=args.seed, strict=args.strict, log=_note,
     )  # fmt: skip
     if args.plot:
         plot_confusion(result["confusion"], result["classes"], args.plot, title=args.model)
@@ -140,7 +160,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from cnnlab.train import predict
 
-    results = predict(args.model, args.checkpoint, args.images, top=args.top)
+    results = predict(args.model, args.checkpoint, args.images, top=args.top, log=_note)
     if args.json:
         print_json(results)
         return 0

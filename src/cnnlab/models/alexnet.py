@@ -151,6 +151,9 @@ class AlexNet(ClassifierModel):
             fc8.bias.zero_()
         self.classifier.fc8 = fc8
 
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.fc8
+
 
 class AlexNetTV(ClassifierModel):
     """torchvision's AlexNet (one tower, 64-192-384-256-256, no LRN), 61,100,840 parameters.
@@ -186,6 +189,9 @@ class AlexNetTV(ClassifierModel):
         self.num_classes = num_classes
         fc8 = self.classifier.fc8
         self.classifier.fc8 = replace_linear(fc8, num_classes).to(fc8.weight.device)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.fc8
 
 
 _KRIZHEVSKY12 = (

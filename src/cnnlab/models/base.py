@@ -11,7 +11,7 @@ from torch import nn
 class ClassifierModel(nn.Module, abc.ABC):
     """An image classifier split into ``forward_features`` and ``forward_head``.
 
-    Every model has the same three methods, so tools need no per-model special cases.
+    Every model has the same four methods, so tools need no per-model special cases.
     ``input_size`` (C, H, W) is the native size and ``min_input_size`` the smallest side the
     model accepts (both set by :func:`cnnlab.create_model`).
     """
@@ -31,6 +31,11 @@ class ClassifierModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last linear layer with a fresh one of ``num_classes`` outputs."""
+
+    @abc.abstractmethod
+    def get_classifier(self) -> nn.Module:
+        """The final classifier layer(s), those ``reset_classifier`` replaces (timm's name);
+        fine-tuning with a frozen backbone trains exactly their parameters."""
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` for an input the model cannot take (shape, channels, size)."""

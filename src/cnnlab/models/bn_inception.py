@@ -159,6 +159,9 @@ class BNInception(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = replace_linear(self.fc, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
 
 @register_model(
     "bn_inception",

@@ -98,6 +98,9 @@ class EfficientNet(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = replace_linear(self.fc, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
 
 @register_model(
     "efficientnet_b0",

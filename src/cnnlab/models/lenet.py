@@ -200,6 +200,10 @@ class LeNet5(ClassifierModel):
                 self.head.weight.uniform_(-bound, bound)
                 self.head.bias.uniform_(-bound, bound)
 
+    def get_classifier(self) -> nn.Module:
+        """The output layer: linear, or the RBF layer whose fixed prototypes do not train."""
+        return self.head
+
 
 def _caffe_xavier_(module: nn.Module) -> None:
     """Caffe's ``xavier`` filler (uniform, scale sqrt(3 / fan_in)) and zero biases, as in
@@ -247,6 +251,9 @@ class LeNet5Caffe(ClassifierModel):
         self.num_classes = num_classes
         self.fc2 = replace_linear(self.fc2, num_classes).to(self.fc1.weight.device)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc2
+
 
 class LeNet300100(ClassifierModel):
     """LeNet-300-100: a 784-300-100-10 perceptron with ReLU (Deep Compression Table 2;
@@ -279,6 +286,9 @@ class LeNet300100(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes).to(self.fc.weight.device)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
 
 
 _LECUN98 = (

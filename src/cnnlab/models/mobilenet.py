@@ -135,6 +135,9 @@ class MobileNetV1(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = replace_linear(self.fc, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
 
 class MobileNetV2(ClassifierModel):
     """MobileNetV2: conv, 17 inverted residual bottlenecks, 1x1 conv, pool, FC (Table 2).
@@ -185,6 +188,9 @@ class MobileNetV2(ClassifierModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = replace_linear(self.fc, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
 
 
 _V1 = {

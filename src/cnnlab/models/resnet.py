@@ -200,6 +200,9 @@ class ResNet(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = replace_linear(self.fc, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
 
 # name -> (depth, residual, stride_on_3x3, params, MACs at 224x224 from cnnlab.analysis.count_macs,
 # where those figures come from). MACs: torchvision's meta for v1.5 (1,814.1 / 3,663.8 /

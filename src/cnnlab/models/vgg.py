@@ -100,6 +100,9 @@ class VGG(ClassifierModel):
             nn.init.zeros_(fc8.bias)
         self.classifier.fc8 = fc8
 
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.fc8
+
 
 _SIMONYAN15 = (
     "Simonyan, Zisserman: Very Deep Convolutional Networks for Large-Scale Image Recognition "

@@ -145,6 +145,9 @@ class Xception(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = replace_linear(self.fc, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
 
 @register_model(
     "xception",

@@ -4,6 +4,11 @@
 ``cnnlab train`` calls. Under ``torchrun`` (``WORLD_SIZE`` > 1) it runs DistributedDataParallel
 (gloo on CPU, NCCL on GPU); only rank 0 prints and writes files.
 
+A run goes through named phases that share a :class:`_Run`: ``_open_state`` (a new folder, or
+the state to resume), ``_setup`` (seeds, data, model: fresh or from ``init_from``, freezing,
+optimizer), ``_resume``, then per epoch ``_epoch`` (train + validate) and ``_checkpoint``, and
+``_report``. Nothing is written before ``_setup`` has checked every option.
+
 Resume granularity: checkpoints are written at the end of every epoch, together with the RNG
 states. A run killed at any point (SIGKILL included) and restarted with ``resume=True`` redoes
 the epoch it was in from that epoch's start, so on CPU with a fixed seed it ends with weights
@@ -21,7 +26,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,64 +36,104 @@ import torch.distributed as dist
 from torch import nn
 
 from cnnlab.data import build_loaders, data_channels, skipped_files
-from cnnlab.io import CnnlabError, atomic_write_bytes
+from cnnlab.errors import CnnlabError
+from cnnlab.io import atomic_write_bytes
 from cnnlab.registry import create_model
-from cnnlab.train.checkpoint import (
-    load_state,
-    load_weights,
-    read_meta,
-    save_state,
-    save_weights,
-)
+from cnnlab.saved import load, load_weights, read_meta, save_weights
+from cnnlab.train.checkpoint import load_state, save_state
+from cnnlab.train.finetune import freeze, frozen_modules
 from cnnlab.train.loop import NonFiniteLossError, evaluate, run_epoch
 
 __all__ = ["LRSchedule", "TrainConfig", "build_optimizer", "fit"]
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "onecycle", "constant")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
+MAX_IMG_SIZE = 4096
+MAX_SEED = 2**63 - 1
 # Settings that may differ when resuming without changing the result.
 RESUME_FREE = {"workers", "device"}
 
 
+def _opt(default: Any, help: str, **cli: Any) -> Any:
+    """A config field with its ``cnnlab train`` help text (and argparse keywords)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    """Every setting of a run; saved as plain data with each checkpoint."""
+    """Every setting of a run; saved as plain data with each checkpoint. Each field is an
+    option of ``cnnlab train`` (``--batch-size`` for ``batch_size``), with the help text in
+    its metadata; every value is checked here, before any work."""
 
-    model: str
-    data: str = "fashion-mnist"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float | None = None  # None: 0.05 for SGD, 1e-3 for AdamW
-    optimizer: str = "sgd"  # sgd (momentum 0.9, Nesterov) | adamw
-    schedule: str = "cosine"  # cosine | step | onecycle | constant
-    warmup_epochs: float = 0.0
-    weight_decay: float | None = None  # None: 5e-4 for SGD, 0.05 for AdamW
-    label_smoothing: float = 0.0
-    clip_grad_norm: float | None = None
-    aux_weight: float = 0.3
-    img_size: int | None = None  # None: the model's native input size
-    in_chans: int | None = None  # None: the data's channels (1 for Fashion-MNIST)
-    augment: bool = False
-    val_split: float | None = None
-    limit: int | None = None
-    strict: bool = False
-    workers: int = 0
-    seed: int = 0
-    device: str | None = None  # None: CUDA when available, else CPU
+    model: str = field(metadata={"help": "a registered model name (see `cnnlab models`)"})
+    data: str = _opt("fashion-mnist", "fashion-mnist, a folder (IDX files or ImageFolder), "
+                     "or synthetic")  # fmt: skip
+    epochs: int = _opt(10, "training epochs")
+    batch_size: int = _opt(128, "global batch (all processes)")
+    lr: float | None = _opt(None, "learning rate (default 0.05 for sgd, 1e-3 for adamw)")
+    optimizer: str = _opt("sgd", "SGD (momentum 0.9, Nesterov) or AdamW", choices=OPTIMIZERS)
+    schedule: str = _opt("cosine", "learning-rate schedule", choices=SCHEDULES)
+    warmup_epochs: float = _opt(0.0, "linear warm-up epochs (not with onecycle)")
+    weight_decay: float | None = _opt(None, "weight decay (default 5e-4 for sgd, 0.05 for adamw)")
+    label_smoothing: float = _opt(0.0, "label smoothing, in [0, 1)")
+    clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this value")
+    aux_weight: float = _opt(0.3, "auxiliary heads' loss weight (GoogLeNet)")
+    img_size: int | None = _opt(None, "input side (default: the model's native size)")
+    in_chans: int | None = _opt(None, "input channels (default: the data's)", choices=(1, 3))
+    augment: bool = _opt(False, "random crop + flip + erasing")
+    val_split: float | None = _opt(None, "hold out this fraction of a single folder")
+    limit: int | None = _opt(None, "use only the first N images of each split")
+    strict: bool = _opt(False, "a corrupt image is an error")
+    workers: int = _opt(0, "DataLoader worker processes")
+    seed: int = _opt(0, "seed of the weights, the data order and the split")
+    device: str | None = _opt(None, "cpu or cuda (default: cuda if available)")
+    init_from: str | None = _opt(
+        None, "start from these weights: a run folder, a .safetensors, a .cnz, or "
+        "torchvision:PATH / timm:PATH (a new classifier where the data's classes differ)",
+        metavar="SRC",
+    )  # fmt: skip
+    freeze_backbone: bool = _opt(False, "train only the classifier (get_classifier())")
+    freeze: str | None = _opt(
+        None, "freeze every layer up to and including this one (registration order)",
+        metavar="LAYER",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.optimizer not in DEFAULT_LR:
-            raise ValueError(f"optimizer must be sgd or adamw, got {self.optimizer!r}")
-        if self.schedule not in LRSchedule.KINDS:
-            raise ValueError(f"schedule must be one of {', '.join(LRSchedule.KINDS)}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise ValueError(f"warmup epochs must be in [0, epochs], got {self.warmup_epochs}")
+        _check(isinstance(self.model, str) and bool(self.model), "model", "a model name",
+               self.model)  # fmt: skip
+        _check(self.optimizer in OPTIMIZERS, "optimizer", f"one of {', '.join(OPTIMIZERS)}",
+               self.optimizer)  # fmt: skip
+        _check(self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}",
+               self.schedule)  # fmt: skip
+        _check(_int(self.epochs, 1), "epochs", "an integer >= 1", self.epochs)
+        _check(_int(self.batch_size, 1), "batch_size", "an integer >= 1", self.batch_size)
+        for name in ("lr", "clip_grad_norm"):
+            value = getattr(self, name)
+            _check(value is None or _real(value, 0, open_low=True), name, "a finite number > 0",
+                   value)  # fmt: skip
+        _check(self.weight_decay is None or _real(self.weight_decay, 0), "weight_decay",
+               "a finite number >= 0", self.weight_decay)  # fmt: skip
+        _check(self.img_size is None or _int(self.img_size, 1, MAX_IMG_SIZE), "img_size",
+               f"an integer in 1..{MAX_IMG_SIZE}", self.img_size)  # fmt: skip
+        _check(self.in_chans in (None, 1, 3), "in_chans", "1 or 3", self.in_chans)
+        _check(_real(self.warmup_epochs, 0, self.epochs if _int(self.epochs, 1) else None),
+               "warmup_epochs", "a number in [0, epochs]", self.warmup_epochs)  # fmt: skip
+        _check(_real(self.label_smoothing, 0, 1, open_high=True), "label_smoothing",
+               "in [0, 1)", self.label_smoothing)  # fmt: skip
+        _check(_real(self.aux_weight, 0), "aux_weight", "a finite number >= 0", self.aux_weight)
+        _check(_int(self.seed, 0, MAX_SEED), "seed", "an integer in [0, 2**63 - 1]", self.seed)
+        _check(_int(self.workers, 0), "workers", "an integer >= 0", self.workers)
+        _check(self.limit is None or _int(self.limit, 1), "limit", "an integer >= 1", self.limit)
+        _check(self.val_split is None or _real(self.val_split, 0, 1, True, True), "val_split",
+               "in (0, 1)", self.val_split)  # fmt: skip
+        for name in ("init_from", "freeze", "device", "data"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, str) and bool(value)), name,
+                   "a non-empty string", value)  # fmt: skip
+        if self.freeze_backbone and self.freeze is not None:
+            raise ValueError("freeze_backbone and freeze are mutually exclusive")
 
     @property
     def learning_rate(self) -> float:
@@ -98,6 +143,28 @@ class TrainConfig:
     def decay(self) -> float:
         wd = self.weight_decay
         return wd if wd is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+def _int(x: Any, low: int, high: int | None = None) -> bool:
+    """``x`` is an int (not a bool) in [low, high]."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        return False
+    return low <= x and (high is None or x <= high)
+
+
+def _real(x: Any, low: float, high: float | None = None, open_low: bool = False,
+          open_high: bool = False) -> bool:  # fmt: skip
+    """``x`` is a finite real number in the interval (open at either end where asked)."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return False
+    above = x > low if open_low else x >= low
+    below = high is None or (x < high if open_high else x <= high)
+    return above and below
 
 
 class LRSchedule:
@@ -113,7 +180,7 @@ class LRSchedule:
     holds only numbers, so ``LambdaLR.state_dict`` stays plain data.
     """
 
-    KINDS = ("cosine", "step", "onecycle", "constant")
+    KINDS = SCHEDULES
 
     def __init__(self, kind: str, total_steps: int, warmup_steps: int = 0) -> None:
         self.kind, self.total, self.warmup = kind, max(1, total_steps), warmup_steps
@@ -139,19 +206,36 @@ def _cos(start: float, end: float, t: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, Nesterov) or AdamW; no weight decay on biases and norm scales."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+def build_optimizer(
+    model: nn.Module,
+    optimizer: str,
+    lr: float,
+    weight_decay: float,
+    *,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    decay_1d: bool = False,
+) -> torch.optim.Optimizer:
+    """SGD with momentum (Nesterov unless ``nesterov=False``) or AdamW, over the parameters
+    that require gradients (frozen ones stay out). Biases and norm scales (1-d tensors) get no
+    weight decay unless ``decay_1d`` ("no bias decay": He et al., 2019, "Bag of Tricks for
+    Image Classification", section 3.1). Training uses the defaults; Deep Compression's
+    retraining decays every parameter, without Nesterov."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise CnnlabError("the model has no trainable parameters (everything is frozen)")
+    if decay_1d:
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    else:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -201,15 +285,288 @@ def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
 
 def _check_resume(saved: dict[str, Any], cfg: TrainConfig) -> None:
     now = asdict(cfg)
+    defaults = asdict(TrainConfig(model=cfg.model))  # a field newer than the saved state
     diff = [
-        f"{k} {saved.get(k)!r} -> {now[k]!r}"
+        f"{k} {saved.get(k, defaults[k])!r} -> {now[k]!r}"
         for k in now
-        if k not in RESUME_FREE and saved.get(k) != now[k]
+        if k not in RESUME_FREE and saved.get(k, defaults[k]) != now[k]
     ]
     if diff:
         raise CnnlabError(
             "--resume needs the settings of the interrupted run; changed: " + ", ".join(diff)
         )
+
+
+@dataclass
+class _Run:
+    """What the phases of one run share: the built pieces, then the counters they advance."""
+
+    cfg: TrainConfig
+    out: Path
+    say: Callable[[str], None]
+    writes: bool  # rank 0: prints and writes files
+    device: torch.device
+    world: int
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: nn.Module
+    train_loader: Any
+    val_loader: Any
+    meta: dict[str, Any]  # what every checkpoint's metadata holds
+    img_size: int
+    in_chans: int
+    skipped: list[str]
+    start_epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: float = -1.0
+    train_time: float = 0.0
+    train_images: int = 0
+    interrupted: bool = False
+
+    @property
+    def last_w(self) -> Path:
+        return self.out / "last.safetensors"
+
+    @property
+    def last_s(self) -> Path:
+        return self.out / "last.state.pt"
+
+
+def _open_state(cfg: TrainConfig, out: Path, resume: bool, writes: bool) -> dict[str, Any] | None:
+    """Phase 1: the saved training state ``--resume`` continues from (checked against
+    ``cfg`` and its weights file), or None for a new run in a folder that holds none."""
+    last_w, last_s = out / "last.safetensors", out / "last.state.pt"
+    if not resume:
+        if writes and last_s.exists():
+            raise CnnlabError(
+                f"{str(out)!r} already holds a run; pass --resume to continue it or another --out"
+            )
+        return None
+    if not last_s.is_file():
+        raise CnnlabError(f"nothing to resume: {str(last_s)!r} does not exist")
+    state = load_state(last_s)
+    _check_resume(state["config"], cfg)
+    if read_meta(last_w).get("step") != state["step"]:
+        raise CnnlabError(
+            f"{str(last_w)!r} and {str(last_s)!r} are from different steps (the run was "
+            "killed while saving); restart without --resume"
+        )
+    return state
+
+
+def _init_source(cfg: TrainConfig, in_chans: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The model holding ``cfg.init_from``'s weights, and that file's metadata."""
+    model, meta = load(cfg.init_from, cfg.model)
+    if meta["in_chans"] != in_chans:
+        raise CnnlabError(
+            f"--init-from {cfg.init_from!r} holds {meta['model']} for {meta['in_chans']}-channel "
+            f"input, but training would feed it {in_chans}; pass --in-chans {meta['in_chans']}"
+            + (" (grey images are repeated to RGB)" if meta["in_chans"] == 3 else "")
+        )
+    return model, meta
+
+
+def _build_model(
+    cfg: TrainConfig, classes: list[str], in_chans: int, source: Any, say: Callable[[str], None]
+) -> nn.Module:
+    """A fresh model, or the ``init_from`` one; its classifier is replaced by a new one when
+    the data's classes differ from the source's (in number, or in name where it stores them)."""
+    if source is None:
+        return create_model(cfg.model, num_classes=len(classes), in_chans=in_chans)
+    model, meta = source
+    head = ""
+    named = "class_names" not in meta["assumed"]
+    if meta["num_classes"] != len(classes) or (named and meta["class_names"] != classes):
+        model.reset_classifier(len(classes))
+        head = f"; new classifier for {len(classes)} classes (the source had {meta['num_classes']})"
+    say(f"initialised from {meta['path']!r} ({meta['kind']} weights of {meta['model']}){head}")
+    return model
+
+
+def _setup(
+    cfg: TrainConfig, out: Path, resume: bool, say: Callable[[str], None], writes: bool,
+    device: torch.device, world: int,
+) -> _Run:  # fmt: skip
+    """Phase 2: seeds, data, model (fresh or from ``init_from``), freezing, optimizer,
+    schedule. Every option that needs the model is checked before the data is read."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    in_chans = cfg.in_chans or data_channels(cfg.data)
+    with torch.device("meta"):
+        probe = create_model(cfg.model, num_classes=10, in_chans=in_chans)
+    frozen_modules(probe, cfg.freeze, cfg.freeze_backbone)  # a bad name fails here
+    img_size = cfg.img_size or int(probe.input_size[-1])
+    # Resuming reloads every weight from last.safetensors: the source is not needed.
+    source = _init_source(cfg, in_chans) if cfg.init_from and not resume else None
+    train_loader, val_loader, classes = build_loaders(
+        cfg.data, img_size=img_size, in_chans=in_chans, batch_size=cfg.batch_size,
+        workers=cfg.workers, augment=cfg.augment, val_split=cfg.val_split, seed=cfg.seed,
+        limit=cfg.limit, strict=cfg.strict,
+    )  # fmt: skip
+    model = _build_model(cfg, classes, in_chans, source, say)
+    frozen = freeze(model, cfg.freeze, cfg.freeze_backbone)
+    if frozen:
+        total = sum(1 for _ in model.parameters())
+        say(f"frozen: {len(frozen)} of {total} parameter tensors (training the other "
+            f"{total - len(frozen)})")  # fmt: skip
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.decay)
+    steps = len(train_loader)
+    schedule = LRSchedule(cfg.schedule, steps * cfg.epochs, round(cfg.warmup_epochs * steps))
+    pre = train_loader.dataset
+    while hasattr(pre, "dataset"):
+        pre = pre.dataset
+    meta = {"model": cfg.model, "num_classes": len(classes), "in_chans": in_chans,
+            "class_names": classes, "preprocess": pre.pre.as_dict()}  # fmt: skip
+    if cfg.init_from:
+        meta["init_from"] = cfg.init_from
+    return _Run(
+        cfg=cfg, out=out, say=say, writes=writes, device=device, world=world, model=model,
+        net=model, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        train_loader=train_loader, val_loader=val_loader, meta=meta, img_size=img_size,
+        in_chans=in_chans, skipped=skipped_files(train_loader) + skipped_files(val_loader),
+    )  # fmt: skip
+
+
+def _resume(run: _Run, state: dict[str, Any]) -> None:
+    """Phase 3: weights, optimizer, schedule, counters and RNG states of the last epoch."""
+    load_weights(run.model, run.last_w, strict_aux=True)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.start_epoch, run.step = state["epoch"], state["step"]
+    run.history, run.best = state["history"], state["best_top1"]
+    _set_rng_state(state["rng"])
+    run.say(f"resuming {run.cfg.model} from {str(run.last_w)!r} after epoch {run.start_epoch}")
+
+
+def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float]:
+    """Phase 4: one epoch of training and a validation pass; (the metrics row, val top-1)."""
+    cfg, steps = run.cfg, len(run.train_loader)
+    run.train_loader.sampler.set_epoch(epoch)
+    total = steps * run.train_loader.batch_size
+    bar = _progress(progress and run.writes, epoch, cfg.epochs, total)
+    t0 = time.perf_counter()
+    try:
+        stats = run_epoch(
+            run.net, run.train_loader, run.optimizer, device=run.device,
+            scheduler=run.scheduler, clip_grad_norm=cfg.clip_grad_norm,
+            aux_weight=cfg.aux_weight, loss_fn=run.loss_fn,
+            on_batch=bar.update if bar else None,
+        )  # fmt: skip
+    except NonFiniteLossError as exc:
+        kept = "no checkpoint was written"
+        if run.history:
+            kept = f"the last good checkpoint is {str(run.last_w)!r} (epoch {len(run.history)})"
+        raise CnnlabError(
+            f"loss is {exc.value} at step {run.step + exc.batch + 1} (epoch {epoch + 1}, "
+            f"batch {exc.batch + 1}); stopped; {kept}"
+        ) from None
+    finally:
+        if bar:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    run.train_time += seconds
+    run.train_images += stats["images"]
+    run.step += steps
+    val = evaluate(run.net, run.val_loader, device=run.device)
+    row = {
+        "epoch": epoch + 1,
+        "step": run.step,
+        "train_loss": round(stats["loss"], 6),
+        "train_top1": round(stats["top1"], 6),
+        "val_loss": round(val["loss"], 6),
+        "val_top1": round(val["top1"], 6),
+        "val_top5": round(val["top5"], 6),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_seconds": round(seconds, 3),
+        "images_per_second": round(stats["images"] / seconds, 1),
+    }
+    run.history.append(row)
+    return row, val["top1"]
+
+
+def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> None:
+    """Phase 5 (rank 0): best and last weights, the training state, metrics.csv, TensorBoard."""
+    epoch = row["epoch"]
+    meta_now = {**run.meta, "epoch": epoch, "step": run.step}
+    if top1 > run.best:
+        run.best = top1
+        save_weights(run.model, run.out / "best.safetensors", {**meta_now, "val_top1": top1},
+                     drop_aux=True)  # fmt: skip
+    save_weights(run.model, run.last_w, meta_now)
+    state = {
+        "config": asdict(run.cfg),
+        "epoch": epoch,
+        "step": run.step,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": _rng_state(),
+        "history": run.history,
+        "best_top1": run.best,
+    }
+    save_state(state, run.last_s)
+    _write_csv(run.out / "metrics.csv", run.history)
+    if writer is not None:
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
+            writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+        writer.flush()
+
+
+def _say_epoch(run: _Run, row: dict[str, Any]) -> None:
+    run.say(
+        f"epoch {row['epoch']}/{run.cfg.epochs}  train loss {row['train_loss']:.4f} "
+        f"top-1 {row['train_top1']:.2%}  val loss {row['val_loss']:.4f} "
+        f"top-1 {row['val_top1']:.2%} top-5 {row['val_top5']:.2%}  "
+        f"lr {row['lr']:.3g}  {row['train_seconds']:.1f}s ({row['images_per_second']:,.0f} img/s)"
+    )
+
+
+def _on_interrupt(run: _Run) -> None:
+    """Ctrl-C: save the weights of the moment; --resume restarts the epoch that was cut."""
+    run.interrupted = True
+    path = run.out / "interrupted.safetensors"
+    if run.writes:
+        save_weights(run.model, path, {**run.meta, "step": -1})
+    done = run.history[-1]["epoch"] if run.history else 0
+    run.say(
+        f"interrupted: weights saved to {str(path)!r}; "
+        f"--resume continues from the end of epoch {done}"
+    )
+
+
+def _report(run: _Run) -> dict[str, Any]:
+    """Phase 6: the summary ``fit`` returns."""
+    if run.skipped:
+        run.say(f"skipped {len(run.skipped)} corrupt image(s): {', '.join(run.skipped[:5])}")
+    last = run.history[-1] if run.history else {}
+    return {
+        "model": run.cfg.model,
+        "data": run.cfg.data,
+        "epochs": len(run.history),
+        "interrupted": run.interrupted,
+        "val_top1": last.get("val_top1"),
+        "val_top5": last.get("val_top5"),
+        "val_loss": last.get("val_loss"),
+        "best_top1": run.best if run.best >= 0 else None,
+        "train_seconds": round(run.train_time, 2),
+        "images_per_second": (
+            round(run.train_images / run.train_time, 1) if run.train_time else None
+        ),
+        "skipped_images": run.skipped,
+        "out": str(run.out),
+        "weights": str(run.out / "best.safetensors"),
+        "world_size": run.world,
+        "device": str(run.device),
+        "history": run.history,
+    }
 
 
 def fit(
@@ -224,241 +581,61 @@ def fit(
     """Train ``cfg.model`` on ``cfg.data``; write checkpoints, metrics.csv and TensorBoard
     events to ``out``; return a summary (final and best validation figures, times, paths).
 
-    A NaN or infinite loss raises ``CnnlabError`` naming the step (``last.*`` keep the last
-    good epoch). Ctrl-C writes ``interrupted.safetensors`` and returns with
-    ``summary["interrupted"] = True``; ``resume=True`` continues from ``last.*``.
+    With ``cfg.init_from`` the model starts from those weights (any file :func:`cnnlab.load`
+    reads), its classifier new where the data's classes differ; ``cfg.freeze_backbone`` /
+    ``cfg.freeze`` freeze part of it (:mod:`cnnlab.train.finetune`). A NaN or infinite loss
+    raises ``CnnlabError`` naming the step (``last.*`` keep the last good epoch). Ctrl-C
+    writes ``interrupted.safetensors`` and returns with ``summary["interrupted"] = True``;
+    ``resume=True`` continues from ``last.*``. Nothing is written before every option and
+    the ``init_from`` file have been checked.
     """
     device, rank, world = _setup_distributed(cfg.device)
     try:
-        return _fit(
-            cfg,
-            Path(out),
-            resume,
-            log if rank == 0 else None,
-            progress,
-            tensorboard,
-            device,
-            rank,
-            world,
-        )
+        return _fit(cfg, Path(out), resume, log if rank == 0 else None, progress, tensorboard,
+                    device, world, rank == 0)  # fmt: skip
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _fit(
-    cfg: TrainConfig,
-    out: Path,
-    resume: bool,
-    log: Callable[[str], None] | None,
-    progress: bool,
-    tensorboard: bool,
-    device: torch.device,
-    rank: int,
-    world: int,
-) -> dict[str, Any]:
+    cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str], None] | None,
+    progress: bool, tensorboard: bool, device: torch.device, world: int, writes: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The phases in order: open, set up, resume, then per epoch train + checkpoint; report."""
     say = log or (lambda _msg: None)
-    writes = rank == 0
-    last_w, last_s, best_w = (
-        out / "last.safetensors",
-        out / "last.state.pt",
-        out / "best.safetensors",
-    )
-    state: dict[str, Any] | None = None
-    if resume:
-        if not last_s.is_file():
-            raise CnnlabError(f"nothing to resume: {str(last_s)!r} does not exist")
-        state = load_state(last_s)
-        _check_resume(state["config"], cfg)
-        if read_meta(last_w).get("step") != state["step"]:
-            raise CnnlabError(
-                f"{str(last_w)!r} and {str(last_s)!r} are from different steps (the run was "
-                "killed while saving); restart without --resume"
-            )
-    elif writes and last_s.exists():
-        raise CnnlabError(
-            f"{str(out)!r} already holds a run; pass --resume to continue it or another --out"
-        )
-    if writes:
-        out.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    in_chans = cfg.in_chans or data_channels(cfg.data)
-    with torch.device("meta"):
-        probe = create_model(cfg.model, num_classes=10, in_chans=in_chans)
-    img_size = cfg.img_size or int(probe.input_size[-1])
-    train_loader, val_loader, classes = build_loaders(
-        cfg.data,
-        img_size=img_size,
-        in_chans=in_chans,
-        batch_size=cfg.batch_size,
-        workers=cfg.workers,
-        augment=cfg.augment,
-        val_split=cfg.val_split,
-        seed=cfg.seed,
-        limit=cfg.limit,
-        strict=cfg.strict,
-    )
-    skipped = skipped_files(train_loader) + skipped_files(val_loader)
-    model = create_model(cfg.model, num_classes=len(classes), in_chans=in_chans).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    steps = len(train_loader)
-    schedule = LRSchedule(cfg.schedule, steps * cfg.epochs, round(cfg.warmup_epochs * steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    pre = train_loader.dataset
-    while hasattr(pre, "dataset"):
-        pre = pre.dataset
-    preprocess = pre.pre.as_dict()
-    meta = {"model": cfg.model, "class_names": classes, "preprocess": preprocess}
-
-    start_epoch, step, history, best = 0, 0, [], -1.0
+    state = _open_state(cfg, out, resume, writes)
+    run = _setup(cfg, out, state is not None, say, writes, device, world)
     if state is not None:
-        load_weights(model, last_w, strict_aux=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"], state["step"]
-        history, best = state["history"], state["best_top1"]
-        _set_rng_state(state["rng"])
-        say(f"resuming {cfg.model} from {str(last_w)!r} after epoch {start_epoch}")
-    net: nn.Module = model
+        _resume(run, state)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
+        run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
     writer = None
     if writes and tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch + 1)
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=run.start_epoch + 1)
     say(
-        f"training {cfg.model} on {cfg.data}: {len(train_loader.dataset):,} train / "
-        f"{len(val_loader.dataset):,} val images at {img_size}x{img_size}x{in_chans}, "
-        f"{cfg.epochs} epochs of {steps} steps, {world} process(es) on {device.type}"
+        f"training {cfg.model} on {cfg.data}: {len(run.train_loader.dataset):,} train / "
+        f"{len(run.val_loader.dataset):,} val images at {run.img_size}x{run.img_size}x"
+        f"{run.in_chans}, {cfg.epochs} epochs of {len(run.train_loader)} steps, {world} "
+        f"process(es) on {device.type}"
     )
-    interrupted = False
-    last_val: dict[str, Any] = history[-1] if history else {}
-    train_time = train_images = 0.0
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            train_loader.sampler.set_epoch(epoch)
-            bar = _progress(progress and writes, epoch, cfg.epochs, steps * train_loader.batch_size)
-            t0 = time.perf_counter()
-            try:
-                stats = run_epoch(
-                    net,
-                    train_loader,
-                    optimizer,
-                    device=device,
-                    scheduler=scheduler,
-                    clip_grad_norm=cfg.clip_grad_norm,
-                    aux_weight=cfg.aux_weight,
-                    loss_fn=loss_fn,
-                    on_batch=bar.update if bar else None,
-                )
-            except NonFiniteLossError as exc:
-                kept = "no checkpoint was written"
-                if history:
-                    kept = f"the last good checkpoint is {str(last_w)!r} (epoch {len(history)})"
-                raise CnnlabError(
-                    f"loss is {exc.value} at step {step + exc.batch + 1} (epoch {epoch + 1}, "
-                    f"batch {exc.batch + 1}); stopped; {kept}"
-                ) from None
-            finally:
-                if bar:
-                    bar.close()
-            seconds = time.perf_counter() - t0
-            train_time += seconds
-            train_images += stats["images"]
-            step += steps
-            val = evaluate(net, val_loader, device=device)
-            row = {
-                "epoch": epoch + 1,
-                "step": step,
-                "train_loss": round(stats["loss"], 6),
-                "train_top1": round(stats["top1"], 6),
-                "val_loss": round(val["loss"], 6),
-                "val_top1": round(val["top1"], 6),
-                "val_top5": round(val["top5"], 6),
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_seconds": round(seconds, 3),
-                "images_per_second": round(stats["images"] / seconds, 1),
-            }
-            history.append(row)
-            last_val = row
+        for epoch in range(run.start_epoch, cfg.epochs):
+            row, top1 = _epoch(run, epoch, progress)
             if writes:
-                meta_now = {**meta, "epoch": epoch + 1, "step": step}
-                if val["top1"] > best:
-                    best = val["top1"]
-                    save_weights(model, best_w, {**meta_now, "val_top1": best}, drop_aux=True)
-                save_weights(model, last_w, meta_now)
-                save_state(
-                    {
-                        "config": asdict(cfg),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": _rng_state(),
-                        "history": history,
-                        "best_top1": best,
-                    },
-                    last_s,
-                )
-                _write_csv(out / "metrics.csv", history)
-                if writer is not None:
-                    for key in (
-                        "train_loss",
-                        "train_top1",
-                        "val_loss",
-                        "val_top1",
-                        "val_top5",
-                        "lr",
-                    ):
-                        writer.add_scalar(key.replace("_", "/", 1), row[key], epoch + 1)
-                    writer.flush()
-            say(
-                f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-                f"top-1 {row['train_top1']:.2%}  val loss {row['val_loss']:.4f} "
-                f"top-1 {row['val_top1']:.2%} top-5 {row['val_top5']:.2%}  "
-                f"lr {row['lr']:.3g}  {seconds:.1f}s ({row['images_per_second']:,.0f} img/s)"
-            )
+                _checkpoint(run, row, top1, writer)
+            _say_epoch(run, row)
     except KeyboardInterrupt:
-        interrupted = True
-        if writes:
-            save_weights(model, out / "interrupted.safetensors", {**meta, "step": -1})
-        done = history[-1]["epoch"] if history else 0
-        say(
-            f"interrupted: weights saved to {str(out / 'interrupted.safetensors')!r}; "
-            f"--resume continues from the end of epoch {done}"
-        )
+        _on_interrupt(run)
     finally:
         if writer is not None:
             writer.close()
-    if skipped:
-        say(f"skipped {len(skipped)} corrupt image(s): {', '.join(skipped[:5])}")
-    return {
-        "model": cfg.model,
-        "data": cfg.data,
-        "epochs": len(history),
-        "interrupted": interrupted,
-        "val_top1": last_val.get("val_top1"),
-        "val_top5": last_val.get("val_top5"),
-        "val_loss": last_val.get("val_loss"),
-        "best_top1": best if best >= 0 else None,
-        "train_seconds": round(train_time, 2),
-        "images_per_second": round(train_images / train_time, 1) if train_time else None,
-        "skipped_images": skipped,
-        "out": str(out),
-        "weights": str(best_w),
-        "world_size": world,
-        "device": str(device),
-        "history": history,
-    }
+    return _report(run)
 
 
 class _Bar:
