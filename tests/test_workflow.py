@@ -51,11 +51,11 @@ def test_torchvision_to_finetune_to_cnz_to_everything(tmp_path: Path, capsys) ->
     assert trained["epochs"] == 2
     tuned, meta = cnnlab.load(run, "resnet18")
     assert meta["class_names"] == ["blue", "red"] and meta["preprocess"]["size"] == 32
-    backbone = {k: v for k, v in tuned.state_dict().items() if not k.startswith("fc.")}
-    for key, value in backbone.items():  # frozen: weights and BatchNorm statistics untouched
-        assert torch.equal(value, theirs.state_dict()[key.replace("conv1.conv", "conv1")]) or (
-            "num_batches_tracked" in key or key not in theirs.state_dict()
-        ), key
+    source, _ = cnnlab.load(f"torchvision:{tmp_path / 'resnet18.pth'}", "resnet18")
+    for key, value in source.state_dict().items():  # frozen: weights and BN statistics kept
+        if not key.startswith("fc.") and not key.endswith("num_batches_tracked"):
+            assert torch.equal(tuned.state_dict()[key], value), key
+    assert not torch.equal(tuned.fc.weight[:2], source.fc.weight[:2])
 
     cnz = str(tmp_path / "m.cnz")
     compress = ["compress", "resnet18", "--checkpoint", run, *common, "--out", cnz,
@@ -74,5 +74,6 @@ def test_torchvision_to_finetune_to_cnz_to_everything(tmp_path: Path, capsys) ->
 
     plain = str(tmp_path / "d.safetensors")
     assert main(["decompress", cnz, "--out", plain]) == 0
+    assert "wrote" in capsys.readouterr().out
     evaluated = _run(["eval", "resnet18", "--checkpoint", plain, *common], capsys)
     assert round(100 * evaluated["top1"], 2) == stored_top1
