@@ -13,54 +13,17 @@ from typing import Any
 
 import cnnlab
 from cnnlab import codec, plots
+from cnnlab.cli.config_options import add_config_options, config_from_args
 from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
-from cnnlab.compress.pipeline import OPTIMIZERS, SCHEDULES
 from cnnlab.compress.prune import parse_per_layer
-from cnnlab.compress.quantize import INITS
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, check_output
 from cnnlab.saved import save as save_checkpoint
 from cnnlab.tables import format_table, print_json
 from cnnlab.train import evaluate, model_and_loaders
 
-# The CompressionConfig fields set by an option of the same name: (field, help, argparse keywords).
-_CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    (
-        "recipe",
-        "per-layer sparsity and bits: paper (Han et al.'s table: lenet_300_100, lenet5_caffe, "
-        "alexnet, vgg16), sensitivity (a quick per-layer sweep) or a .toml file; default: "
-        "paper where it has a table, else sensitivity",
-        {"metavar": "paper|sensitivity|FILE.toml"},
-    ),
-    ("tolerance", "sensitivity recipe: top-1 points one layer's pruning may cost", {"type": float}),
-    ("prune_steps", "prune/retrain rounds", {"type": int}),
-    ("schedule", "sparsity per round: linear, or Zhu & Gupta's cubic ramp", {"choices": SCHEDULES}),
-    ("retrain_epochs", "retraining epochs per round", {"type": int}),
-    ("finetune_epochs", "centroid fine-tuning epochs", {"type": int}),
-    ("conv_bits", "weight-sharing bits for conv layers", {"type": int}),
-    ("fc_bits", "weight-sharing bits for fc layers", {"type": int}),
-    ("init", "k-means centroid initialisation", {"choices": INITS}),
-    (
-        "optimizer",
-        "retraining optimizer: SGD + momentum + L2 (the paper's) or AdamW",
-        {"choices": OPTIMIZERS},
-    ),
-    ("lr", "retraining learning rate", {"type": float}),
-    (
-        "finetune_optimizer",
-        "centroid fine-tuning optimizer (default: --optimizer); adamw suits layers of very many"
-        " weights per centroid",
-        {"choices": OPTIMIZERS},
-    ),
-    ("finetune_lr", "centroid fine-tuning lr", {"type": float}),
-    ("weight_decay", "weight decay in retraining", {"type": float}),
-    (
-        "distill",
-        "weight of distillation from the uncompressed model in retraining (0: off)",
-        {"type": float},
-    ),
-    ("distill_temperature", "distillation temperature", {"type": float}),
-)
+# CompressionConfig fields with an option of their own below (per-layer lists, --float32-other).
+_NOT_OPTIONS = ("quality", "sparsity", "bits", "half_precision_other", "extra")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -97,10 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="[LAYER=]S",
         help="prune the fraction S of smallest weights per layer (repeatable)",
     )
-    defaults = CompressionConfig()  # the config's own defaults, not a second copy here
-    for name, text, kwargs in _CONFIG_OPTIONS:
-        flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, default=getattr(defaults, name), help=text, **kwargs)
+    add_config_options(p, CompressionConfig, skip=_NOT_OPTIONS)
     p.add_argument("--bits", action="append", metavar="LAYER=B", help="bits for one layer")
     p.add_argument(
         "--float32-other",
@@ -138,12 +98,13 @@ def _note(message: str) -> None:
 
 
 def run_compress(args: argparse.Namespace) -> int:
-    cfg = CompressionConfig(
+    cfg = config_from_args(
+        CompressionConfig,
+        args,
         quality=parse_per_layer(args.quality, "quality"),
         sparsity=parse_per_layer(args.sparsity, "sparsity"),
         bits=parse_per_layer(args.bits, "bits", int),
         half_precision_other=not args.float32_other,
-        **{name: getattr(args, name) for name, _, _ in _CONFIG_OPTIONS},
     )
     if cfg.bits and "*" in cfg.bits:
         raise ValueError("--bits takes LAYER=B; use --conv-bits / --fc-bits for all layers")

@@ -11,30 +11,10 @@ import argparse
 import dataclasses
 import os
 import sys
-import typing
 
+from cnnlab.cli.config_options import add_config_options, config_from_args
 from cnnlab.tables import format_table, print_json
 from cnnlab.train.trainer import TrainConfig
-
-
-def add_config_options(
-    parser: argparse.ArgumentParser, config: type, skip: tuple[str, ...] = ()
-) -> None:
-    """One ``--field-name`` option per field of the dataclass ``config``, with the field's
-    default, type and ``metadata`` (help, choices, metavar); a bool field is a switch."""
-    hints = typing.get_type_hints(config)
-    for f in dataclasses.fields(config):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kwargs = dict(f.metadata)
-        if hints[f.name] is bool:
-            parser.add_argument(flag, action="store_true", **kwargs)
-            continue
-        kind = next(t for t in (*typing.get_args(hints[f.name]), hints[f.name]) if t is not None)
-        if f.default is not None and "help" in kwargs:
-            kwargs["help"] += f" (default {f.default})"
-        parser.add_argument(flag, type=kind, default=f.default, **kwargs)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -106,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
     from cnnlab.data import resolve_data
     from cnnlab.train import fit
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cfg = config_from_args(TrainConfig, args)
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data, download=args.download))
     stream = sys.stderr if args.json else sys.stdout
     summary = fit(

@@ -29,8 +29,9 @@ from cnnlab.compress.prune import (
     resolve_per_layer,
     strip,
 )
-from cnnlab.compress.quantize import round_to_half, share_weights
+from cnnlab.compress.quantize import INITS, round_to_half, share_weights
 from cnnlab.compress.store import plain_state_dict
+from cnnlab.config import option
 from cnnlab.train import Distillation, build_optimizer, evaluate, train_one_epoch
 
 __all__ = ["CompressionConfig", "compress", "finalize", "layer_table", "model_bytes", "plan"]
@@ -68,27 +69,45 @@ class CompressionConfig:
 
     quality: float | Mapping[str, float] | None = None
     sparsity: float | Mapping[str, float] | None = None
-    prune_steps: int = 1
-    schedule: str = "iterative"
-    retrain_epochs: int = 1
-    finetune_epochs: int = 1
-    conv_bits: int = 8
-    fc_bits: int = 5
+    recipe: str | None = option(
+        None,
+        "per-layer sparsity and bits: paper (Han et al.'s table: lenet_300_100, lenet5_caffe, "
+        "alexnet, vgg16), sensitivity (a quick per-layer sweep) or a .toml file; default: "
+        "paper where it has a table, else sensitivity",
+        metavar="paper|sensitivity|FILE.toml",
+    )
+    tolerance: float = option(1.0, "sensitivity recipe: top-1 points one layer's pruning may cost")
+    prune_steps: int = option(1, "prune/retrain rounds")
+    schedule: str = option(
+        "iterative", "sparsity per round: linear, or Zhu & Gupta's cubic ramp", choices=SCHEDULES
+    )
+    retrain_epochs: int = option(1, "retraining epochs per round")
+    finetune_epochs: int = option(1, "centroid fine-tuning epochs")
+    conv_bits: int = option(8, "weight-sharing bits for conv layers")
+    fc_bits: int = option(5, "weight-sharing bits for fc layers")
     bits: Mapping[str, int] | None = None
-    init: str = "linear"
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    finetune_optimizer: str | None = None
-    finetune_lr: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    distill: float = 0.0
-    distill_temperature: float = 4.0
+    init: str = option("linear", "k-means centroid initialisation", choices=INITS)
+    optimizer: str = option(
+        "sgd",
+        "retraining optimizer: SGD + momentum + L2 (the paper's) or AdamW",
+        choices=OPTIMIZERS,
+    )
+    lr: float = option(0.01, "retraining learning rate")
+    finetune_optimizer: str | None = option(
+        None,
+        "centroid fine-tuning optimizer (default: --optimizer); adamw suits layers of very many "
+        "weights per centroid",
+        choices=OPTIMIZERS,
+    )
+    finetune_lr: float = option(0.001, "centroid fine-tuning learning rate")
+    momentum: float = option(0.9, "SGD momentum in retraining")
+    weight_decay: float = option(1e-4, "weight decay in retraining")
+    distill: float = option(
+        0.0, "weight of distillation from the uncompressed model in retraining (0: off)"
+    )
+    distill_temperature: float = option(4.0, "distillation temperature")
     half_precision_other: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
-
-    recipe: str | None = None
-    tolerance: float = 1.0
 
     def __post_init__(self) -> None:
         given = [k for k in ("quality", "sparsity", "recipe") if getattr(self, k) is not None]

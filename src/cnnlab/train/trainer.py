@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cnnlab.config import option
 from cnnlab.data import build_loaders, data_channels, skipped_files
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
@@ -56,11 +57,6 @@ MAX_SEED = 2**63 - 1
 RESUME_FREE = {"workers", "device"}
 
 
-def _opt(default: Any, help: str, **cli: Any) -> Any:
-    """A config field with its ``cnnlab train`` help text (and argparse keywords)."""
-    return field(default=default, metadata={"help": help, **cli})
-
-
 @dataclass
 class TrainConfig:
     """Every setting of a run; saved as plain data with each checkpoint. Each field is an
@@ -68,34 +64,34 @@ class TrainConfig:
     its metadata; every value is checked here, before any work."""
 
     model: str = field(metadata={"help": "a registered model name (see `cnnlab models`)"})
-    data: str = _opt("fashion-mnist", "fashion-mnist, a folder (IDX files or ImageFolder), "
+    data: str = option("fashion-mnist", "fashion-mnist, a folder (IDX files or ImageFolder), "
                      "or synthetic")  # fmt: skip
-    epochs: int = _opt(10, "training epochs")
-    batch_size: int = _opt(128, "global batch (all processes)")
-    lr: float | None = _opt(None, "learning rate (default 0.05 for sgd, 1e-3 for adamw)")
-    optimizer: str = _opt("sgd", "SGD (momentum 0.9, Nesterov) or AdamW", choices=OPTIMIZERS)
-    schedule: str = _opt("cosine", "learning-rate schedule", choices=SCHEDULES)
-    warmup_epochs: float = _opt(0.0, "linear warm-up epochs (not with onecycle)")
-    weight_decay: float | None = _opt(None, "weight decay (default 5e-4 for sgd, 0.05 for adamw)")
-    label_smoothing: float = _opt(0.0, "label smoothing, in [0, 1)")
-    clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this value")
-    aux_weight: float = _opt(0.3, "auxiliary heads' loss weight (GoogLeNet)")
-    img_size: int | None = _opt(None, "input side (default: the model's native size)")
-    in_chans: int | None = _opt(None, "input channels (default: the data's)", choices=(1, 3))
-    augment: bool = _opt(False, "random crop + flip + erasing")
-    val_split: float | None = _opt(None, "hold out this fraction of a single folder")
-    limit: int | None = _opt(None, "use only the first N images of each split")
-    strict: bool = _opt(False, "a corrupt image is an error")
-    workers: int = _opt(0, "DataLoader worker processes")
-    seed: int = _opt(0, "seed of the weights, the data order and the split")
-    device: str | None = _opt(None, "cpu or cuda (default: cuda if available)")
-    init_from: str | None = _opt(
+    epochs: int = option(10, "training epochs")
+    batch_size: int = option(128, "global batch (all processes)")
+    lr: float | None = option(None, "learning rate (default 0.05 for sgd, 1e-3 for adamw)")
+    optimizer: str = option("sgd", "SGD (momentum 0.9, Nesterov) or AdamW", choices=OPTIMIZERS)
+    schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "linear warm-up epochs (not with onecycle)")
+    weight_decay: float | None = option(None, "weight decay (default 5e-4 for sgd, 0.05 for adamw)")
+    label_smoothing: float = option(0.0, "label smoothing, in [0, 1)")
+    clip_grad_norm: float | None = option(None, "clip the gradient norm to this value")
+    aux_weight: float = option(0.3, "auxiliary heads' loss weight (GoogLeNet)")
+    img_size: int | None = option(None, "input side (default: the model's native size)")
+    in_chans: int | None = option(None, "input channels (default: the data's)", choices=(1, 3))
+    augment: bool = option(False, "random crop + flip + erasing")
+    val_split: float | None = option(None, "hold out this fraction of a single folder")
+    limit: int | None = option(None, "use only the first N images of each split")
+    strict: bool = option(False, "a corrupt image is an error")
+    workers: int = option(0, "DataLoader worker processes")
+    seed: int = option(0, "seed of the weights, the data order and the split")
+    device: str | None = option(None, "cpu or cuda (default: cuda if available)")
+    init_from: str | None = option(
         None, "start from these weights: a run folder, a .safetensors, a .cnz, or "
         "torchvision:PATH / timm:PATH (a new classifier where the data's classes differ)",
         metavar="SRC",
     )  # fmt: skip
-    freeze_backbone: bool = _opt(False, "train only the classifier (get_classifier())")
-    freeze: str | None = _opt(
+    freeze_backbone: bool = option(False, "train only the classifier (get_classifier())")
+    freeze: str | None = option(
         None, "freeze every layer up to and including this one (registration order)",
         metavar="LAYER",
     )  # fmt: skip
