@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
@@ -234,8 +235,6 @@ def _default_class_names(name: str, num_classes: int) -> list[str]:
     """torchvision's ImageNet names for a 1000-class torchvision architecture, else '0'..'N-1'."""
     tv_name = interop.TORCHVISION_NAMES.get(name)
     if num_classes == 1000 and tv_name is not None:
-        import torchvision
-
         weights = list(torchvision.models.get_model_weights(tv_name))
         categories = weights[0].meta.get("categories") if weights else None
         if categories and len(categories) == num_classes:
@@ -396,16 +395,16 @@ def _load_foreign(p: Path, wanted: str | None, layout: str | None) -> tuple[nn.M
         raise CnnlabError(f"{str(p)!r} holds foreign weights: name the model they are for")
     model_info(wanted)
     tensors = _in_model_order(wanted, _read_foreign(p))
-    config = _infer_config(wanted, tensors)
     with torch.device("meta"):
-        ours = create_model(wanted, **config).state_dict()
-    if layout is None and not _fit_report(ours, tensors, aux=False):
+        ours = create_model(wanted, **_infer_config(wanted, tensors)).state_dict()
+    problems = _fit_report(ours, tensors, aux=False)
+    if layout is None and not problems:
         converted, kind = tensors, "state-dict"  # our own key names, saved with torch.save
     else:
-        kind = layout or _guess_layout(wanted, _fit_report(ours, tensors, aux=False), str(p))
+        kind = layout or _guess_layout(wanted, problems, str(p))
         converted = _convert(wanted, tensors, kind, str(p))
     meta = {"model": wanted, "kind": kind, "source": str(p)}
-    return _build_checked(wanted, config, converted, str(p)), meta
+    return _build_checked(wanted, _infer_config(wanted, converted), converted, str(p)), meta
 
 
 def _guess_layout(name: str, problems: str, source: str) -> str:
@@ -434,8 +433,6 @@ def _reference_order(layout: str, name: str, tensors: dict) -> dict:
     try:
         with torch.device("meta"):
             if layout == "torchvision":
-                import torchvision
-
                 tv_name = interop.TORCHVISION_NAMES[name]
                 ref = torchvision.models.get_model(tv_name, weights=None)
             else:
