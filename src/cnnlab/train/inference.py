@@ -38,21 +38,28 @@ def model_and_loaders(
     batch_size: int = 128,
     limit: int | None = None,
     seed: int = 0,
+    workers: int = 0,
+    val_split: float | None = None,
+    strict: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], Any, Any]:
     """(model, meta, train loader, val loader): a saved model and ``data`` at the input size and
-    channels the model was trained with; the classifier must match the data's class count."""
+    channels the model was trained with (:func:`cnnlab.data.build_loaders` takes the other
+    options); the classifier must match the data's class count, and the data's class names
+    (``meta["data_classes"]``) stand in for names the file lacks. ``log`` gets a note for
+    what the file does not store."""
     torch.manual_seed(seed)  # the model's random init draws come first, as in a training run
     model, meta = load(checkpoint, model_name)
     pre = Preprocess.from_dict(meta["preprocess"])
     train, val, classes = build_loaders(
         data, img_size=img_size or pre.size, in_chans=pre.in_chans, batch_size=batch_size,
-        limit=limit, seed=seed,
+        limit=limit, seed=seed, workers=workers, val_split=val_split, strict=strict,
     )  # fmt: skip
     if meta["num_classes"] != len(classes):
         raise CnnlabError(
             f"{meta['path']} has {meta['num_classes']} classes, {data!r} has {len(classes)}"
         )
+    meta["data_classes"] = list(classes)
     if "class_names" in meta["assumed"]:  # the data names the classes the file does not
         meta["class_names"] = list(classes)
         meta["assumed"] = [a for a in meta["assumed"] if a != "class_names"]
@@ -79,19 +86,12 @@ def evaluate_checkpoint(
     validation / test split, at the input size the file stores (``seed``: the training run's,
     so ``val_split`` holds out the same images; ``strict``: a corrupt image is an error).
     ``log`` gets a note when the file lacks class names or preprocessing."""
-    model, meta = load(checkpoint, model_name)
-    _note_assumed(meta, log)
-    pre = Preprocess.from_dict(meta["preprocess"])
-    _, loader, classes = build_loaders(
-        data, img_size=img_size or pre.size, in_chans=pre.in_chans, batch_size=batch_size,
-        workers=workers, val_split=val_split, seed=seed, limit=limit, strict=strict,
+    model, meta, _, loader = model_and_loaders(
+        checkpoint, data, model_name, img_size=img_size, batch_size=batch_size, limit=limit,
+        seed=seed, workers=workers, val_split=val_split, strict=strict, log=log,
     )  # fmt: skip
-    if meta["num_classes"] != len(classes):
-        raise CnnlabError(
-            f"the checkpoint has {meta['num_classes']} classes, {data!r} has {len(classes)}"
-        )
     result = evaluate(model.to(device), loader, device=device)
-    return {"model": meta["model"], "data": data, "classes": classes, **result}
+    return {"model": meta["model"], "data": data, "classes": meta["data_classes"], **result}
 
 
 def predict(
