@@ -121,7 +121,8 @@ class InvertedResidual(nn.Module):
     1x1 expansion by ``expand_ratio`` (omitted when it is 1), depthwise k x k conv with
     ``stride``, optional squeeze-excite, then a linear 1x1 projection (no activation, the
     "linear bottleneck" of Sec. 3.2). The input is added back when stride is 1 and the widths
-    agree.
+    agree. ``linear_bottleneck=False`` puts ``act`` after the projection too (before the
+    addition): the non-linear bottleneck of the Sec. 6.4 ablation (Figure 6a).
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class InvertedResidual(nn.Module):
         drop_path: float = 0.0,
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        linear_bottleneck: bool = True,
     ) -> None:
         super().__init__()
         hidden = round(in_chans * expand_ratio)
@@ -154,7 +156,8 @@ class InvertedResidual(nn.Module):
         )
         if se_ratio > 0:
             layers.append(SqueezeExcite(hidden, max(1, int(in_chans * se_ratio)), act=act))
-        layers.append(ConvNormAct(hidden, out_chans, 1, act=None, **norm))
+        project_act = None if linear_bottleneck else act
+        layers.append(ConvNormAct(hidden, out_chans, 1, act=project_act, **norm))
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

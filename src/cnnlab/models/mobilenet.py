@@ -13,7 +13,9 @@ Table 2 is ``V2_BOTTLENECKS`` below, one ``[t, c, n, s]`` row per sequence of bo
 projection, residual when the shapes agree). Widths follow torchvision (every width scaled by
 ``alpha`` and rounded to a multiple of 8, the last 1x1 conv kept at 1280 below ``alpha`` 1),
 and the parameters are registered in torchvision's order, so
-``cnnlab.interop.from_torchvision("mobilenet_v2", sd)`` loads its weights.
+``cnnlab.interop.from_torchvision("mobilenet_v2", sd)`` loads its weights. The resolution
+multiplier ``rho`` (Sec. 4, Figure 5: inputs 96 to 224) sets the native input side as in V1;
+``linear_bottleneck=False`` adds ReLU6 after every projection (the Sec. 6.4 ablation).
 
 Every figure in ``docs/models/mobile.md`` comes from the command printed beside it there.
 """
@@ -90,6 +92,15 @@ def _check_multiplier(name: str, value: float, upper: float | None = None) -> No
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
+def _native_side(rho: float) -> int:
+    """The input side ``round(224 * rho)`` of a resolution multiplier ``rho`` in (0, 1]."""
+    _check_multiplier("rho", rho, upper=1.0)
+    side = round(224 * rho)
+    if side < 32:
+        raise ValueError(f"rho={rho} gives a {side}x{side} input, below the 32x32 minimum")
+    return side
+
+
 class MobileNetV1(ClassifierModel):
     """MobileNetV1: a standard 3x3 conv, 13 depthwise separable convs, pool, FC (Table 1).
 
@@ -145,6 +156,8 @@ class MobileNetV2(ClassifierModel):
     ``alpha`` is the width multiplier (Sec. 6.1, widths rounded to multiples of 8); ``t``,
     when given, replaces the expansion factor of every expanding row of Table 2 (the paper
     keeps one constant rate, 6, in Sec. 4; the first bottleneck keeps ``t = 1``).
+    ``linear_bottleneck=False`` puts ReLU6 after every 1x1 projection, the non-linear
+    bottleneck that Sec. 6.4 (Figure 6a) compares with the linear one of Sec. 3.2.
     """
 
     def __init__(
@@ -154,9 +167,12 @@ class MobileNetV2(ClassifierModel):
         alpha: float = 1.0,
         t: float | None = None,
         drop_rate: float = 0.2,
+        linear_bottleneck: bool = True,
     ) -> None:
         super().__init__()
         _check_multiplier("alpha", alpha)
+        if not isinstance(linear_bottleneck, bool):
+            raise ValueError(f"linear_bottleneck must be True or False, got {linear_bottleneck!r}")
         if t is not None:
             _check_multiplier("t", t)
         if not 0.0 <= drop_rate < 1.0:
@@ -164,13 +180,14 @@ class MobileNetV2(ClassifierModel):
 
         chans = make_divisible(V2_STEM * alpha)
         self.stem = ConvNormAct(in_chans, chans, 3, 2, act=nn.ReLU6)
+        block = {"act": nn.ReLU6, "linear_bottleneck": linear_bottleneck}
         blocks: list[nn.Module] = []
         for row_t, c, n, s in V2_BOTTLENECKS:
             expansion = t if t is not None and row_t != 1 else row_t
             out_chans = make_divisible(c * alpha)
             for i in range(n):
                 stride = s if i == 0 else 1
-                blocks.append(InvertedResidual(chans, out_chans, stride, expansion, act=nn.ReLU6))
+                blocks.append(InvertedResidual(chans, out_chans, stride, expansion, **block))
                 chans = out_chans
         self.blocks = nn.Sequential(*blocks)
         self.num_features = make_divisible(V2_HEAD * max(1.0, alpha))
@@ -272,10 +289,7 @@ def mobilenet_v1(
     ``rho`` in (0, 1] sets ``model.input_size`` to ``round(224 * rho)`` pixels a side
     (Sec. 3.4: 0.857 -> 192, 0.714 -> 160, 0.571 -> 128); the layers do not depend on it.
     """
-    _check_multiplier("rho", rho, upper=1.0)
-    side = round(224 * rho)
-    if side < 32:
-        raise ValueError(f"rho={rho} gives a {side}x{side} input, below the 32x32 minimum")
+    side = _native_side(rho)
     model = MobileNetV1(num_classes, in_chans, alpha=alpha, act=act)
     model.input_size = (in_chans, side, side)
     return model
@@ -287,6 +301,11 @@ _V2 = {
     "arXiv:1801.04381",
     "year": 2018,
 }
+# Sec. 4 and Figure 5 run every width at 96-224 px but print no figure per point, so the
+# resolution presets carry our count. TF-slim's checkpoint table (which the seed article's
+# alpha 0.35 / rho 0.43 row copies) gives 221/154/99/56M MACs for 1.0 at 192/160/128/96 (ours
+# round to the same) and 11M for 0.35 at 96 (ours: 11.9M).
+_V2_RHO_SOURCE = "our count (paper Figure 5 plots the point, prints no figure)"
 
 
 @register_model(
@@ -328,12 +347,76 @@ _V2 = {
     source="torchvision.models.mobilenet_v2(width_mult=0.35) count (params, count_macs)",
     alpha=0.35,
 )
+@register_model(
+    "mobilenet_v2_100_192",
+    **_V2,
+    input_size=192,
+    reference_params=3_504_872,
+    reference_macs=221_316_608,
+    source=_V2_RHO_SOURCE,
+    rho=192 / 224,
+)
+@register_model(
+    "mobilenet_v2_100_160",
+    **_V2,
+    input_size=160,
+    reference_params=3_504_872,
+    reference_macs=154_083_200,
+    source=_V2_RHO_SOURCE,
+    rho=160 / 224,
+)
+@register_model(
+    "mobilenet_v2_100_128",
+    **_V2,
+    input_size=128,
+    reference_params=3_504_872,
+    reference_macs=99_074_048,
+    source=_V2_RHO_SOURCE,
+    rho=128 / 224,
+)
+@register_model(
+    "mobilenet_v2_100_96",
+    **_V2,
+    input_size=96,
+    reference_params=3_504_872,
+    reference_macs=56_289_152,
+    source=_V2_RHO_SOURCE,
+    rho=96 / 224,
+)
+@register_model(
+    "mobilenet_v2_035_96",
+    **_V2,
+    input_size=96,
+    reference_params=1_677_128,
+    reference_macs=11_934_128,
+    source=_V2_RHO_SOURCE,
+    alpha=0.35,
+    rho=96 / 224,
+)
 def mobilenet_v2(
     num_classes: int = 1000,
     in_chans: int = 3,
     alpha: float = 1.0,
     t: float | None = None,
+    rho: float = 1.0,
     drop_rate: float = 0.2,
+    linear_bottleneck: bool = True,
 ) -> MobileNetV2:
-    """MobileNetV2 with width multiplier ``alpha`` and optional global expansion factor ``t``."""
-    return MobileNetV2(num_classes, in_chans, alpha=alpha, t=t, drop_rate=drop_rate)
+    """MobileNetV2 with width multiplier ``alpha``, resolution multiplier ``rho``, optional
+    global expansion factor ``t`` and the linear-bottleneck switch (Sec. 3.2, 6.4).
+
+    ``rho`` in (0, 1] sets ``model.input_size`` to ``round(224 * rho)`` pixels a side, as for
+    V1; Sec. 4 and Figure 5 run every width at 96, 128, 160, 192 and 224 (``rho`` 0.429,
+    0.571, 0.714, 0.857, 1). The network is fully convolutional: only the MACs change.
+    """
+    side = _native_side(rho)
+    model = MobileNetV2(
+        num_classes,
+        in_chans,
+        alpha=alpha,
+        t=t,
+        drop_rate=drop_rate,
+        linear_bottleneck=linear_bottleneck,
+    )
+    model.input_size = (in_chans, side, side)
+    return model
