@@ -20,8 +20,19 @@ Two placements of that stride in a bottleneck:
 ``plain18`` / ``plain34`` are the plain baselines of Sec. 4.1 and Figure 3 (middle): the same
 stacks with no shortcut connections at all (hence no projection convolutions either).
 
-Figures (params; MACs at 224x224, Conv + Linear, batch 1) are registered with each model and
-checked by ``tests/test_fidelity.py``; docs/models/resnet_xception.md prints them.
+``shortcut`` chooses among the three shortcut options of Sec. 3.3 and Sec. 4.1 ("Identity vs.
+Projection Shortcuts", Table 3): ``"A"`` zero-padding identity shortcuts (parameter-free), ``"B"``
+projections only where the shape changes (the default, torchvision's), ``"C"`` projections
+everywhere.
+
+The CIFAR-10 networks of Sec. 4.2 (``resnet20`` .. ``resnet110`` and their plain twins
+``plain20`` .. ``plain110``) are ``CIFAR_STAGES`` and ``CIFAR_DEPTHS``: a 3x3 conv with 16
+filters, three stages of 2n 3x3 convs (16, 32, 64 filters at 32, 16, 8), global average
+pooling and a 10-way fc; 6n+2 weighted layers, option A shortcuts.
+
+Figures (params; MACs at 224x224, or 32x32 for the CIFAR nets, Conv + Linear, batch 1) are
+registered with each model and checked by ``tests/test_fidelity.py``;
+docs/models/resnet_xception.md prints them.
 """
 
 from __future__ import annotations
@@ -33,7 +44,19 @@ from cnnlab.layers import ConvNormAct
 from cnnlab.models.base import ClassifierModel, replace_linear
 from cnnlab.registry import register_model
 
-__all__ = ["DEPTHS", "PRESETS", "STAGES", "BasicBlock", "Bottleneck", "ResNet"]
+__all__ = [
+    "CIFAR_DEPTHS",
+    "CIFAR_PRESETS",
+    "CIFAR_STAGES",
+    "DEPTHS",
+    "PRESETS",
+    "SHORTCUTS",
+    "STAGES",
+    "BasicBlock",
+    "Bottleneck",
+    "PadShortcut",
+    "ResNet",
+]
 
 # He et al. 2016, Table 1. Each stage: (layer name, output size at 224x224, width, stride of its
 # first block). The width is the number of 3x3 filters; a bottleneck block outputs 4x as many
@@ -54,13 +77,56 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 
+# Sec. 4.2, the CIFAR-10 table: (our stage name, output map size at 32x32, filters, stride of
+# its first block). The paper names no stages there; we keep Table 1's names. conv1 is
+# "3x3 convolutions" with 16 filters and no pooling follows it.
+CIFAR_STAGES: tuple[tuple[str, int, int, int], ...] = (
+    ("conv2_x", 32, 16, 1),
+    ("conv3_x", 16, 32, 2),
+    ("conv4_x", 8, 64, 2),
+)
+
+# Sec. 4.2 / Table 6: depth 6n+2 -> n, the number of basic blocks (2n 3x3 convs) per stage.
+CIFAR_DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
+
+# Sec. 3.3 and Sec. 4.1 "Identity vs. Projection Shortcuts" (Table 3).
+SHORTCUTS: dict[str, str] = {
+    "A": "zero-padding identity for increasing dimensions (parameter-free)",
+    "B": "projections where dimensions change, identity elsewhere",
+    "C": "projections everywhere",
+}
+
 PAPER = "He et al., Deep Residual Learning for Image Recognition"
 
 
-def _shortcut(in_chans: int, out_chans: int, stride: int, residual: bool) -> nn.Module | None:
-    """Identity (None) where shapes agree, else option B: 1x1 conv (stride) + BN (Sec. 3.3)."""
-    if not residual or (stride == 1 and in_chans == out_chans):
+class PadShortcut(nn.Module):
+    """Option A (Sec. 3.3): "the shortcut still performs identity mapping, with extra zero
+    entries padded for increasing dimensions", taken "with a stride of 2" across feature maps
+    of two sizes. Subsamples by ``stride`` and appends ``out_chans - in_chans`` zero channels;
+    no parameters."""
+
+    def __init__(self, in_chans: int, out_chans: int, stride: int) -> None:
+        super().__init__()
+        self.extra = out_chans - in_chans
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra))
+
+
+def _shortcut(
+    in_chans: int, out_chans: int, stride: int, residual: bool, option: str = "B"
+) -> nn.Module | None:
+    """The shortcut of a block (Sec. 3.3): None (identity) where shapes agree, except that
+    option C projects everywhere; where they differ, option A zero-pads (:class:`PadShortcut`)
+    and options B and C project with a 1x1 conv (stride) + BN."""
+    same = stride == 1 and in_chans == out_chans
+    if not residual or (same and option != "C"):
         return None
+    if option == "A":
+        return PadShortcut(in_chans, out_chans, stride)
     return ConvNormAct(in_chans, out_chans, 1, stride, act=None)
 
 
@@ -68,17 +134,25 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs, the first with ``stride`` (Figure 2 / Figure 5 left; ResNet-18/34).
 
     ``residual=False`` drops the shortcut: the block of the plain nets of Sec. 4.1.
+    ``shortcut`` is the option of Sec. 3.3: ``"A"``, ``"B"`` or ``"C"``.
     """
 
     expansion = 1
 
-    def __init__(self, in_chans: int, width: int, stride: int = 1, residual: bool = True) -> None:
+    def __init__(
+        self,
+        in_chans: int,
+        width: int,
+        stride: int = 1,
+        residual: bool = True,
+        shortcut: str = "B",
+    ) -> None:
         super().__init__()
         self.residual = residual
         self.conv1 = ConvNormAct(in_chans, width, 3, stride)
         self.conv2 = ConvNormAct(width, width, 3, act=None)
         # Registered after the body, as torchvision does, so weights convert by position.
-        self.shortcut = _shortcut(in_chans, width, stride, residual)
+        self.shortcut = _shortcut(in_chans, width, stride, residual, shortcut)
         self.act = nn.ReLU(inplace=True)
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -95,7 +169,7 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3, 1x1 expand by 4 (Sec. 4.1, Figure 5 right; ResNet-50/101/152).
 
     ``stride_on_3x3=True`` is v1.5 (torchvision); ``False`` puts the stride on the first 1x1
-    conv as in the paper.
+    conv as in the paper. ``shortcut`` is the option of Sec. 3.3: ``"A"``, ``"B"`` or ``"C"``.
     """
 
     expansion = 4
@@ -107,6 +181,7 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         residual: bool = True,
         stride_on_3x3: bool = True,
+        shortcut: str = "B",
     ) -> None:
         super().__init__()
         out_chans = width * self.expansion
@@ -114,7 +189,7 @@ class Bottleneck(nn.Module):
         self.conv1 = ConvNormAct(in_chans, width, 1, 1 if stride_on_3x3 else stride)
         self.conv2 = ConvNormAct(width, width, 3, stride if stride_on_3x3 else 1)
         self.conv3 = ConvNormAct(width, out_chans, 1, act=None)
-        self.shortcut = _shortcut(in_chans, out_chans, stride, residual)
+        self.shortcut = _shortcut(in_chans, out_chans, stride, residual, shortcut)
         self.act = nn.ReLU(inplace=True)
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -127,15 +202,65 @@ class Bottleneck(nn.Module):
         return self.act(out)
 
 
+def _check_options(depth: int, residual: bool, shortcut: str, zero_init_residual: bool) -> None:
+    """Refuse a depth of neither table, an unknown shortcut option, or options a plain net
+    cannot have."""
+    if depth not in DEPTHS and depth not in CIFAR_DEPTHS:
+        raise ValueError(
+            f"ResNet depth must be one of {sorted(DEPTHS)} (ImageNet, Table 1) or "
+            f"{sorted(CIFAR_DEPTHS)} (CIFAR-10, Sec. 4.2), got {depth!r}"
+        )
+    if shortcut not in SHORTCUTS:
+        raise ValueError(
+            f"shortcut must be one of {', '.join(map(repr, SHORTCUTS))} (Sec. 3.3), "
+            f"got {shortcut!r}"
+        )
+    if not residual and shortcut != "B":
+        raise ValueError(f"shortcut={shortcut!r} needs shortcuts; a plain network has none")
+    if zero_init_residual and not residual:
+        raise ValueError("zero_init_residual needs shortcuts; a plain network has none")
+
+
+def _stage(
+    kind: str,
+    chans: int,
+    width: int,
+    stride: int,
+    n_blocks: int,
+    residual: bool,
+    stride_on_3x3: bool,
+    shortcut: str,
+) -> tuple[nn.Sequential, int]:
+    """``n_blocks`` blocks, the first with ``stride`` (conv3_1, conv4_1, ... downsample,
+    Table 1 caption and Sec. 4.2); returns the stage and its output channels."""
+    blocks: list[nn.Module] = []
+    for i in range(n_blocks):
+        s = stride if i == 0 else 1
+        if kind == "basic":
+            block: nn.Module = BasicBlock(chans, width, s, residual, shortcut)
+        else:
+            block = Bottleneck(chans, width, s, residual, stride_on_3x3, shortcut)
+        blocks.append(block)
+        chans = width * block.expansion
+    return nn.Sequential(*blocks), chans
+
+
 class ResNet(ClassifierModel):
-    """A network of Table 1: conv1, max pool, conv2_x .. conv5_x, average pool, fc.
+    """A network of Table 1 or of Sec. 4.2, chosen by ``depth``.
+
+    Table 1 (ImageNet): conv1 (7x7/2, 64), a 3x3/2 max pool, conv2_x .. conv5_x, average pool,
+    fc. Sec. 4.2 (CIFAR-10): conv1 (3x3, 16), conv2_x .. conv4_x of n basic blocks each,
+    average pool, fc. One class serves both: they differ only in the stem and the stage
+    table; blocks, shortcuts, initialisation and head are the same.
 
     Args:
-        depth: 18, 34, 50, 101 or 152 (a column of Table 1).
+        depth: 18, 34, 50, 101 or 152 (a column of Table 1), or 20, 32, 44, 56, 110 (6n+2
+            layers, Sec. 4.2).
         residual: False builds the plain network of Sec. 4.1 (no shortcuts).
         stride_on_3x3: bottleneck stride on the 3x3 (v1.5) or on the first 1x1 (paper, v1).
         zero_init_residual: start every block's last BN at gamma = 0, so each residual block
             begins as the identity (Goyal et al. 2017); not in the paper.
+        shortcut: ``"A"``, ``"B"`` or ``"C"``, the options of Sec. 3.3 / Table 3 (``SHORTCUTS``).
     """
 
     def __init__(
@@ -146,28 +271,29 @@ class ResNet(ClassifierModel):
         residual: bool = True,
         stride_on_3x3: bool = True,
         zero_init_residual: bool = False,
+        shortcut: str = "B",
     ) -> None:
         super().__init__()
-        if depth not in DEPTHS:
-            raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth!r}")
-        if zero_init_residual and not residual:
-            raise ValueError("zero_init_residual needs shortcuts; a plain network has none")
-        kind, blocks_per_stage = DEPTHS[depth]
-        # conv1: 7x7, 64, stride 2, then 3x3 max pool, stride 2 (Table 1).
-        self.conv1 = ConvNormAct(in_chans, 64, 7, 2)
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        chans = 64
-        for (name, _, width, stride), n_blocks in zip(STAGES, blocks_per_stage, strict=True):
-            blocks: list[nn.Module] = []
-            for i in range(n_blocks):
-                s = stride if i == 0 else 1
-                if kind == "basic":
-                    block = BasicBlock(chans, width, s, residual)
-                else:
-                    block = Bottleneck(chans, width, s, residual, stride_on_3x3)
-                blocks.append(block)
-                chans = width * block.expansion
-            setattr(self, name, nn.Sequential(*blocks))
+        _check_options(depth, residual, shortcut, zero_init_residual)
+        if depth in DEPTHS:
+            kind, blocks_per_stage = DEPTHS[depth]
+            stages = STAGES
+            # conv1: 7x7, 64, stride 2, then 3x3 max pool, stride 2 (Table 1).
+            self.conv1 = ConvNormAct(in_chans, 64, 7, 2)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            kind, stages = "basic", CIFAR_STAGES
+            blocks_per_stage = (CIFAR_DEPTHS[depth],) * len(stages)
+            # "The first layer is 3x3 convolutions" with 16 filters (Sec. 4.2); no pooling.
+            self.conv1 = ConvNormAct(in_chans, 16, 3)
+        # The modules forward_features runs, in order.
+        self.trunk = (*(n for n, _ in self.named_children()), *(s[0] for s in stages))
+        chans = self.conv1.conv.out_channels
+        for (name, _, width, stride), n_blocks in zip(stages, blocks_per_stage, strict=True):
+            stage, chans = _stage(
+                kind, chans, width, stride, n_blocks, residual, stride_on_3x3, shortcut
+            )
+            setattr(self, name, stage)
         self.num_features = chans
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(chans, num_classes)
@@ -187,11 +313,9 @@ class ResNet(ClassifierModel):
                     nn.init.zeros_(m.last_bn().weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.conv1(x))
-        x = self.conv2_x(x)
-        x = self.conv3_x(x)
-        x = self.conv4_x(x)
-        return self.conv5_x(x)
+        for name in self.trunk:
+            x = getattr(self, name)(x)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.pool(x), 1)
@@ -223,6 +347,25 @@ PRESETS: dict[str, tuple[int, bool, bool, int, int, str]] = {
 }
 
 
+# Sec. 4.2 / Table 6, the CIFAR-10 networks: name -> (depth 6n+2, residual, params, MACs at
+# 32x32 from cnnlab.analysis.count_macs). Both are our exact counts: params 97,216 n - 21,926
+# (derived in docs/models/resnet_xception.md), which round to Table 6's 0.27M, 0.46M, 0.66M,
+# 0.85M and 1.7M; MACs 14,155,776 n - 1,916,288 (the paper gives none). The plain twins
+# (Sec. 4.2, Figure 6 left) have the same figures: option A shortcuts have no parameters.
+CIFAR_PRESETS: dict[str, tuple[int, bool, int, int]] = {
+    "resnet20": (20, True, 269_722, 40_551_040),
+    "resnet32": (32, True, 464_154, 68_862_592),
+    "resnet44": (44, True, 658_586, 97_174_144),
+    "resnet56": (56, True, 853_018, 125_485_696),
+    "resnet110": (110, True, 1_727_962, 252_887_680),
+    "plain20": (20, False, 269_722, 40_551_040),
+    "plain32": (32, False, 464_154, 68_862_592),
+    "plain44": (44, False, 658_586, 97_174_144),
+    "plain56": (56, False, 853_018, 125_485_696),
+    "plain110": (110, False, 1_727_962, 252_887_680),
+}
+
+
 def _build_resnet(num_classes: int, in_chans: int, **kwargs) -> ResNet:
     return ResNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
@@ -241,4 +384,23 @@ for _name, (_depth, _residual, _stride_3x3, _params, _macs, _source) in PRESETS.
         depth=_depth,
         residual=_residual,
         stride_on_3x3=_stride_3x3,
+    )(_build_resnet)
+
+# Sec. 4.2: "we use identity shortcuts in all cases (i.e., option A)"; the plain twins have none.
+# Total stride 4, so 4x4 inputs reach conv4_x at 1x1 (the ImageNet nets' 32 at stride 32).
+for _name, (_depth, _residual, _params, _macs) in CIFAR_PRESETS.items():
+    register_model(
+        _name,
+        family="resnet",
+        paper=PAPER,
+        year=2016,
+        input_size=32,
+        num_classes=10,
+        min_input_size=4,
+        reference_params=_params,
+        reference_macs=_macs,
+        source="our count of Sec. 4.2; params round to paper Table 6",
+        depth=_depth,
+        residual=_residual,
+        **({"shortcut": "A"} if _residual else {}),
     )(_build_resnet)
