@@ -15,6 +15,35 @@ from torch import nn
 ActLayer = Callable[[], nn.Module]
 
 
+INITS = ("he", "xavier", "normal")
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-initialise every Conv / Linear weight of ``model`` (biases to zero; norms untouched):
+
+    * ``"he"``: N(0, 2 / fan_out), He et al., "Delving Deep into Rectifiers" (ICCV 2015,
+      Sec. 2.2), what ResNet uses;
+    * ``"xavier"``: U(+-sqrt(6 / (fan_in + fan_out))), Glorot & Bengio (AISTATS 2010, eq. 16);
+    * ``"normal"``: N(0, 0.01^2), the fixed Gaussian of AlexNet (Krizhevsky et al. 2012, Sec. 5)
+      and of VGG's shallow nets (Simonyan & Zisserman 2015, Sec. 3.1).
+    """
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {scheme!r}")
+    for module in model.modules():
+        if not isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
+            continue
+        if scheme == "he":
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif scheme == "xavier":
+            nn.init.xavier_uniform_(module.weight)
+        else:
+            nn.init.normal_(module.weight, 0.0, 0.01)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    return model
+
+
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
     """Symmetric padding that keeps the spatial size at stride 1 (odd kernels)."""
     return dilation * (kernel_size - 1) // 2

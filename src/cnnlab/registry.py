@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from cnnlab.layers import INITS, init_weights
+
 __all__ = [
     "ModelEntry",
+    "accepted_keywords",
     "create_model",
     "list_models",
     "match_models",
@@ -120,13 +125,20 @@ def _entry(name: str) -> ModelEntry:
 
 
 def create_model(
-    name: str, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    init: str | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build the model registered as ``name`` with random weights.
 
     ``num_classes`` and ``in_chans`` default to the paper's: 1000 classes of RGB images for the
-    ImageNet networks, 10 classes of grey images for the LeNets. Raises ``ValueError`` for an
-    unknown name (suggesting the closest names) or bad arguments.
+    ImageNet networks, 10 classes of grey images for the LeNets. ``init`` replaces the paper's
+    initialisation of the Conv / Linear weights (:func:`cnnlab.layers.init_weights`: ``"he"``,
+    ``"xavier"``, ``"normal"``). Other keywords are the model's own
+    (:func:`accepted_keywords`). Raises ``ValueError`` for an unknown name (suggesting the
+    closest names), an unknown keyword (naming those the model takes) or a bad value.
     """
     entry = _entry(name)
     num_classes = entry.num_classes if num_classes is None else num_classes
@@ -135,6 +147,14 @@ def create_model(
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
+    if init is not None and init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    unknown = [k for k in kwargs if k not in accepted_keywords(name)]
+    if unknown:
+        raise ValueError(
+            f"{name} does not take {', '.join(map(repr, unknown))}; it takes num_classes, "
+            f"in_chans, init, {', '.join(accepted_keywords(name))}"
+        )
     model = entry.builder(
         num_classes=num_classes, in_chans=in_chans, **{**entry.defaults, **kwargs}
     )
@@ -144,7 +164,24 @@ def create_model(
     if getattr(model, "min_input_size", None) is None:
         model.min_input_size = entry.min_input_size
     model.model_name = name
-    return model
+    return model if init is None else init_weights(model, init)
+
+
+def accepted_keywords(name: str) -> list[str]:
+    """The keyword arguments ``create_model(name, ...)`` takes besides num_classes and
+    in_chans: the builder's own, and where it passes ``**kwargs`` on, those of the class its
+    return annotation names."""
+    builder = _entry(name).builder
+    params = dict(inspect.signature(builder).parameters)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        built = typing.get_type_hints(builder).get("return")
+        if isinstance(built, type):
+            params |= inspect.signature(built.__init__).parameters
+    skip = {"self", "num_classes", "in_chans"}
+    return sorted(
+        k for k, p in params.items()
+        if k not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    )  # fmt: skip
 
 
 def list_models(pattern: str = "*") -> list[str]:
