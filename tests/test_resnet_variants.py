@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import cnnlab
+from cnnlab.layers import ConvNormAct
 from cnnlab.models.resnet import ResNet
 
 # Sec. 4.2 / Table 6: depth -> (n, the paper's parameter count as printed).
@@ -61,6 +62,17 @@ def test_option_b_is_the_default_and_c_has_more_parameters() -> None:
     assert b == _params(_meta("resnet34", shortcut="B")) == 21_797_672
     assert c > b
     assert _params(_meta("resnet50", shortcut="C")) > _params(_meta("resnet50"))
+
+
+def test_option_c_adds_thirteen_projections_to_resnet34() -> None:
+    """Sec. 4.1: C's gain comes from "many (thirteen) projection shortcuts" beyond B's three."""
+
+    def projections(model: torch.nn.Module) -> int:
+        return sum(isinstance(getattr(m, "shortcut", None), ConvNormAct) for m in model.modules())
+
+    b, c = _meta("resnet34"), _meta("resnet34", shortcut="C")
+    assert (projections(b), projections(c)) == (3, 16)
+    assert projections(_meta("resnet34", shortcut="A")) == 0
 
 
 def test_option_a_shortcut_pads_zeros_and_subsamples() -> None:
