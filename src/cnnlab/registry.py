@@ -164,6 +164,7 @@ def create_model(
     if getattr(model, "min_input_size", None) is None:
         model.min_input_size = entry.min_input_size
     model.model_name = name
+    model.num_classes = num_classes
     return model if init is None else init_weights(model, init)
 
 

@@ -64,6 +64,15 @@ DROPOUT = 0.5  # Sec. 4.2
 LRN_K, LRN_N, LRN_ALPHA, LRN_BETA = 2.0, 5, 1e-4, 0.75
 
 
+@torch.fx.wrap  # a shape-dependent branch: torch.fx records the call instead of tracing it
+def pad_to_window(x: torch.Tensor, window: int = 3) -> torch.Tensor:
+    """``x`` padded with -inf at the bottom / right up to ``window`` x ``window``, if smaller."""
+    short_h, short_w = max(0, window - x.shape[-2]), max(0, window - x.shape[-1])
+    if short_h or short_w:
+        x = F.pad(x, (0, short_w, 0, short_h), value=float("-inf"))
+    return x
+
+
 class OverlappingMaxPool(nn.MaxPool2d):
     """Max-pool 3x3 stride 2 (Sec. 3.4), that pools a map smaller than its window whole.
 
@@ -78,10 +87,7 @@ class OverlappingMaxPool(nn.MaxPool2d):
         super().__init__(kernel_size=3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        short_h, short_w = max(0, 3 - x.shape[-2]), max(0, 3 - x.shape[-1])
-        if short_h or short_w:
-            x = F.pad(x, (0, short_w, 0, short_h), value=float("-inf"))
-        return super().forward(x)
+        return super().forward(pad_to_window(x))
 
 
 def _features(table: tuple[ConvSpec, ...], in_chans: int) -> nn.Sequential:
@@ -116,6 +122,7 @@ class AlexNet(ClassifierModel):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.num_features = FC_UNITS  # the pre-logits width
         self.features = _features(ALEXNET_2012, in_chans)
         self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
         self.classifier = nn.Sequential()
@@ -167,6 +174,7 @@ class AlexNetTV(ClassifierModel):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.num_features = FC_UNITS  # the pre-logits width
         self.features = _features(ALEXNET_TV, in_chans)
         self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
         self.classifier = nn.Sequential()

@@ -6,6 +6,7 @@ import abc
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
 class ClassifierModel(nn.Module, abc.ABC):
@@ -58,9 +59,14 @@ class ClassifierModel(nn.Module, abc.ABC):
                 f"{minimum}x{minimum} that {type(self).__name__} supports"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling():
+    def check_input_eagerly(self, x: torch.Tensor) -> None:
+        """:meth:`check_input`, except while torch.compile / torch.export or torch.fx trace the
+        model: the check is Python control flow on the input's shape, a symbolic value there."""
+        if not (torch.compiler.is_compiling() or is_fx_symbolic_tracing()):
             self.check_input(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_eagerly(x)
         return self.forward_head(self.forward_features(x))
 
 

@@ -109,6 +109,15 @@ class Inception(nn.Module):
         return torch.cat([b(x) for b in branches], dim=1)
 
 
+@torch.fx.wrap  # a shape-dependent branch: torch.fx records the call instead of tracing it
+def aux_pool(x: torch.Tensor, paper_pool: bool) -> torch.Tensor:
+    """The paper's 5x5/3 average pool where the map allows 4x4 from it (>= 14x14), then
+    adaptive pooling to the 4x4 the FC layer takes (a no-op after the paper's pool at 14x14)."""
+    if paper_pool and min(x.shape[-2:]) >= 3 * AUX_POOL_SIDE + 2:
+        x = F.avg_pool2d(x, 5, stride=3)
+    return F.adaptive_avg_pool2d(x, AUX_POOL_SIDE)
+
+
 class InceptionAux(nn.Module):
     """Sec. 5: avg pool 5x5/3, 1x1 conv 128 + ReLU, FC 1024 + ReLU, dropout 70%, linear.
 
@@ -132,12 +141,7 @@ class InceptionAux(nn.Module):
         self.fc2 = nn.Linear(1024, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The paper's 5x5/3 pool where the map allows 4x4 from it (>= 14x14), then adaptive
-        # pooling to the 4x4 the FC layer takes (a no-op after the paper's pool at 14x14).
-        if self.paper_pool and min(x.shape[-2:]) >= 3 * AUX_POOL_SIDE + 2:
-            x = F.avg_pool2d(x, 5, stride=3)
-        x = F.adaptive_avg_pool2d(x, AUX_POOL_SIDE)
-        x = torch.flatten(self.conv(x), 1)
+        x = torch.flatten(self.conv(aux_pool(x, self.paper_pool)), 1)
         x = self.dropout(self.act(self.fc1(x)))
         return self.fc2(x)
 
@@ -204,13 +208,13 @@ class GoogLeNet(ClassifierModel):
         """Logits; in training mode with aux heads ``GoogLeNetOutputs(logits, aux1, aux2)``."""
         if not (self.training and self.aux_logits):
             return super().forward(x)
-        if not torch.compiler.is_compiling():
-            self.check_input(x)
+        self.check_input_eagerly(x)
         features, (aux1, aux2) = self._trunk(x, with_aux=True)
         return GoogLeNetOutputs(self.forward_head(features), aux1, aux2)
 
     def reset_classifier(self, num_classes: int) -> None:
         """New main classifier and, where present, new last layers of both aux heads."""
+        self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes)
         for head in (self.aux1, self.aux2):
             if head is not None:

@@ -139,6 +139,7 @@ class LeNet5(ClassifierModel):
         if head not in ("linear", "rbf"):
             raise ValueError(f"head must be 'linear' or 'rbf', got {head!r}")
         self.num_classes = num_classes
+        self.num_features = F6_UNITS  # the pre-logits width
         self.head_type = head
         self.features = nn.Sequential()
         self.features.add_module("c1", nn.Conv2d(in_chans, C1_MAPS, KERNEL))
@@ -229,6 +230,7 @@ class LeNet5Caffe(ClassifierModel):
     def __init__(self, num_classes: int = 10, in_chans: int = 1) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.num_features = LENET5_CAFFE_HIDDEN  # the pre-logits width
         self.features = nn.Sequential()
         chans, side = in_chans, 28
         for i, (maps, kernel) in enumerate(LENET5_CAFFE_CONVS, start=1):
@@ -268,6 +270,7 @@ class LeNet300100(ClassifierModel):
     def __init__(self, num_classes: int = 10, in_chans: int = 1) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.num_features = LENET_300_100_HIDDEN[-1]  # the pre-logits width
         widths = (in_chans * 28 * 28, *LENET_300_100_HIDDEN)
         self.hidden = nn.Sequential()
         for i, (n_in, n_out) in enumerate(itertools.pairwise(widths), start=1):

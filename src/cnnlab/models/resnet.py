@@ -322,6 +322,7 @@ class ResNet(ClassifierModel):
         return x if pre_logits else self.fc(x)
 
     def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes)
 
     def get_classifier(self) -> nn.Module:

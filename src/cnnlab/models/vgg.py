@@ -47,6 +47,7 @@ class VGG(ClassifierModel):
         if cfg not in CFGS:
             raise ValueError(f"unknown VGG configuration {cfg!r}; one of {', '.join(CFGS)}")
         self.num_classes = num_classes
+        self.num_features = FC_UNITS  # the pre-logits width
         self.features = nn.Sequential()
         chans, stage, n = in_chans, 1, 1
         for v in CFGS[cfg]:
