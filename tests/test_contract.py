@@ -30,6 +30,19 @@ def test_num_classes_and_num_features(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_num_classes_zero_gives_pooled_features(name: str) -> None:
+    model, x = _meta_model(name, num_classes=0)
+    with torch.device("meta"):
+        assert model.num_classes == 0 and tuple(model(x).shape) == (2, model.num_features)
+        model.reset_classifier(3)
+        assert tuple(model(x).shape) == (2, 3)
+        model.reset_classifier(0)
+        assert tuple(model(x).shape) == (2, model.num_features)
+        assert not any(True for _ in model.get_classifier().parameters())
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing")
 def test_fx_traces_every_model(name: str) -> None:
     model, x = _meta_model(name)
     traced = torch.fx.symbolic_trace(model)

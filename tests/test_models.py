@@ -94,7 +94,7 @@ def test_list_models_pattern():
     assert cnnlab.list_models("no-such-*") == []
 
 
-@pytest.mark.parametrize("kwargs", [{"num_classes": 0}, {"in_chans": -1}])
+@pytest.mark.parametrize("kwargs", [{"num_classes": -1}, {"num_classes": 2.5}, {"in_chans": -1}])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         cnnlab.create_model("resnet18", **kwargs)

@@ -134,7 +134,9 @@ def create_model(
     """Build the model registered as ``name`` with random weights.
 
     ``num_classes`` and ``in_chans`` default to the paper's: 1000 classes of RGB images for the
-    ImageNet networks, 10 classes of grey images for the LeNets. ``init`` replaces the paper's
+    ImageNet networks, 10 classes of grey images for the LeNets; ``num_classes=0`` builds the
+    model without its last layer (``forward`` returns the ``(N, num_features)`` features).
+    ``init`` replaces the paper's
     initialisation of the Conv / Linear weights (:func:`cnnlab.layers.init_weights`: ``"he"``,
     ``"xavier"``, ``"normal"``). Other keywords are the model's own
     (:func:`accepted_keywords`). Raises ``ValueError`` for an unknown name (suggesting the
@@ -143,8 +145,8 @@ def create_model(
     entry = _entry(name)
     num_classes = entry.num_classes if num_classes is None else num_classes
     in_chans = entry.input_size[0] if in_chans is None else in_chans
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
     if init is not None and init not in INITS:
@@ -156,8 +158,10 @@ def create_model(
             f"in_chans, init, {', '.join(accepted_keywords(name))}"
         )
     model = entry.builder(
-        num_classes=num_classes, in_chans=in_chans, **{**entry.defaults, **kwargs}
+        num_classes=num_classes or 1, in_chans=in_chans, **{**entry.defaults, **kwargs}
     )
+    if num_classes == 0:  # no classifier: forward gives the (N, num_features) features
+        model.reset_classifier(0)
     # A builder may set a different native size (MobileNet's resolution multiplier does).
     if getattr(model, "input_size", None) is None:
         model.input_size = (in_chans, *entry.input_size[1:])

@@ -152,10 +152,11 @@ class AlexNet(ClassifierModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.classifier.fc8.weight.device)
-        with torch.no_grad():
-            fc8.weight.normal_(0.0, 0.01)
-            fc8.bias.zero_()
+        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
+        if isinstance(fc8, nn.Linear):
+            with torch.no_grad():
+                fc8.weight.normal_(0.0, 0.01)
+                fc8.bias.zero_()
         self.classifier.fc8 = fc8
 
     def get_classifier(self) -> nn.Module:
@@ -196,7 +197,7 @@ class AlexNetTV(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         fc8 = self.classifier.fc8
-        self.classifier.fc8 = replace_linear(fc8, num_classes).to(fc8.weight.device)
+        self.classifier.fc8 = replace_linear(fc8, num_classes).to(self.weights_device)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier.fc8

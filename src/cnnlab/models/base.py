@@ -31,7 +31,8 @@ class ClassifierModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer with a fresh one of ``num_classes`` outputs."""
+        """Replace the last linear layer with a fresh one of ``num_classes`` outputs; 0 removes
+        it, and ``forward`` returns the ``(N, num_features)`` pre-logits features."""
 
     @abc.abstractmethod
     def get_classifier(self) -> nn.Module:
@@ -59,6 +60,11 @@ class ClassifierModel(nn.Module, abc.ABC):
                 f"{minimum}x{minimum} that {type(self).__name__} supports"
             )
 
+    @property
+    def weights_device(self) -> torch.device:
+        """Where the model's parameters live (a new classifier is built there)."""
+        return next(self.parameters()).device
+
     def check_input_eagerly(self, x: torch.Tensor) -> None:
         """:meth:`check_input`, except while torch.compile / torch.export or torch.fx trace the
         model: the check is Python control flow on the input's shape, a symbolic value there."""
@@ -70,6 +76,20 @@ class ClassifierModel(nn.Module, abc.ABC):
         return self.forward_head(self.forward_features(x))
 
 
-def replace_linear(old: nn.Linear, num_classes: int) -> nn.Linear:
-    """A fresh ``nn.Linear`` with ``old``'s input width and ``num_classes`` outputs."""
-    return nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+class NoClassifier(nn.Identity):
+    """What ``reset_classifier(0)`` leaves in place of the last linear layer: the features pass
+    through; it remembers their width so that a later ``reset_classifier(n)`` can rebuild it."""
+
+    def __init__(self, in_features: int, has_bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.has_bias = in_features, has_bias
+
+
+def replace_linear(old: nn.Linear | NoClassifier, num_classes: int) -> nn.Module:
+    """A fresh ``nn.Linear`` with ``old``'s input width and ``num_classes`` outputs; for 0
+    classes a :class:`NoClassifier`: the model then returns its pre-logits features (timm's
+    ``reset_classifier(0)``)."""
+    bias = old.has_bias if isinstance(old, NoClassifier) else old.bias is not None
+    if num_classes == 0:
+        return NoClassifier(old.in_features, bias)
+    return nn.Linear(old.in_features, num_classes, bias=bias)

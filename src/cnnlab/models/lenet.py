@@ -158,6 +158,8 @@ class LeNet5(ClassifierModel):
         self._init_weights()
 
     def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes == 0:  # no output layer: F6's 84 features
+            return nn.Identity()
         if self.head_type == "rbf":
             return EuclideanRBF(F6_UNITS, num_classes)
         return nn.Linear(F6_UNITS, num_classes)
@@ -194,7 +196,7 @@ class LeNet5(ClassifierModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = self._make_head(num_classes).to(self.f6.weight.device)
+        self.head = self._make_head(num_classes).to(self.weights_device)
         if isinstance(self.head, nn.Linear):
             bound = 2.4 / F6_UNITS
             with torch.no_grad():
@@ -251,7 +253,7 @@ class LeNet5Caffe(ClassifierModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.fc2 = replace_linear(self.fc2, num_classes).to(self.fc1.weight.device)
+        self.fc2 = replace_linear(self.fc2, num_classes).to(self.weights_device)
 
     def get_classifier(self) -> nn.Module:
         return self.fc2
@@ -288,7 +290,7 @@ class LeNet300100(ClassifierModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes).to(self.fc.weight.device)
+        self.fc = replace_linear(self.fc, num_classes).to(self.weights_device)
 
     def get_classifier(self) -> nn.Module:
         return self.fc

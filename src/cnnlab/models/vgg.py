@@ -95,10 +95,11 @@ class VGG(ClassifierModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.classifier.fc8.weight.device)
-        with torch.no_grad():
-            nn.init.normal_(fc8.weight, 0.0, 0.01)
-            nn.init.zeros_(fc8.bias)
+        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
+        if isinstance(fc8, nn.Linear):
+            with torch.no_grad():
+                nn.init.normal_(fc8.weight, 0.0, 0.01)
+                nn.init.zeros_(fc8.bias)
         self.classifier.fc8 = fc8
 
     def get_classifier(self) -> nn.Module:
