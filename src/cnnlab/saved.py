@@ -120,7 +120,7 @@ def save(
         preprocess = preprocess.as_dict()
     given = {"class_names": class_names, "preprocess": preprocess}
     given = {k: v for k, v in given.items() if v is not None}
-    checked = _complete(given, name, _num_classes(model), int(model.input_size[0]))
+    checked = _complete(given, name, model.num_classes, int(model.input_size[0]))
     stored = {k: checked[k] for k in ("model", "num_classes", "in_chans", *given)}
     save_weights(model, path, {**dict(meta or {}), **stored})
 
@@ -221,14 +221,6 @@ def load_weights(
 
 
 # --------------------------------------------------------------------------- metadata
-
-
-def _num_classes(model: nn.Module) -> int:
-    n = getattr(model, "num_classes", None)
-    if isinstance(n, int):
-        return n
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else 1000
 
 
 def _default_class_names(name: str, num_classes: int) -> list[str]:
@@ -337,10 +329,13 @@ def _model_name(stored: Any, wanted: str | None, source: str) -> str:
     return name
 
 
-# --------------------------------------------------------------------------- the four kinds
+# --------------------------------------------------------------------------- reading each kind
 
 
-def _load_cnnlab(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]]:
+Read = tuple[str, dict[str, int], dict[str, torch.Tensor], dict[str, Any]]
+
+
+def _read_cnnlab(p: Path, wanted: str | None) -> Read:
     tensors, meta = read_weights(p)
     name = _model_name(meta.get("model"), wanted, str(p))
     tensors = _in_model_order(name, tensors)
@@ -348,18 +343,17 @@ def _load_cnnlab(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]
     if isinstance(meta.get("class_names"), list):
         config["num_classes"] = len(meta["class_names"])
     config |= {k: meta[k] for k in ("num_classes", "in_chans") if type(meta.get(k)) is int}
-    return _build_checked(name, config, tensors, str(p)), {**meta, "model": name, "kind": "cnnlab"}
+    return name, config, tensors, {**meta, "kind": "cnnlab"}
 
 
-def _load_cnz(p: Path, wanted: str | None) -> tuple[nn.Module, dict[str, Any]]:
+def _read_cnz(p: Path, wanted: str | None) -> Read:
     header, tensors = codec.read(p)
     name = _model_name(header.get("model"), wanted, str(p))
     config = header.get("config")
     if not isinstance(config, dict) or set(config) - {"num_classes", "in_chans"}:
         raise CnnlabError(f"{str(p)!r}: the model configuration is not num_classes / in_chans")
     extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
-    meta = {**extra, "model": name, "kind": "cnz"}
-    return _build_checked(name, config, tensors, str(p)), meta
+    return name, config, tensors, {**extra, "kind": "cnz"}
 
 
 def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
@@ -390,7 +384,7 @@ def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _load_foreign(p: Path, wanted: str | None, layout: str | None) -> tuple[nn.Module, dict]:
+def _read_foreign_weights(p: Path, wanted: str | None, layout: str | None) -> Read:
     if wanted is None:
         raise CnnlabError(f"{str(p)!r} holds foreign weights: name the model they are for")
     model_info(wanted)
@@ -403,8 +397,8 @@ def _load_foreign(p: Path, wanted: str | None, layout: str | None) -> tuple[nn.M
     else:
         kind = layout or _guess_layout(wanted, problems, str(p))
         converted = _convert(wanted, tensors, kind, str(p))
-    meta = {"model": wanted, "kind": kind, "source": str(p)}
-    return _build_checked(wanted, _infer_config(wanted, converted), converted, str(p)), meta
+    meta = {"kind": kind, "source": str(p)}
+    return wanted, _infer_config(wanted, converted), converted, meta
 
 
 def _guess_layout(name: str, problems: str, source: str) -> str:
@@ -494,16 +488,18 @@ def load(
     if kind == "run":
         p, kind = resolve_weights(p), "cnnlab"
     if kind == "cnz":
-        built, meta = _load_cnz(p, wanted)
+        name, config, tensors, meta = _read_cnz(p, wanted)
     elif kind == "cnnlab":
-        built, meta = _load_cnnlab(p, wanted)
+        name, config, tensors, meta = _read_cnnlab(p, wanted)
     else:
-        built, meta = _load_foreign(p, wanted, layout)
-    meta = _complete(meta, meta["model"], _num_classes(built), int(built.input_size[0]))
-    meta["path"] = str(p)
-    if isinstance(model, nn.Module):
-        _copy_into(model, built.state_dict(), str(p), strict_aux)
+        name, config, tensors, meta = _read_foreign_weights(p, wanted, layout)
+    if isinstance(model, nn.Module):  # into the caller's model: checked key by key, no copy
+        _copy_into(model, tensors, str(p), strict_aux)
         built = model
+    else:
+        built = _build_checked(name, config, tensors, str(p))
+    meta = _complete(meta, name, config["num_classes"], config["in_chans"])
+    meta["path"] = str(p)
     if num_classes is not None and num_classes != meta["num_classes"]:
         _replace_head(built, meta, num_classes)
     return built.eval(), meta

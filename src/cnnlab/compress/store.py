@@ -58,12 +58,7 @@ def default_index_bits(model: nn.Module, conv_bits: int = 8, fc_bits: int = 5) -
 def _model_config(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """num_classes / in_chans that rebuild ``model`` with create_model (checked on 'meta')."""
     name = model.model_name
-    in_chans = model.input_size[0] if getattr(model, "input_size", None) else 3
-    num_classes = getattr(model, "num_classes", None)
-    if not isinstance(num_classes, int):
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        num_classes = linears[-1].out_features if linears else 1000
-    config = {"num_classes": num_classes, "in_chans": in_chans}
+    config = {"num_classes": model.num_classes, "in_chans": model.input_size[0]}
     with torch.device("meta"):
         ref = create_model(name, **config).state_dict()
     if {k: tuple(v.shape) for k, v in ref.items()} != {k: tuple(v.shape) for k, v in state.items()}:
