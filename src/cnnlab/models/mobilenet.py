@@ -31,7 +31,15 @@ from cnnlab.layers import ConvNormAct, DepthwiseSeparableConv, InvertedResidual
 from cnnlab.models.base import ClassifierModel, replace_linear
 from cnnlab.registry import register_model
 
-__all__ = ["MobileNetV1", "MobileNetV2", "make_divisible", "mobilenet_v1", "mobilenet_v2"]
+__all__ = [
+    "V1_PRESETS",
+    "V2_PRESETS",
+    "MobileNetV1",
+    "MobileNetV2",
+    "make_divisible",
+    "mobilenet_v1",
+    "mobilenet_v2",
+]
 
 # MobileNetV1, Table 1 ("MobileNet Body Architecture"), input 224x224x3.
 # Stem: Conv / s2, filter 3x3x3x32.
@@ -221,64 +229,6 @@ _V1 = {
 _V1_SOURCE = "paper Tables 6-7 (mult-adds, params); Keras trainable count"
 
 
-@register_model(
-    "mobilenet_v1",
-    **_V1,
-    reference_params=4_231_976,
-    reference_macs=568_740_352,
-    source=_V1_SOURCE,
-)
-@register_model(
-    "mobilenet_v1_075",
-    **_V1,
-    reference_params=2_585_560,
-    reference_macs=325_400_448,
-    source=_V1_SOURCE,
-    alpha=0.75,
-)
-@register_model(
-    "mobilenet_v1_050",
-    **_V1,
-    reference_params=1_331_592,
-    reference_macs=149_497_088,
-    source=_V1_SOURCE,
-    alpha=0.5,
-)
-@register_model(
-    "mobilenet_v1_025",
-    **_V1,
-    reference_params=470_072,
-    reference_macs=41_030_272,
-    source=_V1_SOURCE,
-    alpha=0.25,
-)
-@register_model(
-    "mobilenet_v1_100_192",
-    **_V1,
-    input_size=192,
-    reference_params=4_231_976,
-    reference_macs=418_121_728,
-    source=_V1_SOURCE,
-    rho=192 / 224,
-)
-@register_model(
-    "mobilenet_v1_100_160",
-    **_V1,
-    input_size=160,
-    reference_params=4_231_976,
-    reference_macs=290_675_200,
-    source=_V1_SOURCE,
-    rho=160 / 224,
-)
-@register_model(
-    "mobilenet_v1_100_128",
-    **_V1,
-    input_size=128,
-    reference_params=4_231_976,
-    reference_macs=186_400_768,
-    source=_V1_SOURCE,
-    rho=128 / 224,
-)
 def mobilenet_v1(
     num_classes: int = 1000,
     in_chans: int = 3,
@@ -310,91 +260,6 @@ _V2 = {
 _V2_RHO_SOURCE = "our count (paper Figure 5 plots the point, prints no figure)"
 
 
-@register_model(
-    "mobilenet_v2",
-    **_V2,
-    reference_params=3_504_872,
-    reference_macs=300_774_272,
-    source="torchvision meta (num_params, _ops 0.301 GMACs); paper Table 6: 3.4M / 300M",
-)
-@register_model(
-    "mobilenet_v2_140",
-    **_V2,
-    reference_params=6_108_776,
-    reference_macs=582_195_824,
-    source="paper Table 6 (585M mult-adds); every implementation's 6.11M params",
-    alpha=1.4,
-)
-@register_model(
-    "mobilenet_v2_075",
-    **_V2,
-    reference_params=2_636_424,
-    reference_macs=209_069_792,
-    source="torchvision.models.mobilenet_v2(width_mult=0.75) count (params, count_macs)",
-    alpha=0.75,
-)
-@register_model(
-    "mobilenet_v2_050",
-    **_V2,
-    reference_params=1_968_680,
-    reference_macs=97_131_840,
-    source="torchvision.models.mobilenet_v2(width_mult=0.5) count (params, count_macs)",
-    alpha=0.5,
-)
-@register_model(
-    "mobilenet_v2_035",
-    **_V2,
-    reference_params=1_677_128,
-    reference_macs=59_285_808,
-    source="torchvision.models.mobilenet_v2(width_mult=0.35) count (params, count_macs)",
-    alpha=0.35,
-)
-@register_model(
-    "mobilenet_v2_100_192",
-    **_V2,
-    input_size=192,
-    reference_params=3_504_872,
-    reference_macs=221_316_608,
-    source=_V2_RHO_SOURCE,
-    rho=192 / 224,
-)
-@register_model(
-    "mobilenet_v2_100_160",
-    **_V2,
-    input_size=160,
-    reference_params=3_504_872,
-    reference_macs=154_083_200,
-    source=_V2_RHO_SOURCE,
-    rho=160 / 224,
-)
-@register_model(
-    "mobilenet_v2_100_128",
-    **_V2,
-    input_size=128,
-    reference_params=3_504_872,
-    reference_macs=99_074_048,
-    source=_V2_RHO_SOURCE,
-    rho=128 / 224,
-)
-@register_model(
-    "mobilenet_v2_100_96",
-    **_V2,
-    input_size=96,
-    reference_params=3_504_872,
-    reference_macs=56_289_152,
-    source=_V2_RHO_SOURCE,
-    rho=96 / 224,
-)
-@register_model(
-    "mobilenet_v2_035_96",
-    **_V2,
-    input_size=96,
-    reference_params=1_677_128,
-    reference_macs=11_934_128,
-    source=_V2_RHO_SOURCE,
-    alpha=0.35,
-    rho=96 / 224,
-)
 def mobilenet_v2(
     num_classes: int = 1000,
     in_chans: int = 3,
@@ -422,3 +287,39 @@ def mobilenet_v2(
     )
     model.input_size = (in_chans, side, side)
     return model
+
+
+# The presets, one row each: name -> (width multiplier alpha, input side, reference params,
+# reference MACs, source of the reference figures). The side sets rho = side / 224.
+V1_PRESETS: dict[str, tuple[float, int, int, int, str]] = {
+    "mobilenet_v1": (1.0, 224, 4_231_976, 568_740_352, _V1_SOURCE),
+    "mobilenet_v1_075": (0.75, 224, 2_585_560, 325_400_448, _V1_SOURCE),
+    "mobilenet_v1_050": (0.5, 224, 1_331_592, 149_497_088, _V1_SOURCE),
+    "mobilenet_v1_025": (0.25, 224, 470_072, 41_030_272, _V1_SOURCE),
+    "mobilenet_v1_100_192": (1.0, 192, 4_231_976, 418_121_728, _V1_SOURCE),
+    "mobilenet_v1_100_160": (1.0, 160, 4_231_976, 290_675_200, _V1_SOURCE),
+    "mobilenet_v1_100_128": (1.0, 128, 4_231_976, 186_400_768, _V1_SOURCE),
+}
+_TV_COUNT = "torchvision.models.mobilenet_v2(width_mult={}) count (params, count_macs)"
+V2_PRESETS: dict[str, tuple[float, int, int, int, str]] = {
+    "mobilenet_v2": (1.0, 224, 3_504_872, 300_774_272,
+                     "torchvision meta (num_params, _ops 0.301 GMACs); paper Table 6: 3.4M / 300M"),
+    "mobilenet_v2_140": (1.4, 224, 6_108_776, 582_195_824,
+                         "paper Table 6 (585M mult-adds); every implementation's 6.11M params"),
+    "mobilenet_v2_075": (0.75, 224, 2_636_424, 209_069_792, _TV_COUNT.format(0.75)),
+    "mobilenet_v2_050": (0.5, 224, 1_968_680, 97_131_840, _TV_COUNT.format(0.5)),
+    "mobilenet_v2_035": (0.35, 224, 1_677_128, 59_285_808, _TV_COUNT.format(0.35)),
+    "mobilenet_v2_100_192": (1.0, 192, 3_504_872, 221_316_608, _V2_RHO_SOURCE),
+    "mobilenet_v2_100_160": (1.0, 160, 3_504_872, 154_083_200, _V2_RHO_SOURCE),
+    "mobilenet_v2_100_128": (1.0, 128, 3_504_872, 99_074_048, _V2_RHO_SOURCE),
+    "mobilenet_v2_100_96": (1.0, 96, 3_504_872, 56_289_152, _V2_RHO_SOURCE),
+    "mobilenet_v2_035_96": (0.35, 96, 1_677_128, 11_934_128, _V2_RHO_SOURCE),
+}  # fmt: skip
+
+_TABLES = ((mobilenet_v1, _V1, V1_PRESETS), (mobilenet_v2, _V2, V2_PRESETS))
+for _builder, _family, _presets in _TABLES:
+    for _name, (_alpha, _side, _params, _macs, _source) in _presets.items():
+        register_model(
+            _name, **_family, input_size=_side, reference_params=_params, reference_macs=_macs,
+            source=_source, alpha=_alpha, rho=_side / 224,
+        )(_builder)  # fmt: skip
