@@ -277,17 +277,16 @@ class ResNet(ClassifierModel):
         _check_options(depth, residual, shortcut, zero_init_residual)
         if depth in DEPTHS:
             kind, blocks_per_stage = DEPTHS[depth]
-            stages = STAGES
+            stages, stem = STAGES, ("conv1", "maxpool")
             # conv1: 7x7, 64, stride 2, then 3x3 max pool, stride 2 (Table 1).
             self.conv1 = ConvNormAct(in_chans, 64, 7, 2)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
         else:
-            kind, stages = "basic", CIFAR_STAGES
+            kind, stages, stem = "basic", CIFAR_STAGES, ("conv1",)
             blocks_per_stage = (CIFAR_DEPTHS[depth],) * len(stages)
             # "The first layer is 3x3 convolutions" with 16 filters (Sec. 4.2); no pooling.
             self.conv1 = ConvNormAct(in_chans, 16, 3)
-        # The modules forward_features runs, in order.
-        self.trunk = (*(n for n, _ in self.named_children()), *(s[0] for s in stages))
+        self.trunk = (*stem, *(s[0] for s in stages))  # what forward_features runs, in order
         chans = self.conv1.conv.out_channels
         for (name, _, width, stride), n_blocks in zip(stages, blocks_per_stage, strict=True):
             stage, chans = _stage(
