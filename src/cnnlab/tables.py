@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["format_table", "human", "print_json"]
+__all__ = ["format_table", "human", "note", "print_json"]
 
 
 def human(n: float, unit: str = "") -> str:
@@ -53,3 +53,8 @@ def print_json(data: Any) -> None:
     """``data`` as indented JSON on stdout (anything JSON cannot hold as its ``str``)."""
     json.dump(data, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def note(message: str) -> None:
+    """One ``cnnlab: MESSAGE`` line on stderr: what a command says beside its output."""
+    print(f"cnnlab: {message}", file=sys.stderr)

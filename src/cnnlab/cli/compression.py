@@ -8,7 +8,6 @@ cnnlab decompress m.cnz --out m.safetensors
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import cnnlab
@@ -19,7 +18,7 @@ from cnnlab.compress.prune import parse_per_layer
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_path, check_output
 from cnnlab.saved import save as save_checkpoint
-from cnnlab.tables import format_table, print_json
+from cnnlab.tables import format_table, note, print_json
 from cnnlab.train import evaluate, model_and_loaders
 
 # CompressionConfig fields with an option of their own below (per-layer lists, --float32-other).
@@ -93,10 +92,6 @@ def _log(args: argparse.Namespace) -> Any:
     return None if args.json else print
 
 
-def _note(message: str) -> None:
-    print(f"cnnlab: {message}", file=sys.stderr)
-
-
 def run_compress(args: argparse.Namespace) -> int:
     cfg = config_from_args(
         CompressionConfig,
@@ -110,7 +105,7 @@ def run_compress(args: argparse.Namespace) -> int:
         raise ValueError("--bits takes LAYER=B; use --conv-bits / --fc-bits for all layers")
     model, meta, train, val = model_and_loaders(
         args.checkpoint, args.data, args.model, img_size=args.img_size,
-        batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=_note,
+        batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=note,
     )  # fmt: skip
     check_output(args.out)
     size_before = model_bytes(model)
@@ -218,7 +213,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
         plots.check_plot_path(args.plot)
     model, _, _, val = model_and_loaders(
         args.checkpoint, args.data, args.model, img_size=args.img_size,
-        batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=_note,
+        batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=note,
     )  # fmt: skip
     layers = args.layers.split(",") if args.layers else None
     curves = sensitivity(model, lambda m: 100 * evaluate(m, val)["top1"], fractions, layers)

@@ -13,7 +13,7 @@ import os
 import sys
 
 from cnnlab.cli.config_options import add_config_options, config_from_args
-from cnnlab.tables import format_table, print_json
+from cnnlab.tables import format_table, note, print_json
 from cnnlab.train.trainer import TrainConfig
 
 
@@ -78,10 +78,6 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="a corrupt image is an error")
 
 
-def _note(message: str) -> None:
-    print(f"cnnlab: {message}", file=sys.stderr)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from cnnlab.data import resolve_data
     from cnnlab.train import fit
@@ -119,7 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.model, args.data, args.checkpoint or args.compressed, batch_size=args.batch_size,
         workers=args.workers, img_size=args.img_size, val_split=args.val_split,
-        limit=args.limit, seed=args.seed, strict=args.strict, log=_note,
+        limit=args.limit, seed=args.seed, strict=args.strict, log=note,
     )  # fmt: skip
     if args.plot:
         plot_confusion(result["confusion"], result["classes"], args.plot, title=args.model)
@@ -140,7 +136,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from cnnlab.train import predict
 
-    results = predict(args.model, args.checkpoint, args.images, top=args.top, log=_note)
+    results = predict(args.model, args.checkpoint, args.images, top=args.top, log=note)
     if args.json:
         print_json(results)
         return 0
