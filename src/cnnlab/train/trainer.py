@@ -40,7 +40,7 @@ from cnnlab.data import build_loaders, data_channels, skipped_files
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
 from cnnlab.registry import create_model
-from cnnlab.saved import load, load_weights, read_meta, save_weights
+from cnnlab.saved import MAX_IMG_SIZE, load, load_weights, read_meta, save_weights
 from cnnlab.train.checkpoint import load_state, save_state
 from cnnlab.train.finetune import freeze, frozen_modules
 from cnnlab.train.loop import NonFiniteLossError, evaluate, run_epoch
@@ -51,8 +51,8 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
-MAX_IMG_SIZE = 4096
 MAX_SEED = 2**63 - 1
+LAST_WEIGHTS, LAST_STATE = "last.safetensors", "last.state.pt"  # what --resume reads
 # Settings that may differ when resuming without changing the result.
 RESUME_FREE = {"workers", "device"}
 
@@ -324,17 +324,17 @@ class _Run:
 
     @property
     def last_w(self) -> Path:
-        return self.out / "last.safetensors"
+        return self.out / LAST_WEIGHTS
 
     @property
     def last_s(self) -> Path:
-        return self.out / "last.state.pt"
+        return self.out / LAST_STATE
 
 
 def _open_state(cfg: TrainConfig, out: Path, resume: bool, writes: bool) -> dict[str, Any] | None:
     """Phase 1: the saved training state ``--resume`` continues from (checked against
     ``cfg`` and its weights file), or None for a new run in a folder that holds none."""
-    last_w, last_s = out / "last.safetensors", out / "last.state.pt"
+    last_w, last_s = out / LAST_WEIGHTS, out / LAST_STATE
     if not resume:
         if writes and last_s.exists():
             raise CnnlabError(
