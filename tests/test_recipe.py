@@ -10,7 +10,7 @@ import torch
 
 import cnnlab
 from cnnlab.cli import main
-from cnnlab.compress import read_header
+from cnnlab.compress import CompressionConfig, pipeline, read_header
 from cnnlab.compress import recipe as recipes
 from cnnlab.errors import CnnlabError
 
@@ -36,7 +36,7 @@ def test_sensitivity_rule_picks_the_largest_fraction_within_tolerance() -> None:
 
     r = recipes.from_sensitivity(model, top1, tolerance=7.0, fractions=(0.5, 0.7, 0.9))
     assert r.sparsity == {"hidden.fc1": 0.9, "hidden.fc2": 0.9, "fc": 0.7}
-    assert r.bits == {"hidden.fc1": 5, "hidden.fc2": 5, "fc": 5}
+    assert r.bits == {}  # the bits are --conv-bits / --fc-bits (plan below)
     assert all(bool((p != 0).all()) for p in model.parameters() if p.dim() > 1)  # restored
 
 
@@ -48,7 +48,9 @@ def test_toml_recipe(tmp_path: Path) -> None:
     )
     r = recipes.from_file(model, path)
     assert r.sparsity == {"features.conv1": 0.5, "features.conv2": 0.5, "fc1": 0.9}
-    assert r.bits == {"features.conv1": 8, "features.conv2": 8, "fc1": 4}
+    assert r.bits == {"fc1": 4}
+    plan = pipeline.plan(model, CompressionConfig(recipe=str(path), conv_bits=6), lambda m: 0.0)
+    assert plan.bits == {"features.conv1": 6, "features.conv2": 6, "fc1": 4, "fc2": 5}
     for text, message in [
         ("[layers]\nnope = { sparsity = 0.5 }\n", "matches no layer"),
         ("[layers]\nfc1 = { sparsity = 1.5 }\n", "sparsity must be"),

@@ -5,15 +5,16 @@
   Connections for Efficient Neural Networks", NeurIPS 2015; docs/reference/deep_compression.md);
 * ``sensitivity``: from a quick sweep that prunes one layer at a time without retraining
   (the same paper, Sec. 3.3 and figure 6): each layer gets the largest fraction whose top-1
-  stays within ``tolerance`` points of the unpruned model; conv layers share 8 bits, fc 5;
+  stays within ``tolerance`` points of the unpruned model;
 * a TOML file::
 
       [layers]
       "features.conv1" = { sparsity = 0.34, bits = 8 }
-      "classifier.*" = { sparsity = 0.9 }       # shell patterns; bits default 8 conv / 5 fc
+      "classifier.*" = { sparsity = 0.9 }       # shell patterns; bits: --conv-bits / --fc-bits
 
-Layers that no entry names are not pruned. :func:`choose` gives ``paper`` where the model has a
-table, else ``sensitivity``.
+Layers that no entry names are not pruned. Bits a recipe does not set are ``conv_bits`` /
+``fc_bits`` (the paper's 8 and 5 by default). :func:`choose` gives ``paper`` where the model has
+a table, else ``sensitivity``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from cnnlab.compress.prune import layer_kind, prunable_layers, sensitivity
+from cnnlab.compress.prune import prunable_layers, sensitivity
 from cnnlab.errors import CnnlabError
 
 if sys.version_info >= (3, 11):
@@ -75,7 +76,9 @@ PAPER: dict[str, dict[str, tuple[float, int]]] = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """Per-layer sparsity (fraction removed) and weight-sharing bits, and where they came from."""
+    """Per-layer sparsity (fraction removed), the weight-sharing bits the recipe itself sets
+    (other layers get ``conv_bits`` / ``fc_bits``: :func:`cnnlab.compress.pipeline.plan`), and
+    where they came from."""
 
     source: str
     sparsity: dict[str, float]
@@ -83,14 +86,6 @@ class Recipe:
 
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "sparsity": self.sparsity, "bits": self.bits}
-
-    def rows(self) -> list[tuple[str, float, int]]:
-        """(layer, sparsity, bits) for every layer the recipe names, in model order."""
-        return [(n, s, self.bits[n]) for n, s in self.sparsity.items()]
-
-
-def _default_bits(model: nn.Module) -> dict[str, int]:
-    return {n: 8 if layer_kind(m) == "conv" else 5 for n, m in prunable_layers(model).items()}
 
 
 def from_paper(model: nn.Module) -> Recipe:
@@ -127,7 +122,7 @@ def from_sensitivity(
         name: max([f for f, acc in curve if acc >= baseline - tolerance], default=0.0)
         for name, curve in curves.items()
     }
-    return Recipe("sensitivity", sparsity, _default_bits(model))
+    return Recipe("sensitivity", sparsity, {})
 
 
 def _read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -160,7 +155,7 @@ def _entry(pattern: str, entry: Any, source: str) -> tuple[float, int | None]:
 def from_file(model: nn.Module, path: str | os.PathLike[str]) -> Recipe:
     """A TOML recipe; a pattern that matches no layer of ``model`` is an error."""
     names = list(prunable_layers(model))
-    bits = _default_bits(model)
+    bits: dict[str, int] = {}
     sparsity: dict[str, float] = {}
     for pattern, entry in _read_toml(path).items():
         s, b = _entry(pattern, entry, str(path))
@@ -172,9 +167,13 @@ def from_file(model: nn.Module, path: str | os.PathLike[str]) -> Recipe:
             )
         for n in hits:
             sparsity[n] = s
-            bits[n] = b if b is not None else bits[n]
-    ordered = {n: sparsity[n] for n in names if n in sparsity}
-    return Recipe(str(path), ordered, {n: bits[n] for n in ordered})
+            if b is not None:
+                bits[n] = b
+    return Recipe(
+        str(path),
+        {n: sparsity[n] for n in names if n in sparsity},
+        {n: bits[n] for n in names if n in bits},
+    )
 
 
 def choose(
