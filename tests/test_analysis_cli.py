@@ -101,3 +101,20 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("cnnlab: error: ") and message in err
+
+
+def test_gradients_of_a_fresh_model_use_ten_random_classes(capsys) -> None:
+    """A fresh model meets a fixed random batch of 10 classes (what docs/analysis.md shows)."""
+    import torch
+
+    import cnnlab
+    from cnnlab.analysis import gradient_norms
+    from cnnlab.analysis.gradients import random_batches
+
+    # resnet18's own default is 1000 classes: the fixed batch must still have 10
+    assert main(["gradients", "resnet18", "--input", "3x32x32", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["resnet18"]["init"]
+    torch.manual_seed(0)
+    model = cnnlab.create_model("resnet18", num_classes=10)
+    expected = gradient_norms(model, random_batches((3, 32, 32), 10, 8, 0), 0).init
+    assert got == pytest.approx(expected, rel=1e-6)

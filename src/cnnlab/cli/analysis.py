@@ -18,6 +18,7 @@ from cnnlab.registry import create_model, model_info
 from cnnlab.tables import format_table, human, print_json
 
 MIB = 2**20
+RANDOM_CLASSES = 10  # labels of the fixed random batch (--data random) of a fresh model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -249,7 +250,7 @@ def run_gradients(args: argparse.Namespace) -> int:
             model, size = _load(name, args.checkpoint, args.input)
         else:
             model, size = _build(name, args.input)
-        n = getattr(model, "num_classes", 10)
+        n = model.num_classes if args.checkpoint else RANDOM_CLASSES
         batches, num_classes = batches_for(
             args.data, size, args.batch_size, args.steps, args.seed, num_classes=n
         )
