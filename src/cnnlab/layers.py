@@ -133,6 +133,45 @@ class SqueezeExcite(nn.Module):
         return x * scale
 
 
+def check_rate(name: str, value: float) -> float:
+    """``value`` as a probability in [0, 1), or a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def drop_path_rates(rate: float, num_blocks: int) -> list[float]:
+    """Stochastic depth's linear decay rule (Huang et al. 2016, Sec. 3): block ``i`` of ``N``
+    drops its residual branch with probability ``rate * i / N``, the last one with ``rate``."""
+    check_rate("drop_path_rate", rate)
+    return [rate * (i + 1) / num_blocks for i in range(num_blocks)]
+
+
+GLOBAL_POOLS = ("avg", "max", "")
+
+
+class GlobalPool(nn.Module):
+    """Global pooling to ``(N, C)``: ``"avg"`` (Lin et al., Network in Network, Sec. 3.2, the
+    head of GoogLeNet onwards), ``"max"``, or ``""``: no pooling, the map passes unchanged (timm's
+    ``global_pool=""``, for heads that are removed)."""
+
+    def __init__(self, pool_type: str = "avg") -> None:
+        super().__init__()
+        if pool_type not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be 'avg', 'max' or '', got {pool_type!r}")
+        self.pool_type = pool_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool_type == "avg":
+            return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        if self.pool_type == "max":
+            return nn.functional.adaptive_max_pool2d(x, 1).flatten(1)
+        return x
+
+    def extra_repr(self) -> str:
+        return repr(self.pool_type)
+
+
 def stochastic_depth(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Drop whole residual branches per sample (Huang et al. 2016), scaled to keep the mean."""
     if drop_prob == 0.0 or not training:

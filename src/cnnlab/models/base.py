@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,14 +13,27 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 class ClassifierModel(nn.Module, abc.ABC):
     """An image classifier split into ``forward_features`` and ``forward_head``.
 
-    Every model has the same four methods, so tools need no per-model special cases.
-    ``input_size`` (C, H, W) is the native size and ``min_input_size`` the smallest side the
-    model accepts (both set by :func:`cnnlab.create_model`).
+    Every model has the same four methods, so tools need no per-model special cases, and
+    the attributes of timm's models:
+
+    * ``num_classes``; ``num_features``, the channels ``forward_features`` returns;
+      ``head_hidden_size``, the width ``forward`` returns once ``reset_classifier(0)`` removed
+      the last layer (``num_features`` unless the head has hidden layers: LeNet, AlexNet, VGG);
+    * ``feature_info``: the feature maps ``features_only=True`` returns, one dict per level
+      (``module``, ``num_chs``, ``reduction``), shallow to deep; empty where there are none;
+    * ``input_size`` (C, H, W), the native size, and ``min_input_size``, the smallest side the
+      model accepts (both set by :func:`cnnlab.create_model`).
     """
 
     input_size: tuple[int, int, int] | None = None
     min_input_size: int | None = None
     fixed_input_size: bool = False  # True where a flattening layer needs exactly input_size
+    num_features: int
+    feature_info: list[dict[str, Any]]
+
+    @property
+    def head_hidden_size(self) -> int:
+        return self.num_features
 
     @abc.abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,9 +44,13 @@ class ClassifierModel(nn.Module, abc.ABC):
         """Pooling and classifier; ``pre_logits=True`` stops before the last linear layer."""
 
     @abc.abstractmethod
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the last linear layer with a fresh one of ``num_classes`` outputs; 0 removes
-        it, and ``forward`` returns the ``(N, num_features)`` pre-logits features."""
+        it, and ``forward`` returns the ``(N, head_hidden_size)`` pre-logits features.
+
+        ``global_pool`` (``"avg"``, ``"max"``; ``""`` only with 0 classes: ``forward`` then
+        returns the unpooled ``forward_features`` map) replaces the pooling; ``None`` keeps it.
+        Heads that flatten a fixed-size map (LeNet, AlexNet, VGG) take only ``""``."""
 
     @abc.abstractmethod
     def get_classifier(self) -> nn.Module:
@@ -93,3 +111,16 @@ def replace_linear(old: nn.Linear | NoClassifier, num_classes: int) -> nn.Module
     if num_classes == 0:
         return NoClassifier(old.in_features, bias)
     return nn.Linear(old.in_features, num_classes, bias=bias)
+
+
+def check_head(num_classes: int, global_pool: str | None, pools: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` for a head ``reset_classifier`` cannot build: a pool the model does
+    not offer (``pools``), or no pooling (``""``) in front of a classifier."""
+    if global_pool is None:
+        return
+    if global_pool not in pools:
+        raise ValueError(
+            f"global_pool must be one of {', '.join(map(repr, pools))} here, got {global_pool!r}"
+        )
+    if global_pool == "" and num_classes:
+        raise ValueError("global_pool='' (no pooling) needs num_classes=0 (no classifier)")

@@ -40,8 +40,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.layers import ConvNormAct
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import ConvNormAct, GlobalPool, check_rate, drop_path_rates, stochastic_depth
+from cnnlab.models.base import ClassifierModel, check_head, replace_linear
 from cnnlab.registry import register_model
 
 __all__ = [
@@ -134,7 +134,8 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs, the first with ``stride`` (Figure 2 / Figure 5 left; ResNet-18/34).
 
     ``residual=False`` drops the shortcut: the block of the plain nets of Sec. 4.1.
-    ``shortcut`` is the option of Sec. 3.3: ``"A"``, ``"B"`` or ``"C"``.
+    ``shortcut`` is the option of Sec. 3.3: ``"A"``, ``"B"`` or ``"C"``. ``drop_path`` is the
+    probability that training drops the residual branch (stochastic depth, Huang et al. 2016).
     """
 
     expansion = 1
@@ -146,9 +147,10 @@ class BasicBlock(nn.Module):
         stride: int = 1,
         residual: bool = True,
         shortcut: str = "B",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.residual = residual
+        self.residual, self.drop_path = residual, drop_path
         self.conv1 = ConvNormAct(in_chans, width, 3, stride)
         self.conv2 = ConvNormAct(width, width, 3, act=None)
         # Registered after the body, as torchvision does, so weights convert by position.
@@ -159,7 +161,7 @@ class BasicBlock(nn.Module):
         return self.conv2.bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(self.conv1(x))
+        out = stochastic_depth(self.conv2(self.conv1(x)), self.drop_path, self.training)
         if self.residual:
             out += x if self.shortcut is None else self.shortcut(x)  # in place, as torchvision
         return self.act(out)
@@ -169,7 +171,8 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3, 1x1 expand by 4 (Sec. 4.1, Figure 5 right; ResNet-50/101/152).
 
     ``stride_on_3x3=True`` is v1.5 (torchvision); ``False`` puts the stride on the first 1x1
-    conv as in the paper. ``shortcut`` is the option of Sec. 3.3: ``"A"``, ``"B"`` or ``"C"``.
+    conv as in the paper. ``shortcut`` is the option of Sec. 3.3: ``"A"``, ``"B"`` or ``"C"``;
+    ``drop_path`` as in :class:`BasicBlock`.
     """
 
     expansion = 4
@@ -182,10 +185,11 @@ class Bottleneck(nn.Module):
         residual: bool = True,
         stride_on_3x3: bool = True,
         shortcut: str = "B",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         out_chans = width * self.expansion
-        self.residual = residual
+        self.residual, self.drop_path = residual, drop_path
         self.conv1 = ConvNormAct(in_chans, width, 1, 1 if stride_on_3x3 else stride)
         self.conv2 = ConvNormAct(width, width, 3, stride if stride_on_3x3 else 1)
         self.conv3 = ConvNormAct(width, out_chans, 1, act=None)
@@ -197,12 +201,15 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3(self.conv2(self.conv1(x)))
+        out = stochastic_depth(out, self.drop_path, self.training)
         if self.residual:
             out += x if self.shortcut is None else self.shortcut(x)  # in place, as torchvision
         return self.act(out)
 
 
-def _check_options(depth: int, residual: bool, shortcut: str, zero_init_residual: bool) -> None:
+def _check_options(
+    depth: int, residual: bool, shortcut: str, zero_init_residual: bool, drop_path_rate: float
+) -> None:
     """Refuse a depth of neither table, an unknown shortcut option, or options a plain net
     cannot have."""
     if depth not in DEPTHS and depth not in CIFAR_DEPTHS:
@@ -215,31 +222,29 @@ def _check_options(depth: int, residual: bool, shortcut: str, zero_init_residual
             f"shortcut must be one of {', '.join(map(repr, SHORTCUTS))} (Sec. 3.3), "
             f"got {shortcut!r}"
         )
-    if not residual and shortcut != "B":
-        raise ValueError(f"shortcut={shortcut!r} needs shortcuts; a plain network has none")
-    if zero_init_residual and not residual:
-        raise ValueError("zero_init_residual needs shortcuts; a plain network has none")
+    for option, needs in (
+        (shortcut != "B", f"shortcut={shortcut!r}"),
+        (zero_init_residual, "zero_init_residual"),
+        (check_rate("drop_path_rate", drop_path_rate) > 0, "drop_path_rate"),
+    ):
+        if option and not residual:
+            raise ValueError(f"{needs} needs shortcuts; a plain network has none")
 
 
 def _stage(
-    kind: str,
-    chans: int,
-    width: int,
-    stride: int,
-    n_blocks: int,
-    residual: bool,
-    stride_on_3x3: bool,
-    shortcut: str,
+    kind: str, chans: int, width: int, stride: int, drop_paths: list[float], **options
 ) -> tuple[nn.Sequential, int]:
-    """``n_blocks`` blocks, the first with ``stride`` (conv3_1, conv4_1, ... downsample,
-    Table 1 caption and Sec. 4.2); returns the stage and its output channels."""
+    """One block per ``drop_paths`` entry, the first with ``stride`` (conv3_1, conv4_1, ...
+    downsample, Table 1 caption and Sec. 4.2); returns the stage and its output channels.
+    ``options``: ``residual``, ``shortcut`` and, for bottlenecks, ``stride_on_3x3``."""
     blocks: list[nn.Module] = []
-    for i in range(n_blocks):
+    for i, drop_path in enumerate(drop_paths):
         s = stride if i == 0 else 1
         if kind == "basic":
-            block: nn.Module = BasicBlock(chans, width, s, residual, shortcut)
+            options.pop("stride_on_3x3", None)
+            block: nn.Module = BasicBlock(chans, width, s, drop_path=drop_path, **options)
         else:
-            block = Bottleneck(chans, width, s, residual, stride_on_3x3, shortcut)
+            block = Bottleneck(chans, width, s, drop_path=drop_path, **options)
         blocks.append(block)
         chans = width * block.expansion
     return nn.Sequential(*blocks), chans
@@ -261,6 +266,10 @@ class ResNet(ClassifierModel):
         zero_init_residual: start every block's last BN at gamma = 0, so each residual block
             begins as the identity (Goyal et al. 2017); not in the paper.
         shortcut: ``"A"``, ``"B"`` or ``"C"``, the options of Sec. 3.3 / Table 3 (``SHORTCUTS``).
+        drop_rate: dropout before the fc (the paper has none).
+        drop_path_rate: stochastic depth (Huang et al. 2016, not in the paper): the last block
+            drops its residual branch with this probability, earlier ones linearly less.
+        global_pool: ``"avg"`` (the paper's), ``"max"``, or ``""`` with ``num_classes=0``.
     """
 
     def __init__(
@@ -272,29 +281,40 @@ class ResNet(ClassifierModel):
         stride_on_3x3: bool = True,
         zero_init_residual: bool = False,
         shortcut: str = "B",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        _check_options(depth, residual, shortcut, zero_init_residual)
+        _check_options(depth, residual, shortcut, zero_init_residual, drop_path_rate)
         if depth in DEPTHS:
             kind, blocks_per_stage = DEPTHS[depth]
             stages, stem = STAGES, ("conv1", "maxpool")
             # conv1: 7x7, 64, stride 2, then 3x3 max pool, stride 2 (Table 1).
             self.conv1 = ConvNormAct(in_chans, 64, 7, 2)
             self.maxpool = nn.MaxPool2d(3, 2, 1)
+            self.feature_info = [{"module": "conv1", "num_chs": 64, "reduction": 2}]
         else:
             kind, stages, stem = "basic", CIFAR_STAGES, ("conv1",)
             blocks_per_stage = (CIFAR_DEPTHS[depth],) * len(stages)
             # "The first layer is 3x3 convolutions" with 16 filters (Sec. 4.2); no pooling.
             self.conv1 = ConvNormAct(in_chans, 16, 3)
+            self.feature_info = []
         self.trunk = (*stem, *(s[0] for s in stages))  # what forward_features runs, in order
         chans = self.conv1.conv.out_channels
-        for (name, _, width, stride), n_blocks in zip(stages, blocks_per_stage, strict=True):
-            stage, chans = _stage(
-                kind, chans, width, stride, n_blocks, residual, stride_on_3x3, shortcut
-            )
+        rates = iter(drop_path_rates(drop_path_rate, sum(blocks_per_stage)))
+        reduction = self.feature_info[0]["reduction"] * 2 if self.feature_info else 1
+        options = {"residual": residual, "stride_on_3x3": stride_on_3x3, "shortcut": shortcut}
+        for (name, _, width, stride), n in zip(stages, blocks_per_stage, strict=True):
+            drop_paths = [next(rates) for _ in range(n)]
+            stage, chans = _stage(kind, chans, width, stride, drop_paths, **options)
             setattr(self, name, stage)
+            reduction *= stride
+            self.feature_info.append({"module": name, "num_chs": chans, "reduction": reduction})
         self.num_features = chans
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        self.global_pool = GlobalPool(global_pool)
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
         self.fc = nn.Linear(chans, num_classes)
         self._init_weights(zero_init_residual)
 
@@ -317,10 +337,13 @@ class ResNet(ClassifierModel):
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.pool(x), 1)
+        x = self.dropout(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        if global_pool is not None:
+            self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes)
 
