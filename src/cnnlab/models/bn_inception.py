@@ -24,6 +24,12 @@ of the DistBelief/TensorFlow lineage) and He initialisation.
 
 Any input from 32x32 works: padded stride-2 layers keep ceil(n / 2), and the head pools
 adaptively (the paper's 7x7 average pool at 224x224).
+
+Switches (timm's names): ``drop_rate`` (0.0: Sec. 4.2.1 removes GoogLeNet's dropout) and
+``global_pool`` (``"avg"``, the paper's, ``"max"``, or ``""`` with ``num_classes=0``); no
+``drop_path_rate``, since the network has no residual connections. ``feature_info`` lists the
+last map at each stride: conv1 (2), conv3 (4), inception 3b (8; 3c has stride 2), 4d (16; 4e
+has stride 2) and 5b (32, ``forward_features``).
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from cnnlab.layers import ConvNormAct
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import ConvNormAct, GlobalPool, check_rate
+from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
 from cnnlab.registry import register_model
 
 __all__ = ["FIGURE_5", "BNInception", "InceptionBN", "Row"]
@@ -70,6 +76,17 @@ FIGURE_5 = (
     Row("5b", 1, 352, 192, 320, 192, 224, "max", 128),
 )
 DEPTH_MULTIPLIER = 8  # appendix: the first convolution is separable with depth multiplier 8
+
+# The last map at each cumulative stride (module, stride), shallow to deep: conv1 (112x112 at
+# 224), conv3 before the second max pool (56), then the module before each stride-2 one: 3b
+# (28; 3c halves the grid), 4d (14; 4e halves it), and 5b (7, forward_features' output).
+FEATURE_LEVELS: tuple[tuple[str, int], ...] = (
+    ("stem.conv1", 2),
+    ("stem.conv3", 4),
+    ("blocks.inception3b", 8),
+    ("blocks.inception4d", 16),
+    ("blocks.inception5b", 32),
+)
 
 
 class InceptionBN(nn.Module):
@@ -109,39 +126,38 @@ class InceptionBN(nn.Module):
 
 
 class BNInception(ClassifierModel):
-    """The Inception network of the Batch Normalization paper (Sec. 4.1, Figure 5)."""
+    """The Inception network of the Batch Normalization paper (Sec. 4.1, Figure 5).
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
+    Args:
+        drop_rate: dropout before the fc; 0.0, since Sec. 4.2.1 ("Remove Dropout") drops
+            GoogLeNet's 40%.
+        global_pool: ``"avg"`` (the paper's 7x7 average pool, Figure 5), ``"max"``, or ``""``
+            with ``num_classes=0`` (``forward`` returns the inception (5b) map).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
         super().__init__()
-        mid = in_chans * DEPTH_MULTIPLIER
-        # Figure 5, top: separable conv 7x7/2 (BN and ReLU after the pointwise part, as in a
-        # single separable convolution layer), max pool 3x3/2, conv 1x1 (#3x3 reduce) 64,
-        # conv 3x3 192, max pool 3x3/2.
-        self.stem = nn.Sequential(
-            OrderedDict(
-                conv1=nn.Sequential(
-                    OrderedDict(
-                        depthwise=nn.Conv2d(in_chans, mid, 7, 2, 3, groups=in_chans, bias=False),
-                        pointwise=nn.Conv2d(mid, 64, 1, bias=False),
-                        bn=nn.BatchNorm2d(64),
-                        act=nn.ReLU(inplace=True),
-                    )
-                ),
-                pool1=nn.MaxPool2d(3, 2, padding=1),
-                conv2=ConvNormAct(64, 64, 1),
-                conv3=ConvNormAct(64, 192, 3),
-                pool2=nn.MaxPool2d(3, 2, padding=1),
-            )
-        )
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        self.stem = _stem(in_chans)
         self.blocks = nn.Sequential()
-        chans = 192
+        chans, widths = 192, {"stem.conv1": 64, "stem.conv3": 192}
         for row in FIGURE_5:
             block = InceptionBN(chans, row)
             self.blocks.add_module(f"inception{row.name}", block)
-            chans = block.out_chans
+            chans = widths[f"blocks.inception{row.name}"] = block.out_chans
         self.num_features = chans
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # = avg pool 7x7/1 at 224x224
-        self.fc = nn.Linear(chans, num_classes)
+        self.feature_info = [
+            {"module": m, "num_chs": widths[m], "reduction": r} for m, r in FEATURE_LEVELS
+        ]
+        self.global_pool = GlobalPool(global_pool)  # "avg" = avg pool 7x7/1 at 224x224
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
+        self.fc = replace_linear(NoClassifier(chans), num_classes)  # nn.Linear unless 0 classes
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -153,15 +169,40 @@ class BNInception(ClassifierModel):
         return self.blocks(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.global_pool(x), 1)
+        x = self.dropout(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        if global_pool is not None:
+            self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+
+def _stem(in_chans: int) -> nn.Sequential:
+    """Figure 5, top: separable conv 7x7/2 (BN and ReLU after the pointwise part, as in a
+    single separable convolution layer), max pool 3x3/2, conv 1x1 (#3x3 reduce) 64, conv 3x3
+    192, max pool 3x3/2."""
+    mid = in_chans * DEPTH_MULTIPLIER
+    conv1 = OrderedDict(
+        depthwise=nn.Conv2d(in_chans, mid, 7, 2, 3, groups=in_chans, bias=False),
+        pointwise=nn.Conv2d(mid, 64, 1, bias=False),
+        bn=nn.BatchNorm2d(64),
+        act=nn.ReLU(inplace=True),
+    )
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Sequential(conv1),
+            pool1=nn.MaxPool2d(3, 2, padding=1),
+            conv2=ConvNormAct(64, 64, 1),
+            conv3=ConvNormAct(64, 192, 3),
+            pool2=nn.MaxPool2d(3, 2, padding=1),
+        )
+    )
 
 
 @register_model(
@@ -175,6 +216,6 @@ class BNInception(ClassifierModel):
     source="count from the paper's Figure 5 table (the text's 13.6M differs: "
     "docs/models/inception.md)",
 )
-def bn_inception(num_classes: int = 1000, in_chans: int = 3) -> BNInception:
-    """BN-Inception as in Figure 5 of the Batch Normalization paper."""
-    return BNInception(num_classes, in_chans)
+def bn_inception(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> BNInception:
+    """BN-Inception as in Figure 5 of the Batch Normalization paper (keywords: BNInception's)."""
+    return BNInception(num_classes, in_chans, **kwargs)

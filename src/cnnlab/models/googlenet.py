@@ -23,6 +23,13 @@ Both accept any input from 32x32: the main head pools adaptively (the same as th
 7x7 average pool at 224x224), and an auxiliary head uses the paper's 5x5/3 pool only where
 the map is at least 14x14, then pools adaptively to the 4x4 its FC layer needs (a no-op at
 224x224, where the map is 14x14 and the 5x5/3 pool gives 4x4).
+
+Switches (timm's names): ``drop_rate`` (0.4, Table 1's "dropout (40%)"; 0.2 for
+``googlenet_tv``), ``aux_drop_rate`` (0.7, Sec. 5), ``aux_logits`` and ``global_pool``
+(``"avg"``, Table 1's average pool, ``"max"``, or ``""`` with ``num_classes=0``; the aux heads
+keep their own pooling). No ``drop_path_rate``: there are no residual connections.
+``feature_info`` lists the last map at each stride: conv1 (2), the map before the second max
+pool (4), inception 3b (8), 4e (16) and 5b (32, ``forward_features``).
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.layers import ConvNormAct
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import ConvNormAct, GlobalPool, check_rate
+from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
 from cnnlab.registry import register_model
 
 __all__ = ["TABLE_1", "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "Row"]
@@ -72,6 +79,18 @@ TABLE_1: tuple[Row | str, ...] = (
 )
 AUX_AFTER = ("4a", "4d")  # Sec. 5: the auxiliary classifiers' inputs
 AUX_POOL_SIDE = 4  # Sec. 5: 5x5/3 average pooling gives 4x4 at (4a) and (4d)
+
+# The last map at each cumulative stride (module, stride), shallow to deep: conv1 (112x112 at
+# 224), the stem's last map before its second max pool (56: LRN norm2 in the paper's layout,
+# conv3 in torchvision's, which has no LRN), inception 3b, 4e and 5b (28, 14, 7), the modules
+# before the max pools of Table 1 and the last one (forward_features' output).
+FEATURE_LEVELS: tuple[tuple[str, int], ...] = (
+    ("stem.conv1", 2),
+    ("stem.norm2", 4),
+    ("blocks.inception3b", 8),
+    ("blocks.inception4e", 16),
+    ("blocks.inception5b", 32),
+)
 
 # LRN hyper-parameters: the paper gives none; these are the Caffe reference model's
 # (bvlc_googlenet: local_size 5, alpha 1e-4, beta 0.75).
@@ -137,8 +156,8 @@ class InceptionAux(nn.Module):
         self.conv = _conv_factory(batch_norm)(in_chans, 128, 1)
         self.fc1 = nn.Linear(128 * AUX_POOL_SIDE**2, 1024)
         self.act = nn.ReLU(inplace=True)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc2 = nn.Linear(1024, num_classes)
+        self.dropout = nn.Dropout(check_rate("aux_drop_rate", drop_rate))
+        self.fc2 = replace_linear(NoClassifier(1024), num_classes)  # nn.Linear unless 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.conv(aux_pool(x, self.paper_pool)), 1)
@@ -153,6 +172,14 @@ class GoogLeNet(ClassifierModel):
     docstring), with its parameters and buffers in torchvision's order. ``transform_input``
     (torchvision layout only) re-normalises ImageNet-normalised input to [-1, 1] as
     torchvision does for its pretrained weights.
+
+    Args:
+        aux_logits: build the two auxiliary classifiers of Sec. 5 (training only).
+        drop_rate: dropout before the fc, Table 1's 40%.
+        aux_drop_rate: dropout in the auxiliary heads, Sec. 5's 70%.
+        global_pool: ``"avg"`` (Table 1's 7x7 average pool, adaptive), ``"max"``, or ``""``
+            with ``num_classes=0`` (``forward`` returns the inception (5b) map); the
+            auxiliary heads keep their own 5x5/3 average pools.
     """
 
     def __init__(
@@ -164,10 +191,13 @@ class GoogLeNet(ClassifierModel):
         aux_drop_rate: float = 0.7,
         torchvision_layout: bool = False,
         transform_input: bool = False,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if transform_input and not (torchvision_layout and in_chans == 3):
             raise ValueError("transform_input needs the torchvision layout and 3 input channels")
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_rate("aux_drop_rate", aux_drop_rate)  # also without aux heads
         tv = torchvision_layout
         self.aux_logits = aux_logits
         self.transform_input = transform_input
@@ -180,9 +210,10 @@ class GoogLeNet(ClassifierModel):
         else:
             self.aux1 = self.aux2 = None
         self.num_features = chans
-        self.global_pool = nn.AdaptiveAvgPool2d(1)  # = Table 1's avg pool 7x7/1 at 224x224
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(chans, num_classes)
+        self.feature_info = _feature_info(self, tv)
+        self.global_pool = GlobalPool(global_pool)  # "avg" = Table 1's avg pool 7x7/1 at 224
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
+        self.fc = replace_linear(NoClassifier(chans), num_classes)  # nn.Linear unless 0 classes
         _init_weights(self, tv)
 
     def _trunk(self, x: torch.Tensor, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -201,7 +232,7 @@ class GoogLeNet(ClassifierModel):
         return self._trunk(x, with_aux=False)[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.global_pool(x), 1))
+        x = self.dropout(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
@@ -212,8 +243,12 @@ class GoogLeNet(ClassifierModel):
         features, (aux1, aux2) = self._trunk(x, with_aux=True)
         return GoogLeNetOutputs(self.forward_head(features), aux1, aux2)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """New main classifier and, where present, new last layers of both aux heads."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New main classifier and, where present, new last layers of both aux heads;
+        ``global_pool`` replaces the main head's pooling only."""
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        if global_pool is not None:
+            self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes)
         for head in (self.aux1, self.aux2):
@@ -226,6 +261,21 @@ class GoogLeNet(ClassifierModel):
         if self.aux1 is None or self.aux2 is None:
             return self.fc
         return nn.ModuleList([self.fc, self.aux1.fc2, self.aux2.fc2])
+
+
+def _feature_info(model: GoogLeNet, tv: bool) -> list[dict[str, int | str]]:
+    """``FEATURE_LEVELS`` with their channels. LRN keeps conv3's 192 channels; torchvision's
+    stem has no LRN, so its level at stride 4 is conv3 itself."""
+    levels = []
+    for name, reduction in FEATURE_LEVELS:
+        if name == "stem.norm2":
+            chans = model.stem.conv3.conv.out_channels
+            name = "stem.conv3" if tv else name
+        else:
+            module = model.get_submodule(name)
+            chans = module.out_chans if isinstance(module, Inception) else module.conv.out_channels
+        levels.append({"module": name, "num_chs": chans, "reduction": reduction})
+    return levels
 
 
 def _pool(tv: bool, kernel: int = 3) -> nn.MaxPool2d:

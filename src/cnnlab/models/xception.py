@@ -11,6 +11,13 @@ intermediate ReLU or ELU made results worse); that is what sets it apart from Mo
 Parameters and their order are those of timm's ``legacy_xception`` (the Keras port), so
 ``cnnlab.interop.from_timm("xception", state_dict)`` converts its weights by position.
 299x299 input, 22,855,952 parameters; MACs registered below (Conv + Linear, batch 1).
+
+Switches (timm's names): ``drop_rate`` (0.5, the dropout before the logistic regression layer
+of Sec. 4.3), ``drop_path_rate`` (0.0: stochastic depth on the residual branch of the 12
+residual modules, Huang et al. 2016; not in the paper) and ``global_pool`` (``"avg"``, the
+paper's, ``"max"``, or ``""`` with ``num_classes=0``). ``feature_info`` lists the last map at
+each stride: the stem (2), entry-flow modules 1 and 2 (4, 8), the middle flow (16) and the
+exit convolutions (32, ``forward_features``).
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.layers import ConvNormAct
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import ConvNormAct, GlobalPool, check_rate, drop_path_rates, stochastic_depth
+from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
 from cnnlab.registry import register_model
 
 __all__ = [
@@ -64,10 +71,20 @@ class SeparableConv2d(nn.Sequential):
 
 class XceptionBlock(nn.Module):
     """One residual module of Figure 5: [ReLU, SeparableConv, BN] x n, optional 3x3 max pool,
-    plus the residual (identity, or 1x1 conv + BN with the module's stride)."""
+    plus the residual (identity, or 1x1 conv + BN with the module's stride). ``drop_path``:
+    the probability that training drops the module's branch, keeping only the residual
+    (stochastic depth, Huang et al. 2016)."""
 
-    def __init__(self, in_chans: int, widths: tuple[int, ...], stride: int, relu_first: bool):
+    def __init__(
+        self,
+        in_chans: int,
+        widths: tuple[int, ...],
+        stride: int,
+        relu_first: bool,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
+        self.drop_path = drop_path
         out_chans = widths[-1]
         # Registered before the body, as in timm's legacy_xception, so weights convert by position.
         self.shortcut: nn.Module | None = None
@@ -87,35 +104,65 @@ class XceptionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.shortcut is None else self.shortcut(x)
-        return self.body(x) + residual
+        return stochastic_depth(self.body(x), self.drop_path, self.training) + residual
 
 
-def _flow(in_chans: int, modules: tuple[tuple[tuple[int, ...], int, bool], ...]) -> nn.Sequential:
+def _flow(
+    in_chans: int, modules: tuple[tuple[tuple[int, ...], int, bool], ...], drop_paths: list[float]
+) -> nn.Sequential:
+    """The residual modules of one flow, with their stochastic-depth rates in order."""
     blocks = []
-    for widths, stride, relu_first in modules:
-        blocks.append(XceptionBlock(in_chans, widths, stride, relu_first))
+    for (widths, stride, relu_first), drop_path in zip(modules, drop_paths, strict=True):
+        blocks.append(XceptionBlock(in_chans, widths, stride, relu_first, drop_path))
         in_chans = widths[-1]
     return nn.Sequential(*blocks)
+
+
+# The last map at each cumulative stride (module, channels, stride), shallow to deep: the stem's
+# second conv (147x147 at 299), entry-flow modules 1 and 2 (74, 37), the middle flow (19; entry
+# module 3 already reached stride 16) and the exit convolutions (10, forward_features' output).
+FEATURE_LEVELS: tuple[tuple[str, int, int], ...] = (
+    ("stem", 64, 2),
+    ("entry_flow.0", ENTRY_FLOW[0][0][-1], 4),
+    ("entry_flow.1", ENTRY_FLOW[1][0][-1], 8),
+    ("middle_flow", MIDDLE_FLOW[-1][0][-1], 16),
+    ("exit_convs", EXIT_CONVS[-1], 32),
+)
 
 
 class Xception(ClassifierModel):
     """Entry flow, middle flow (8 modules), exit flow, global average pool, dropout, fc.
 
-    ``drop_rate`` defaults to the paper's 0.5 before the logistic regression layer on ImageNet
-    (Sec. 4.3); it has no parameters and no effect in eval mode.
+    Args:
+        drop_rate: dropout before the fc; the paper's 0.5 "before the logistic regression
+            layer" for ImageNet (Sec. 4.3, Regularization configuration). No parameters, no
+            effect in eval mode.
+        drop_path_rate: stochastic depth (Huang et al. 2016; not in the paper, whose residual
+            connections Sec. 4.6 studies): the last of the 12 residual modules drops its
+            branch with this probability, earlier ones linearly less (``drop_path_rates``).
+        global_pool: ``"avg"`` (the paper's global average pooling, Figure 5), ``"max"``, or
+            ``""`` with ``num_classes=0`` (``forward`` returns the final feature map).
     """
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.5):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.5,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+    ) -> None:
         super().__init__()
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        rates = drop_path_rates(drop_path_rate, len(ENTRY_FLOW + MIDDLE_FLOW + EXIT_FLOW))
+        entry, middle = len(ENTRY_FLOW), len(ENTRY_FLOW + MIDDLE_FLOW)
         self.stem = nn.Sequential(
             ConvNormAct(in_chans, 32, 3, stride=2, padding=0),
             ConvNormAct(32, 64, 3, padding=0),
         )
-        self.entry_flow = _flow(64, ENTRY_FLOW)
-        self.middle_flow = _flow(ENTRY_FLOW[-1][0][-1], MIDDLE_FLOW)
-        self.exit_flow = _flow(MIDDLE_FLOW[-1][0][-1], EXIT_FLOW)
+        self.entry_flow = _flow(64, ENTRY_FLOW, rates[:entry])
+        self.middle_flow = _flow(ENTRY_FLOW[-1][0][-1], MIDDLE_FLOW, rates[entry:middle])
+        self.exit_flow = _flow(MIDDLE_FLOW[-1][0][-1], EXIT_FLOW, rates[middle:])
         convs: list[nn.Module] = []
         chans = EXIT_FLOW[-1][0][-1]
         for width in EXIT_CONVS:
@@ -123,9 +170,12 @@ class Xception(ClassifierModel):
             chans = width
         self.exit_convs = nn.Sequential(*convs)
         self.num_features = chans
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(chans, num_classes)
+        self.feature_info = [
+            {"module": m, "num_chs": c, "reduction": r} for m, c, r in FEATURE_LEVELS
+        ]
+        self.global_pool = GlobalPool(global_pool)
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
+        self.fc = replace_linear(NoClassifier(chans), num_classes)  # nn.Linear unless 0 classes
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -139,10 +189,13 @@ class Xception(ClassifierModel):
         return self.exit_convs(self.exit_flow(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.pool(x), 1))
+        x = self.dropout(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        check_head(num_classes, global_pool, ("avg", "max", ""))
+        if global_pool is not None:
+            self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes)
 
