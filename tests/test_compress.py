@@ -36,7 +36,7 @@ from cnnlab.compress import (
 from cnnlab.compress.pipeline import compress, finalize
 from cnnlab.compress.prune import prunable_layers, quality_to_sparsity
 from cnnlab.errors import CnnlabError
-from cnnlab.registry import create_model
+from cnnlab import create_model
 from cnnlab.saved import load_weights, save_weights
 from cnnlab.train import train_one_epoch
 

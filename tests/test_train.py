@@ -329,7 +329,7 @@ def test_cli_eval_compressed_at_its_stored_input_size(
     from cnnlab.compress import save
 
     path = tmp_path / "t.cnz"
-    save(registry.create_model("tiny"), path, extra={} if stored is None else {"img_size": stored})
+    save(registry.build_model("tiny"), path, extra={} if stored is None else {"img_size": stored})
     sizes: list[int] = []
 
     def spy(*args, **kwargs):

@@ -6,7 +6,8 @@ measure (``cnnlab.analysis``), train and fine-tune (``cnnlab.train``), compress
 """
 
 from cnnlab import models  # noqa: F401  (importing the zoo registers every model)
-from cnnlab.registry import create_model, list_models, model_info
+from cnnlab.factory import create_model
+from cnnlab.registry import list_models, model_info
 from cnnlab.saved import load, save
 
 __all__ = ["create_model", "list_models", "load", "model_info", "save"]

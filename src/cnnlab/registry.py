@@ -1,7 +1,8 @@
-"""The model registry: ``create_model``, ``list_models``, ``model_info``.
+"""The model registry: ``build_model``, ``list_models``, ``model_info``.
 
 A leaf: it imports no model; ``import cnnlab`` imports :mod:`cnnlab.models`, whose family
-files register themselves.
+files register themselves. :func:`cnnlab.create_model` (:mod:`cnnlab.factory`) builds on
+``build_model`` with pretrained weights and ``features_only``.
 
 Each architecture file registers its builders with :func:`register_model`, together with the
 paper, the native input size and the reference figures (params, MACs) that the fidelity tests
@@ -23,9 +24,10 @@ from torch import nn
 from cnnlab.layers import INITS, init_weights
 
 __all__ = [
+    "COMMON_KEYWORDS",
     "ModelEntry",
     "accepted_keywords",
-    "create_model",
+    "build_model",
     "list_models",
     "match_models",
     "model_info",
@@ -124,7 +126,11 @@ def _entry(name: str) -> ModelEntry:
         raise ValueError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(
+# What cnnlab.create_model takes for every model, besides each model's own keywords.
+COMMON_KEYWORDS = ("num_classes", "in_chans", "init", "pretrained", "features_only", "out_indices")
+
+
+def build_model(
     name: str,
     num_classes: int | None = None,
     in_chans: int | None = None,
@@ -139,8 +145,9 @@ def create_model(
     ``init`` replaces the paper's
     initialisation of the Conv / Linear weights (:func:`cnnlab.layers.init_weights`: ``"he"``,
     ``"xavier"``, ``"normal"``). Other keywords are the model's own
-    (:func:`accepted_keywords`). Raises ``ValueError`` for an unknown name (suggesting the
-    closest names), an unknown keyword (naming those the model takes) or a bad value.
+    (:func:`accepted_keywords`), kept in ``model.model_kwargs`` so that saved files rebuild the
+    same network. Raises ``ValueError`` for an unknown name (suggesting the closest names), an
+    unknown keyword (naming those the model takes) or a bad value.
     """
     entry = _entry(name)
     num_classes = entry.num_classes if num_classes is None else num_classes
@@ -154,8 +161,8 @@ def create_model(
     unknown = [k for k in kwargs if k not in accepted_keywords(name)]
     if unknown:
         raise ValueError(
-            f"{name} does not take {', '.join(map(repr, unknown))}; it takes num_classes, "
-            f"in_chans, init, {', '.join(accepted_keywords(name))}"
+            f"{name} does not take {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join([*COMMON_KEYWORDS, *accepted_keywords(name)])}"
         )
     model = entry.builder(
         num_classes=num_classes or 1, in_chans=in_chans, **{**entry.defaults, **kwargs}
@@ -168,6 +175,7 @@ def create_model(
     if getattr(model, "min_input_size", None) is None:
         model.min_input_size = entry.min_input_size
     model.model_name = name
+    model.model_kwargs = dict(kwargs)
     model.num_classes = num_classes
     return model if init is None else init_weights(model, init)
 

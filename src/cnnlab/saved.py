@@ -13,8 +13,9 @@ by their content, not their extension:
   ``timm:PATH`` names the layout; without a prefix cnnlab's own key names are tried first,
   then torchvision's, then timm's. Foreign weights need the model's name.
 
-``meta`` always holds ``model``, ``num_classes``, ``in_chans``, ``class_names`` and
-``preprocess`` (a :class:`cnnlab.data.Preprocess` as a dict), plus ``kind`` (which of the
+``meta`` always holds ``model``, ``num_classes``, ``in_chans``, ``class_names``,
+``preprocess`` (a :class:`cnnlab.data.Preprocess` as a dict) and ``model_kwargs`` (the model's
+own keywords it was built with, e.g. ``{"shortcut": "A"}``), plus ``kind`` (which of the
 above), ``path`` and whatever else the file stored (epoch, accuracy, compression recipe...).
 What a file does not say is filled in and listed in ``meta["assumed"]``: class names ``0`` ..
 ``N-1`` (torchvision's ImageNet category names for its 1000-class weights) and the model's
@@ -44,14 +45,16 @@ from cnnlab import codec, interop
 from cnnlab.data import FASHION_MNIST_STATS, IMAGENET_STATS, Preprocess
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
-from cnnlab.registry import create_model, model_info
+from cnnlab.registry import accepted_keywords, build_model, model_info
 
 __all__ = [
     "FOREIGN_LAYOUTS",
     "FORMAT",
+    "SCALARS",
     "is_aux_key",
     "load",
     "load_weights",
+    "model_kwargs",
     "read_meta",
     "read_weights",
     "resolve_weights",
@@ -64,6 +67,7 @@ FOREIGN_LAYOUTS = ("torchvision", "timm")
 MAX_META_BYTES = 1 << 20  # a checkpoint's JSON metadata; class names of even 100k classes fit
 MAX_CLASSES = 100_000
 MAX_IMG_SIZE = 4096  # pixels per side that a file may ask us to resize to
+SCALARS = (bool, int, float, str, type(None))  # what a stored model keyword may hold
 
 
 # --------------------------------------------------------------------------- cnnlab safetensors
@@ -122,6 +126,9 @@ def save(
     given = {k: v for k, v in given.items() if v is not None}
     checked = _complete(given, name, model.num_classes, int(model.input_size[0]))
     stored = {k: checked[k] for k in ("model", "num_classes", "in_chans", *given)}
+    kwargs = model_kwargs(name, getattr(model, "model_kwargs", None), "the model")
+    if kwargs:
+        stored["model_kwargs"] = kwargs
     save_weights(model, path, {**dict(meta or {}), **stored})
 
 
@@ -277,28 +284,47 @@ def _complete(meta: dict[str, Any], name: str, num_classes: int, in_chans: int) 
 # --------------------------------------------------------------------------- building models
 
 
+def model_kwargs(name: str, stored: Any, source: str) -> dict[str, Any]:
+    """``stored`` checked as keywords of model ``name`` (plain JSON scalars) for a file."""
+    if stored is None:
+        return {}
+    if not isinstance(stored, dict) or not all(
+        k in accepted_keywords(name) and isinstance(v, SCALARS) for k, v in stored.items()
+    ):
+        raise CnnlabError(
+            f"{source}: model keywords must map {name}'s keywords "
+            f"({', '.join(accepted_keywords(name)) or 'none'}) to plain values, got {stored!r}"
+        )
+    return dict(stored)
+
+
 def _build_checked(name: str, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor],
                    source: str) -> nn.Module:  # fmt: skip
     """``create_model(name, **config)`` holding ``tensors``; the shapes are checked on the
     'meta' device first, so a file's claims allocate nothing they do not pay for."""
     try:
         with torch.device("meta"):
-            probe = create_model(name, **config)
+            probe = build_model(name, **config)
     except (ValueError, TypeError) as exc:
         raise CnnlabError(f"{source!r}: cannot build {name!r} with {dict(config)}: {exc}") from None
     problems = _fit_report(probe.state_dict(), tensors, aux=False)
     if problems:
         raise CnnlabError(f"{source!r} does not fit {name} {dict(config)}: {problems}")
-    model = create_model(name, **config)
+    model = build_model(name, **config)
     _copy_into(model, tensors, source)
     return model
 
 
-def _in_model_order(name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _in_model_order(
+    name: str, tensors: Mapping[str, torch.Tensor], kwargs: Mapping[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """``tensors`` in the order of ``name``'s state dict where the keys are ours (a safetensors
     file keeps its keys sorted, not in model order); other keys follow as they came."""
-    with torch.device("meta"):
-        order = [k for k in create_model(name).state_dict() if k in tensors]
+    try:
+        with torch.device("meta"):
+            order = [k for k in build_model(name, **(kwargs or {})).state_dict() if k in tensors]
+    except (ValueError, TypeError) as exc:
+        raise CnnlabError(f"cannot build {name} with {dict(kwargs or {})}: {exc}") from None
     return {k: tensors[k] for k in order + [k for k in tensors if k not in set(order)]}
 
 
@@ -338,8 +364,9 @@ Read = tuple[str, dict[str, int], dict[str, torch.Tensor], dict[str, Any]]
 def _read_cnnlab(p: Path, wanted: str | None) -> Read:
     tensors, meta = read_weights(p)
     name = _model_name(meta.get("model"), wanted, str(p))
-    tensors = _in_model_order(name, tensors)
-    config = _infer_config(name, tensors)
+    kwargs = model_kwargs(name, meta.get("model_kwargs"), repr(str(p)))
+    tensors = _in_model_order(name, tensors, kwargs)
+    config = _infer_config(name, tensors) | kwargs
     if isinstance(meta.get("class_names"), list):
         config["num_classes"] = len(meta["class_names"])
     config |= {k: meta[k] for k in ("num_classes", "in_chans") if type(meta.get(k)) is int}
@@ -350,8 +377,13 @@ def _read_cnz(p: Path, wanted: str | None) -> Read:
     header, tensors = codec.read(p)
     name = _model_name(header.get("model"), wanted, str(p))
     config = header.get("config")
-    if not isinstance(config, dict) or set(config) - {"num_classes", "in_chans"}:
-        raise CnnlabError(f"{str(p)!r}: the model configuration is not num_classes / in_chans")
+    if not isinstance(config, dict):
+        raise CnnlabError(f"{str(p)!r}: the model configuration is not a JSON object")
+    sizes = {k: config[k] for k in ("num_classes", "in_chans") if k in config}
+    if not all(type(v) is int for v in sizes.values()):
+        raise CnnlabError(f"{str(p)!r}: num_classes / in_chans are not integers: {sizes}")
+    rest = {k: v for k, v in config.items() if k not in sizes}
+    config = sizes | model_kwargs(name, rest or None, repr(str(p)))
     extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
     return name, config, tensors, {**extra, "kind": "cnz"}
 
@@ -390,7 +422,7 @@ def _read_foreign_weights(p: Path, wanted: str | None, layout: str | None) -> Re
     model_info(wanted)
     tensors = _in_model_order(wanted, _read_foreign(p))
     with torch.device("meta"):
-        ours = create_model(wanted, **_infer_config(wanted, tensors)).state_dict()
+        ours = build_model(wanted, **_infer_config(wanted, tensors)).state_dict()
     problems = _fit_report(ours, tensors, aux=False)
     if layout is None and not problems:
         converted, kind = tensors, "state-dict"  # our own key names, saved with torch.save
@@ -499,6 +531,7 @@ def load(
     else:
         built = _build_checked(name, config, tensors, str(p))
     meta = _complete(meta, name, config["num_classes"], config["in_chans"])
+    meta["model_kwargs"] = {k: v for k, v in config.items() if k not in ("num_classes", "in_chans")}
     meta["path"] = str(p)
     if num_classes is not None and num_classes != meta["num_classes"]:
         _replace_head(built, meta, num_classes)

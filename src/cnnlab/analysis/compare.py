@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnlab.analysis.macs import count_macs
 from cnnlab.analysis.profile import profile
-from cnnlab.registry import create_model, list_models, match_models, model_info
+from cnnlab.registry import build_model, list_models, match_models, model_info
 
 __all__ = ["compare_models", "measure_latency", "zoo_table"]
 
@@ -62,7 +62,7 @@ def compare_models(
     rows = []
     for name in match_models(patterns):
         with torch.device("meta"):
-            model = create_model(name)
+            model = build_model(name)
         prof = profile(model, tuple(model.input_size), 1)
         row: dict[str, Any] = {
             "model": name,
@@ -76,7 +76,7 @@ def compare_models(
         }
         if latency:
             torch.manual_seed(0)
-            real = create_model(name)
+            real = build_model(name)
             row["latency_ms"] = 1000 * measure_latency(real, prof.input_size, 1, repeats=repeats)
             seconds = measure_latency(real, prof.input_size, throughput_batch, repeats=repeats)
             row["images_per_s"] = throughput_batch / seconds
@@ -90,7 +90,7 @@ def zoo_table(pattern: str = "*") -> list[dict[str, Any]]:
     for name in list_models(pattern):
         info = model_info(name)
         with torch.device("meta"):
-            model = create_model(name)
+            model = build_model(name)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         macs = count_macs(model, model.input_size)
         rows.append({**info, "params": params, "macs": macs, "input_size": list(model.input_size)})

@@ -14,7 +14,7 @@ from cnnlab.analysis.compare import compare_models
 from cnnlab.analysis.gradients import batches_for, gradient_norms
 from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
-from cnnlab.registry import create_model, model_info
+from cnnlab.registry import build_model, model_info
 from cnnlab.tables import format_table, human, print_json
 
 MIB = 2**20
@@ -97,7 +97,7 @@ def _build(name: str, input_text: str | None) -> tuple[torch.nn.Module, tuple]:
     """The model on ``meta`` (no weights allocated) and its checked input size."""
     size = parse_input(input_text, model_info(name)["input_size"])  # unknown names fail here
     with torch.device("meta"):
-        model = create_model(name, in_chans=size[0])
+        model = build_model(name, in_chans=size[0])
     return model, check_input_size(model, size)
 
 
@@ -170,7 +170,7 @@ def run_summary(args: argparse.Namespace) -> int:
     prof = profile(model, size, args.batch_size)
     if args.measure_memory:
         torch.manual_seed(0)
-        real = model if args.checkpoint else create_model(args.model, in_chans=size[0])
+        real = model if args.checkpoint else build_model(args.model, in_chans=size[0])
         prof.measured = measure_memory(real, size, args.batch_size)
     if args.json:
         print_json({"model": args.model, **prof.to_dict()})
@@ -258,7 +258,7 @@ def run_gradients(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.checkpoint} has {n} classes, {args.data!r} has {num_classes}")
         if not args.checkpoint:
             torch.manual_seed(args.seed)
-            model = create_model(name, num_classes=num_classes, in_chans=size[0])
+            model = build_model(name, num_classes=num_classes, in_chans=size[0])
         reports[name] = gradient_norms(
             model, batches, args.steps, lr=args.lr, clip_grad_norm=args.clip_grad_norm
         )

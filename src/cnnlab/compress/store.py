@@ -19,7 +19,7 @@ from cnnlab import codec
 from cnnlab.compress.prune import layer_kind, prunable_layers
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
-from cnnlab.registry import create_model
+from cnnlab.registry import build_model
 from cnnlab.saved import load as load_saved
 
 __all__ = [
@@ -56,11 +56,13 @@ def default_index_bits(model: nn.Module, conv_bits: int = 8, fc_bits: int = 5) -
 
 
 def _model_config(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """num_classes / in_chans that rebuild ``model`` with create_model (checked on 'meta')."""
+    """num_classes, in_chans and the model's own keywords that rebuild ``model`` with
+    ``build_model`` (checked on 'meta')."""
     name = model.model_name
     config = {"num_classes": model.num_classes, "in_chans": model.input_size[0]}
+    config |= getattr(model, "model_kwargs", {})
     with torch.device("meta"):
-        ref = create_model(name, **config).state_dict()
+        ref = build_model(name, **config).state_dict()
     if {k: tuple(v.shape) for k, v in ref.items()} != {k: tuple(v.shape) for k, v in state.items()}:
         raise ValueError(
             f"cannot tell how to rebuild this {name!r} (tried {config}); pass config=..."

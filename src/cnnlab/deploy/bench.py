@@ -31,7 +31,7 @@ from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
 from cnnlab.errors import CnnlabError
 from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
-from cnnlab.registry import create_model, match_models
+from cnnlab.registry import build_model, match_models
 from cnnlab.saved import load
 
 __all__ = [
@@ -282,7 +282,7 @@ def _models(
     mode) and, if asked, torchvision's holding the same weights, so both compute the same."""
     torch.manual_seed(0)
     if checkpoint is None:
-        model = create_model(name).eval()
+        model = build_model(name).eval()
     else:
         model, meta = load(checkpoint, name)
         size = meta["preprocess"]["size"]

@@ -38,9 +38,10 @@ from torch import nn
 from cnnlab.config import option
 from cnnlab.data import build_loaders, data_channels, skipped_files
 from cnnlab.errors import CnnlabError
+from cnnlab.factory import load_pretrained
 from cnnlab.io import atomic_write_bytes
-from cnnlab.registry import create_model
-from cnnlab.saved import MAX_IMG_SIZE, load, load_weights, read_meta, save_weights
+from cnnlab.registry import build_model
+from cnnlab.saved import MAX_IMG_SIZE, SCALARS, load_weights, read_meta, save_weights
 from cnnlab.train.checkpoint import load_state, save_state
 from cnnlab.train.finetune import freeze, frozen_modules
 from cnnlab.train.loop import NonFiniteLossError, evaluate, run_epoch
@@ -90,6 +91,11 @@ class TrainConfig:
         "torchvision:PATH / timm:PATH (a new classifier where the data's classes differ)",
         metavar="SRC",
     )  # fmt: skip
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "the model's own keywords, e.g. drop_path_rate=0.1 shortcut=A "
+                          "(see `cnnlab models NAME`)"},
+    )  # fmt: skip
     freeze_backbone: bool = option(False, "train only the classifier (get_classifier())")
     freeze: str | None = option(
         None, "freeze every layer up to and including this one (registration order)",
@@ -128,6 +134,9 @@ class TrainConfig:
             value = getattr(self, name)
             _check(value is None or (isinstance(value, str) and bool(value)), name,
                    "a non-empty string", value)  # fmt: skip
+        _check(isinstance(self.model_kwargs, dict) and all(
+            isinstance(k, str) and isinstance(v, SCALARS) for k, v in self.model_kwargs.items()
+        ), "model_kwargs", "a dict of names to plain values", self.model_kwargs)  # fmt: skip
         if self.freeze_backbone and self.freeze is not None:
             raise ValueError("freeze_backbone and freeze are mutually exclusive")
 
@@ -355,7 +364,7 @@ def _open_state(cfg: TrainConfig, out: Path, resume: bool, writes: bool) -> dict
 
 def _init_source(cfg: TrainConfig, in_chans: int) -> tuple[nn.Module, dict[str, Any]]:
     """The model holding ``cfg.init_from``'s weights, and that file's metadata."""
-    model, meta = load(cfg.init_from, cfg.model)
+    model, meta = load_pretrained(cfg.model, cfg.init_from, **cfg.model_kwargs)
     if meta["in_chans"] != in_chans:
         raise CnnlabError(
             f"--init-from {cfg.init_from!r} holds {meta['model']} for {meta['in_chans']}-channel "
@@ -371,7 +380,7 @@ def _build_model(
     """A fresh model, or the ``init_from`` one; its classifier is replaced by a new one when
     the data's classes differ from the source's (in number, or in name where it stores them)."""
     if source is None:
-        return create_model(cfg.model, num_classes=len(classes), in_chans=in_chans)
+        return build_model(cfg.model, len(classes), in_chans, **cfg.model_kwargs)
     model, meta = source
     head = ""
     named = "class_names" not in meta["assumed"]
@@ -393,7 +402,7 @@ def _setup(
     np.random.seed(cfg.seed % 2**32)
     in_chans = cfg.in_chans or data_channels(cfg.data)
     with torch.device("meta"):
-        probe = create_model(cfg.model, num_classes=10, in_chans=in_chans)
+        probe = build_model(cfg.model, 10, in_chans, **cfg.model_kwargs)  # bad keywords fail here
     frozen_modules(probe, cfg.freeze, cfg.freeze_backbone)  # a bad name fails here
     img_size = cfg.img_size or int(probe.input_size[-1])
     # Resuming reloads every weight from last.safetensors: the source is not needed.
@@ -420,6 +429,8 @@ def _setup(
         pre = pre.dataset
     meta = {"model": cfg.model, "num_classes": len(classes), "in_chans": in_chans,
             "class_names": classes, "preprocess": pre.pre.as_dict()}  # fmt: skip
+    if model.model_kwargs:
+        meta["model_kwargs"] = model.model_kwargs
     if cfg.init_from:
         meta["init_from"] = cfg.init_from
     return _Run(
