@@ -155,6 +155,8 @@ class GlobalPool(nn.Module):
     head of GoogLeNet onwards), ``"max"``, or ``""``: no pooling, the map passes unchanged (timm's
     ``global_pool=""``, for heads that are removed)."""
 
+    macs_free = True  # pooling costs no multiply-accumulates (cnnlab.analysis)
+
     def __init__(self, pool_type: str = "avg") -> None:
         super().__init__()
         if pool_type not in GLOBAL_POOLS:

@@ -137,7 +137,10 @@ class Profile:
 
 
 def _is_free(module: nn.Module) -> bool:
-    """A norm, activation, pool, dropout, reshape or container (or a subclass of one)."""
+    """A norm, activation, pool, dropout, reshape or container (or a subclass of one), or a
+    module that says it costs no MACs (``macs_free = True``: pooling, padding, identity)."""
+    if getattr(module, "macs_free", False):
+        return True
     return _torch_base(module).__module__ in _FREE_MODULES and not isinstance(module, _NOT_FREE)
 
 

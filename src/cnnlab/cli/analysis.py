@@ -13,6 +13,7 @@ import cnnlab
 from cnnlab.analysis.compare import compare_models
 from cnnlab.analysis.gradients import batches_for, gradient_norms
 from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
+from cnnlab.cli.config_options import key_value
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
 from cnnlab.registry import build_model, model_info
 from cnnlab.tables import format_table, human, print_json
@@ -29,6 +30,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="input size CxHxW (default: the model's native size)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--depth", type=int, default=2, help="show modules down to this depth")
+    p.add_argument(
+        "--model-kwargs",
+        nargs="+",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="the model's own keywords, e.g. shortcut=A (see `cnnlab models NAME`)",
+    )
     p.add_argument(
         "--checkpoint",
         help="any saved model (run folder, .safetensors, .cnz, torchvision:PATH, timm:PATH)",
@@ -93,11 +102,11 @@ def parse_input(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
     return size
 
 
-def _build(name: str, input_text: str | None) -> tuple[torch.nn.Module, tuple]:
+def _build(name: str, input_text: str | None, **kwargs) -> tuple[torch.nn.Module, tuple]:
     """The model on ``meta`` (no weights allocated) and its checked input size."""
     size = parse_input(input_text, model_info(name)["input_size"])  # unknown names fail here
     with torch.device("meta"):
-        model = build_model(name, in_chans=size[0])
+        model = build_model(name, in_chans=size[0], **kwargs)
     return model, check_input_size(model, size)
 
 
@@ -163,14 +172,17 @@ def summary_text(name: str, prof: Profile, depth: int) -> str:
 def run_summary(args: argparse.Namespace) -> int:
     if args.depth < 1:
         raise ValueError(f"--depth must be >= 1, got {args.depth}")
+    kwargs = dict(args.model_kwargs)
+    if args.checkpoint and kwargs:
+        raise ValueError("--model-kwargs builds a fresh model; a --checkpoint carries its own")
     if args.checkpoint:
         model, size = _load(args.model, args.checkpoint, args.input)
     else:
-        model, size = _build(args.model, args.input)
+        model, size = _build(args.model, args.input, **kwargs)
     prof = profile(model, size, args.batch_size)
     if args.measure_memory:
         torch.manual_seed(0)
-        real = model if args.checkpoint else build_model(args.model, in_chans=size[0])
+        real = model if args.checkpoint else build_model(args.model, in_chans=size[0], **kwargs)
         prof.measured = measure_memory(real, size, args.batch_size)
     if args.json:
         print_json({"model": args.model, **prof.to_dict()})

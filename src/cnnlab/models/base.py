@@ -98,6 +98,8 @@ class NoClassifier(nn.Identity):
     """What ``reset_classifier(0)`` leaves in place of the last linear layer: the features pass
     through; it remembers their width so that a later ``reset_classifier(n)`` can rebuild it."""
 
+    macs_free = True
+
     def __init__(self, in_features: int, has_bias: bool = True) -> None:
         super().__init__()
         self.in_features, self.has_bias = in_features, has_bias

@@ -105,6 +105,8 @@ class PadShortcut(nn.Module):
     of two sizes. Subsamples by ``stride`` and appends ``out_chans - in_chans`` zero channels;
     no parameters."""
 
+    macs_free = True  # a strided view and zero padding (cnnlab.analysis counts no MACs)
+
     def __init__(self, in_chans: int, out_chans: int, stride: int) -> None:
         super().__init__()
         self.extra = out_chans - in_chans
