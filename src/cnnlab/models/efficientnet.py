@@ -8,6 +8,10 @@ pooling and a fully connected layer. Training regularisers as in Sec. 5.2: dropo
 the classifier and stochastic depth ("drop connect") with survival probability 0.8 at the
 last block, rising linearly with depth as in torchvision.
 
+The zoo's contract (:class:`cnnlab.models.base.ClassifierModel`): ``global_pool`` (``"avg"``,
+Table 1's "Pooling"; ``"max"``; ``""`` with no classifier), ``drop_rate``, ``drop_path_rate``
+and ``feature_info``: the last block at strides 2, 4, 8, 16 and the 1x1 head conv at 32.
+
 The parameters and buffers are registered in the order of ``torchvision.models.efficientnet_b0``
 (with its BatchNorm eps 1e-5 and momentum 0.1), so ``cnnlab.interop.from_torchvision`` loads
 its weights and the outputs agree.
@@ -18,8 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnlab.layers import ConvNormAct, InvertedResidual
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import ConvNormAct, GlobalPool, InvertedResidual, check_rate
+from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
+from cnnlab.models.mobilenet import POOLS, last_per_reduction
 from cnnlab.registry import register_model
 
 __all__ = ["EfficientNet", "efficientnet_b0"]
@@ -45,8 +50,14 @@ SE_RATIO = 0.25  # squeeze width = block input width / 4 (Sec. 4, after MnasNet)
 class EfficientNet(ClassifierModel):
     """EfficientNet-B0: stem, 16 MBConv blocks in 7 stages, 1x1 conv, pool, FC (Table 1).
 
-    ``drop_path_rate`` is the stochastic-depth drop probability reached after the last block:
-    block ``i`` of ``N`` drops its residual branch with probability ``rate * i / N``.
+    ``drop_rate`` (0.2, Sec. 5.2) is dropout before the FC. ``drop_path_rate`` (0.2, Sec. 5.2:
+    survival probability 0.8) is stochastic depth with torchvision's rule, kept so that the
+    same seed draws torchvision's masks: block ``i`` of ``N``, counted from 0, drops its
+    residual branch with probability ``rate * i / N`` (the first never, the last
+    ``rate * 15 / 16``). ``global_pool``: ``"avg"`` (the paper's), ``"max"``, or ``""`` with
+    ``num_classes=0``. ``feature_info``: ``stages.0`` (2), ``stages.1`` (4), ``stages.2`` (8),
+    ``stages.4`` (16), then ``head`` (32), ``forward_features``' output; timm lists the last
+    block (320 channels) at 32 instead.
     """
 
     def __init__(
@@ -55,52 +66,65 @@ class EfficientNet(ClassifierModel):
         in_chans: int = 3,
         drop_rate: float = 0.2,
         drop_path_rate: float = 0.2,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        check_rate("drop_rate", drop_rate)
+        check_rate("drop_path_rate", drop_path_rate)
+        check_head(num_classes, global_pool, POOLS)
         self.stem = ConvNormAct(in_chans, B0_STEM, 3, 2, act=nn.SiLU)
-        total = sum(layers for *_, layers in B0_STAGES)
-        chans, index = B0_STEM, 0
-        stages: list[nn.Module] = []
-        for expansion, kernel, stride, out_chans, layers in B0_STAGES:
-            blocks: list[nn.Module] = []
-            for i in range(layers):
-                blocks.append(
-                    InvertedResidual(
-                        chans,
-                        out_chans,
-                        stride if i == 0 else 1,
-                        expansion,
-                        kernel_size=kernel,
-                        act=nn.SiLU,
-                        se_ratio=SE_RATIO,
-                        drop_path=drop_path_rate * index / total,
-                    )
-                )
-                chans, index = out_chans, index + 1
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages = _stages(B0_STEM, drop_path_rate)
         self.num_features = B0_HEAD
-        self.head = ConvNormAct(chans, B0_HEAD, 1, act=nn.SiLU)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = ConvNormAct(B0_STAGES[-1][3], B0_HEAD, 1, act=nn.SiLU)
+        layers = [("stem", B0_STEM, 2)]
+        layers += [(f"stages.{i}", row[3], row[2]) for i, row in enumerate(B0_STAGES)]
+        self.feature_info = last_per_reduction([*layers, ("head", B0_HEAD, 1)])
+        self.global_pool = GlobalPool(global_pool)
         self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(B0_HEAD, num_classes)
+        self.fc = nn.Linear(B0_HEAD, num_classes) if num_classes else NoClassifier(B0_HEAD)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.pool(x), 1))
+        x = self.dropout(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        check_head(num_classes, global_pool, POOLS)
+        if global_pool is not None:
+            self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
         self.fc = replace_linear(self.fc, num_classes)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+
+def _stages(chans: int, drop_path_rate: float) -> nn.Sequential:
+    """The seven MBConv stages of Table 1 from ``chans`` input channels, block ``index`` of
+    ``total`` with stochastic depth ``drop_path_rate * index / total`` (torchvision's rule)."""
+    total = sum(layers for *_, layers in B0_STAGES)
+    index = 0
+    stages: list[nn.Module] = []
+    for expansion, kernel, stride, out_chans, layers in B0_STAGES:
+        blocks: list[nn.Module] = []
+        for i in range(layers):
+            blocks.append(
+                InvertedResidual(
+                    chans,
+                    out_chans,
+                    stride if i == 0 else 1,
+                    expansion,
+                    kernel_size=kernel,
+                    act=nn.SiLU,
+                    se_ratio=SE_RATIO,
+                    drop_path=drop_path_rate * index / total,
+                )
+            )
+            chans, index = out_chans, index + 1
+        stages.append(nn.Sequential(*blocks))
+    return nn.Sequential(*stages)
 
 
 @register_model(
@@ -118,6 +142,14 @@ def efficientnet_b0(
     in_chans: int = 3,
     drop_rate: float = 0.2,
     drop_path_rate: float = 0.2,
+    global_pool: str = "avg",
 ) -> EfficientNet:
-    """EfficientNet-B0 with dropout ``drop_rate`` and stochastic depth ``drop_path_rate``."""
-    return EfficientNet(num_classes, in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    """EfficientNet-B0 with dropout ``drop_rate``, stochastic depth ``drop_path_rate`` (both
+    0.2, Sec. 5.2) and pooling ``global_pool``, as in :class:`EfficientNet`."""
+    return EfficientNet(
+        num_classes,
+        in_chans,
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        global_pool=global_pool,
+    )

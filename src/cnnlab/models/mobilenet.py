@@ -17,18 +17,33 @@ and the parameters are registered in torchvision's order, so
 multiplier ``rho`` (Sec. 4, Figure 5: inputs 96 to 224) sets the native input side as in V1;
 ``linear_bottleneck=False`` adds ReLU6 after every projection (the Sec. 6.4 ablation).
 
+Both follow the zoo's contract (:class:`cnnlab.models.base.ClassifierModel`): ``global_pool``
+(``"avg"``, the papers'; ``"max"``; ``""`` with no classifier), ``drop_rate`` (dropout before
+the classifier), ``drop_path_rate`` on V2 only (V1 has no residual branch to drop), and
+``feature_info``, the last layer at each stride 2, 4, 8, 16, 32, except that V2's stride-16
+level is the expansion of "layer 15", where SSDLite attaches (V2 Sec. 6.3).
+
 Every figure in ``docs/models/mobile.md`` comes from the command printed beside it there.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from cnnlab.layers import ConvNormAct, DepthwiseSeparableConv, InvertedResidual
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import (
+    ConvNormAct,
+    DepthwiseSeparableConv,
+    GlobalPool,
+    InvertedResidual,
+    check_rate,
+    drop_path_rates,
+)
+from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
 from cnnlab.registry import register_model
 
 __all__ = [
@@ -36,6 +51,7 @@ __all__ = [
     "V2_PRESETS",
     "MobileNetV1",
     "MobileNetV2",
+    "last_per_reduction",
     "make_divisible",
     "mobilenet_v1",
     "mobilenet_v2",
@@ -79,6 +95,7 @@ V2_BOTTLENECKS = [
 V2_HEAD = 1280
 
 _V1_ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+POOLS = ("avg", "max", "")  # the ``global_pool`` values (``""`` only with no classifier)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -100,6 +117,21 @@ def _check_multiplier(name: str, value: float, upper: float | None = None) -> No
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
+def last_per_reduction(layers: Iterable[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    """``feature_info`` levels from ``(module, output channels, stride)`` in forward order: one
+    level per cumulative stride (reduction), the last module that outputs at it."""
+    levels: list[dict[str, Any]] = []
+    reduction = 1
+    for module, chans, stride in layers:
+        reduction *= stride
+        level = {"module": module, "num_chs": chans, "reduction": reduction}
+        if levels and levels[-1]["reduction"] == reduction:
+            levels[-1] = level
+        else:
+            levels.append(level)
+    return levels
+
+
 def _native_side(rho: float) -> int:
     """The input side ``round(224 * rho)`` of a resolution multiplier ``rho`` in (0, 1]."""
     _check_multiplier("rho", rho, upper=1.0)
@@ -114,49 +146,81 @@ class MobileNetV1(ClassifierModel):
 
     ``alpha`` is the width multiplier of Sec. 3.3: layer widths are ``int(alpha * c)`` (as in
     Keras; the paper only writes ``alpha * M``). ``act`` is ``"relu"`` (the paper) or
-    ``"relu6"`` (Keras, TF-slim and timm).
+    ``"relu6"`` (Keras, TF-slim and timm). ``drop_rate`` is dropout before the FC: 0 by
+    default, since the paper trains with "less regularization" than large models and names no
+    dropout (Sec. 3.2). ``global_pool``: ``"avg"`` (Table 1's "Avg Pool"), ``"max"``, or ``""``
+    with ``num_classes=0``. There is no ``drop_path_rate``: no block has a residual branch.
+    ``feature_info``: the last layer at each stride, ``blocks.0`` (2) ... ``blocks.12`` (32).
     """
 
     def __init__(
-        self, num_classes: int = 1000, in_chans: int = 3, alpha: float = 1.0, act: str = "relu"
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        alpha: float = 1.0,
+        act: str = "relu",
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         _check_multiplier("alpha", alpha)
         if act not in _V1_ACTS:
             raise ValueError(f"act must be one of {', '.join(_V1_ACTS)}, got {act!r}")
+        check_head(num_classes, global_pool, POOLS)
         act_layer = _V1_ACTS[act]
-
-        def width(chans: int) -> int:
-            thinned = int(alpha * chans)
-            if thinned < 1:
-                raise ValueError(f"alpha={alpha} thins a {chans}-channel layer to no channels")
-            return thinned
-
         stem_chans, stem_stride = V1_STEM
-        self.stem = ConvNormAct(in_chans, width(stem_chans), 3, stem_stride, act=act_layer)
+        chans = _v1_width(alpha, stem_chans)
+        self.stem = ConvNormAct(in_chans, chans, 3, stem_stride, act=act_layer)
+        layers = [("stem", chans, stem_stride)]
         blocks: list[nn.Module] = []
-        chans = width(stem_chans)
         for stride, out_chans in V1_BLOCKS:
-            blocks.append(DepthwiseSeparableConv(chans, width(out_chans), stride, act=act_layer))
-            chans = width(out_chans)
+            out_chans = _v1_width(alpha, out_chans)
+            blocks.append(DepthwiseSeparableConv(chans, out_chans, stride, act=act_layer))
+            layers.append((f"blocks.{len(blocks) - 1}", out_chans, stride))
+            chans = out_chans
         self.blocks = nn.Sequential(*blocks)
         self.num_features = chans
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(chans, num_classes)
+        self.feature_info = last_per_reduction(layers)
+        self.global_pool = GlobalPool(global_pool)
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
+        self.fc = _classifier(chans, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.pool(x), 1)
+        x = self.dropout(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        _reset_head(self, num_classes, global_pool)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+
+def _v1_width(alpha: float, chans: int) -> int:
+    """``int(alpha * chans)`` (Sec. 3.3, Keras' rounding); no channel left is a ValueError."""
+    thinned = int(alpha * chans)
+    if thinned < 1:
+        raise ValueError(f"alpha={alpha} thins a {chans}-channel layer to no channels")
+    return thinned
+
+
+def _classifier(chans: int, num_classes: int) -> nn.Module:
+    """The FC, or for 0 classes none (:class:`NoClassifier`): ``forward`` gives the features."""
+    return nn.Linear(chans, num_classes) if num_classes else NoClassifier(chans)
+
+
+def _reset_head(
+    model: MobileNetV1 | MobileNetV2, num_classes: int, global_pool: str | None
+) -> None:
+    """``reset_classifier`` of both versions: check, then swap the pool and the FC."""
+    check_head(num_classes, global_pool, POOLS)
+    if global_pool is not None:
+        model.global_pool = GlobalPool(global_pool)
+    model.num_classes = num_classes
+    model.fc = replace_linear(model.fc, num_classes)
 
 
 class MobileNetV2(ClassifierModel):
@@ -167,6 +231,15 @@ class MobileNetV2(ClassifierModel):
     keeps one constant rate, 6, in Sec. 4; the first bottleneck keeps ``t = 1``).
     ``linear_bottleneck=False`` puts ReLU6 after every 1x1 projection, the non-linear
     bottleneck that Sec. 6.4 (Figure 6a) compares with the linear one of Sec. 3.2.
+
+    ``drop_rate``: dropout before the FC, 0.2 as torchvision (TF-slim's reference: keep
+    probability 0.8); the paper names none. ``drop_path_rate``: stochastic depth (Huang et al.
+    2016; not in the paper), the zoo's rule :func:`cnnlab.layers.drop_path_rates` over the 17
+    blocks in depth order (block ``i`` of 17, from 1: ``rate * i / 17``); only the 10 blocks
+    with a shortcut use theirs. ``global_pool``: ``"avg"`` (Table 2's avgpool), ``"max"``, or
+    ``""`` with ``num_classes=0``. ``feature_info``: the last block at strides 2, 4, 8; at 16 the
+    expansion of "layer 15" (``blocks.13.conv.0``), where SSDLite attaches (Sec. 6.3); at 32 the
+    final 1x1 conv, ``forward_features``' output.
     """
 
     def __init__(
@@ -177,6 +250,8 @@ class MobileNetV2(ClassifierModel):
         t: float | None = None,
         drop_rate: float = 0.2,
         linear_bottleneck: bool = True,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         _check_multiplier("alpha", alpha)
@@ -184,40 +259,74 @@ class MobileNetV2(ClassifierModel):
             raise ValueError(f"linear_bottleneck must be True or False, got {linear_bottleneck!r}")
         if t is not None:
             _check_multiplier("t", t)
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
-
+        check_rate("drop_rate", drop_rate)
+        check_head(num_classes, global_pool, POOLS)
         chans = make_divisible(V2_STEM * alpha)
         self.stem = ConvNormAct(in_chans, chans, 3, 2, act=nn.ReLU6)
         block = {"act": nn.ReLU6, "linear_bottleneck": linear_bottleneck}
-        blocks: list[nn.Module] = []
-        for row_t, c, n, s in V2_BOTTLENECKS:
-            expansion = t if t is not None and row_t != 1 else row_t
-            out_chans = make_divisible(c * alpha)
-            for i in range(n):
-                stride = s if i == 0 else 1
-                blocks.append(InvertedResidual(chans, out_chans, stride, expansion, **block))
-                chans = out_chans
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, layers = _v2_blocks(chans, alpha, t, drop_path_rate, **block)
         self.num_features = make_divisible(V2_HEAD * max(1.0, alpha))
-        self.head = ConvNormAct(chans, self.num_features, 1, act=nn.ReLU6)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = ConvNormAct(layers[-1][1], self.num_features, 1, act=nn.ReLU6)
+        layers = [("stem", chans, 2), *layers, ("head", self.num_features, 1)]
+        self.feature_info = _ssdlite_level(self.blocks, layers, last_per_reduction(layers))
+        self.global_pool = GlobalPool(global_pool)
         self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes)
+        self.fc = _classifier(self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(torch.flatten(self.pool(x), 1))
+        x = self.dropout(self.global_pool(x))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        _reset_head(self, num_classes, global_pool)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+
+def _v2_blocks(
+    chans: int, alpha: float, t: float | None, drop_path_rate: float, **block: Any
+) -> tuple[nn.Sequential, list[tuple[str, int, int]]]:
+    """The 17 bottlenecks of Table 2 from ``chans`` input channels, and one
+    ``(module, output channels, stride)`` per block."""
+    rates = iter(drop_path_rates(drop_path_rate, sum(n for _, _, n, _ in V2_BOTTLENECKS)))
+    blocks: list[nn.Module] = []
+    layers: list[tuple[str, int, int]] = []
+    for row_t, c, n, s in V2_BOTTLENECKS:
+        expansion = t if t is not None and row_t != 1 else row_t
+        out_chans = make_divisible(c * alpha)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            blocks.append(
+                InvertedResidual(
+                    chans, out_chans, stride, expansion, drop_path=next(rates), **block
+                )
+            )
+            layers.append((f"blocks.{len(blocks) - 1}", out_chans, stride))
+            chans = out_chans
+    return nn.Sequential(*blocks), layers
+
+
+def _ssdlite_level(
+    blocks: nn.Sequential, layers: list[tuple[str, int, int]], levels: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``levels`` with the stride-16 one moved to the expansion (1x1 conv, BN, ReLU6) of the
+    block that goes from stride 16 to 32: Table 2's "layer 15" (layer 1 is the stem), where
+    Sec. 6.3 attaches SSDLite's first layer. With ``t=1`` that block has no expansion and the
+    last block at stride 16 stays."""
+    reduction = 1
+    for module, _, stride in layers:
+        if reduction == 16 and stride == 2:
+            block = blocks[int(module.split(".")[1])]
+            if len(block.conv) == 3:  # expansion, depthwise, projection
+                expand = {"module": f"{module}.conv.0", "reduction": 16}
+                expand["num_chs"] = block.conv[0].conv.out_channels
+                return [expand if lv["reduction"] == 16 else lv for lv in levels]
+        reduction *= stride
+    return levels
 
 
 _V1 = {
@@ -235,14 +344,19 @@ def mobilenet_v1(
     alpha: float = 1.0,
     rho: float = 1.0,
     act: str = "relu",
+    drop_rate: float = 0.0,
+    global_pool: str = "avg",
 ) -> MobileNetV1:
     """MobileNetV1 with width multiplier ``alpha`` and resolution multiplier ``rho``.
 
     ``rho`` in (0, 1] sets ``model.input_size`` to ``round(224 * rho)`` pixels a side
     (Sec. 3.4: 0.857 -> 192, 0.714 -> 160, 0.571 -> 128); the layers do not depend on it.
+    ``drop_rate`` and ``global_pool`` as in :class:`MobileNetV1`.
     """
     side = _native_side(rho)
-    model = MobileNetV1(num_classes, in_chans, alpha=alpha, act=act)
+    model = MobileNetV1(
+        num_classes, in_chans, alpha=alpha, act=act, drop_rate=drop_rate, global_pool=global_pool
+    )
     model.input_size = (in_chans, side, side)
     return model
 
@@ -268,6 +382,8 @@ def mobilenet_v2(
     rho: float = 1.0,
     drop_rate: float = 0.2,
     linear_bottleneck: bool = True,
+    drop_path_rate: float = 0.0,
+    global_pool: str = "avg",
 ) -> MobileNetV2:
     """MobileNetV2 with width multiplier ``alpha``, resolution multiplier ``rho``, optional
     global expansion factor ``t`` and the linear-bottleneck switch (Sec. 3.2, 6.4).
@@ -275,6 +391,7 @@ def mobilenet_v2(
     ``rho`` in (0, 1] sets ``model.input_size`` to ``round(224 * rho)`` pixels a side, as for
     V1; Sec. 4 and Figure 5 run every width at 96, 128, 160, 192 and 224 (``rho`` 0.429,
     0.571, 0.714, 0.857, 1). The network is fully convolutional: only the MACs change.
+    ``drop_rate``, ``drop_path_rate`` and ``global_pool`` as in :class:`MobileNetV2`.
     """
     side = _native_side(rho)
     model = MobileNetV2(
@@ -284,6 +401,8 @@ def mobilenet_v2(
         t=t,
         drop_rate=drop_rate,
         linear_bottleneck=linear_bottleneck,
+        drop_path_rate=drop_path_rate,
+        global_pool=global_pool,
     )
     model.input_size = (in_chans, side, side)
     return model
