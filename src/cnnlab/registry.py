@@ -28,6 +28,7 @@ __all__ = [
     "ModelEntry",
     "accepted_keywords",
     "build_model",
+    "keyword_defaults",
     "list_models",
     "match_models",
     "model_info",
@@ -164,11 +165,15 @@ def build_model(
             f"{name} does not take {', '.join(map(repr, unknown))}; it takes "
             f"{', '.join([*COMMON_KEYWORDS, *accepted_keywords(name)])}"
         )
-    model = entry.builder(
-        num_classes=num_classes or 1, in_chans=in_chans, **{**entry.defaults, **kwargs}
-    )
-    if num_classes == 0:  # no classifier: forward gives the (N, num_features) features
-        model.reset_classifier(0)
+    built = {**entry.defaults, **kwargs}
+    # Built with a classifier, then without (and without pooling for global_pool="").
+    pool = built.pop("global_pool", None) if num_classes == 0 else None
+    try:
+        model = entry.builder(num_classes=num_classes or 1, in_chans=in_chans, **built)
+    except TypeError as exc:  # a preset fixes a keyword the class also takes
+        raise ValueError(f"{name}: {exc}") from None
+    if num_classes == 0:  # no classifier: forward gives the (N, head_hidden_size) features
+        model.reset_classifier(0, pool)
     # A builder may set a different native size (MobileNet's resolution multiplier does).
     if getattr(model, "input_size", None) is None:
         model.input_size = (in_chans, *entry.input_size[1:])
@@ -180,10 +185,9 @@ def build_model(
     return model if init is None else init_weights(model, init)
 
 
-def accepted_keywords(name: str) -> list[str]:
-    """The keyword arguments ``create_model(name, ...)`` takes besides num_classes and
-    in_chans: the builder's own, and where it passes ``**kwargs`` on, those of the class its
-    return annotation names."""
+def _keyword_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The builder's keyword parameters, and where it passes ``**kwargs`` on, those of the
+    class its return annotation names (num_classes and in_chans left out)."""
     builder = _entry(name).builder
     params = dict(inspect.signature(builder).parameters)
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -191,10 +195,24 @@ def accepted_keywords(name: str) -> list[str]:
         if isinstance(built, type):
             params |= inspect.signature(built.__init__).parameters
     skip = {"self", "num_classes", "in_chans"}
-    return sorted(
-        k for k, p in params.items()
+    return {
+        k: p for k, p in params.items()
         if k not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    )  # fmt: skip
+    }  # fmt: skip
+
+
+def accepted_keywords(name: str) -> list[str]:
+    """The keyword arguments ``create_model(name, ...)`` takes besides num_classes, in_chans
+    and :data:`COMMON_KEYWORDS`: the model's own."""
+    return sorted(_keyword_parameters(name))
+
+
+def keyword_defaults(name: str) -> dict[str, Any]:
+    """Each of the model's own keywords with the value ``name`` builds by default (a preset's
+    value where it sets one), sorted by name."""
+    params = _keyword_parameters(name)
+    defaults = {k: p.default for k, p in params.items() if p.default is not p.empty}
+    return dict(sorted((defaults | _entry(name).defaults).items()))
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -15,9 +15,10 @@ from torch import nn
 
 from cnnlab.analysis.macs import count_macs
 from cnnlab.analysis.profile import profile
-from cnnlab.registry import build_model, list_models, match_models, model_info
+from cnnlab.registry import build_model, keyword_defaults, list_models, match_models, model_info
 
 __all__ = ["compare_models", "measure_latency", "zoo_table"]
+
 
 @torch.no_grad()
 def measure_latency(
@@ -85,7 +86,8 @@ def compare_models(
 
 
 def zoo_table(pattern: str = "*") -> list[dict[str, Any]]:
-    """One dict per model: metadata plus params and MACs counted on the built model."""
+    """One dict per model: metadata, params and MACs counted on the built model, its own
+    keywords with their defaults and its feature levels."""
     rows = []
     for name in list_models(pattern):
         info = model_info(name)
@@ -93,5 +95,8 @@ def zoo_table(pattern: str = "*") -> list[dict[str, Any]]:
             model = build_model(name)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         macs = count_macs(model, model.input_size)
-        rows.append({**info, "params": params, "macs": macs, "input_size": list(model.input_size)})
+        rows.append({
+            **info, "params": params, "macs": macs, "input_size": list(model.input_size),
+            "keywords": keyword_defaults(name), "feature_info": model.feature_info,
+        })  # fmt: skip
     return rows

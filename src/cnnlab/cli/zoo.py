@@ -34,7 +34,21 @@ def run(args: argparse.Namespace) -> int:
         for r in rows
     ]
     print(format_table(["model", "params", "MMACs", "input", "year", "paper"], table))
+    if len(rows) == 1:
+        print(_details(rows[0]))
     return 0
+
+
+def _details(row: dict) -> str:
+    """The keywords (``create_model`` / ``--model-kwargs``) and feature levels of one model."""
+    keywords = ", ".join(f"{k}={v!r}" for k, v in row["keywords"].items()) or "none"
+    levels = ", ".join(
+        f"{f['module']} ({f['num_chs']} ch, /{f['reduction']})" for f in row["feature_info"]
+    )
+    return (
+        f"\nkeywords: {keywords}\n"
+        f"feature levels: {levels or 'none (no feature maps: features_only is refused)'}"
+    )
 
 
 def _mmacs(macs: int) -> str:
