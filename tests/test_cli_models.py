@@ -21,6 +21,18 @@ def test_models_json(capsys):
     assert row["paper"] and row["source"] and row["input_size"] == [3, 224, 224]
 
 
+def test_one_model_shows_its_keywords_and_feature_levels(capsys):
+    assert main(["models", "resnet20"]) == 0
+    out = capsys.readouterr().out
+    assert "shortcut='A'" in out and "drop_path_rate=0.0" in out
+    assert "conv4_x (64 ch, /4)" in out
+    assert main(["models", "lenet_300_100"]) == 0
+    assert "features_only is refused" in capsys.readouterr().out
+    assert main(["models", "mobilenet_v2", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["keywords"]["alpha"] == 1.0 and row["feature_info"][3]["num_chs"] == 576
+
+
 def test_models_no_match_is_one_line_exit_2(capsys):
     assert main(["models", "nothing-like-this*"]) == 2
     err = capsys.readouterr().err

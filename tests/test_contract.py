@@ -8,6 +8,7 @@ import torch.fx
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 import cnnlab
+from cnnlab.registry import accepted_keywords
 
 MODELS = cnnlab.list_models()
 
@@ -53,6 +54,10 @@ def test_no_pooling_gives_the_feature_map(name: str) -> None:
             model.reset_classifier(4, global_pool="")
         with pytest.raises(ValueError, match="global_pool"):
             model.reset_classifier(0, global_pool="mean")
+    if "global_pool" in accepted_keywords(name):  # the pooled heads: also at creation
+        bare, _ = _meta_model(name, num_classes=0, global_pool="")
+        with torch.device("meta"):
+            assert bare(x).shape == model.forward_features(x).shape
 
 
 def _small_input(model: torch.nn.Module, batch: int = 2) -> torch.Tensor:
