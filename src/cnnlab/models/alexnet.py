@@ -9,17 +9,24 @@
 * ``alexnet_tv``: ``torchvision.models.alexnet``, the single-tower network of A. Krizhevsky,
   "One weird trick for parallelizing convolutional neural networks", arXiv:1404.5997, 2014
   (64-192-384-256-256 filters, no LRN), with torchvision's parameter order.
+
+Switches (both models): ``drop_rate`` (default 0.5, Sec. 4.2) is the p of the two dropout
+layers. The head flattens a fixed 6x6 map, so there is no ``global_pool`` keyword;
+``reset_classifier(0, "")`` bypasses it (``forward`` returns the pool5 map). ``feature_info``:
+the last map at each stride, 4 (conv1), 8 (conv2), 16 (conv5) and 32 (pool5, the output of
+``forward_features``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import check_rate
+from cnnlab.models.base import ClassifierModel, check_head, replace_linear
 from cnnlab.registry import register_model
 
 
@@ -90,26 +97,80 @@ class OverlappingMaxPool(nn.MaxPool2d):
         return super().forward(pad_to_window(x))
 
 
-def _features(table: tuple[ConvSpec, ...], in_chans: int) -> nn.Sequential:
-    features = nn.Sequential()
-    chans = in_chans
+def _features(
+    table: tuple[ConvSpec, ...], in_chans: int
+) -> tuple[nn.Sequential, list[dict[str, Any]]]:
+    """The convolutional trunk of a layer table and its feature levels: the last map at each
+    cumulative stride (the layer before each pool) and the last pool, the trunk's output."""
+    features, info = nn.Sequential(), []
+    chans, reduction, last = in_chans, 1, ""
     for i, row in enumerate(table, start=1):
         conv = nn.Conv2d(
             chans, row.out_chans, row.kernel, row.stride, row.padding, groups=row.groups
         )
         features.add_module(row.name, conv)
         features.add_module(f"relu{i}", nn.ReLU(inplace=True))
+        chans, reduction, last = row.out_chans, reduction * row.stride, f"relu{i}"
         if row.lrn:
             features.add_module(
                 f"norm{i}", nn.LocalResponseNorm(LRN_N, LRN_N * LRN_ALPHA, LRN_BETA, LRN_K)
             )
+            last = f"norm{i}"
         if row.pool:
+            info.append({"module": f"features.{last}", "num_chs": chans, "reduction": reduction})
             features.add_module(f"pool{i}", OverlappingMaxPool())
-        chans = row.out_chans
-    return features
+            reduction, last = reduction * 2, f"pool{i}"
+    info.append({"module": f"features.{last}", "num_chs": chans, "reduction": reduction})
+    return features, info
 
 
-class AlexNet(ClassifierModel):
+class AlexNetBase(ClassifierModel):
+    """What both AlexNets share: ``forward_features`` runs ``self.features``; the head is an
+    adaptive average pool to 6x6, flatten, then ``self.classifier`` (fc6, fc7, fc8).
+
+    ``num_features`` is the width of the pool5 map (256), ``head_hidden_size`` that of fc7
+    (4096), what ``reset_classifier(0)`` leaves ``forward`` returning. ``reset_classifier(0,
+    "")`` bypasses the whole head (avgpool, flatten, fc6, fc7), keeping its modules: a later
+    ``reset_classifier(n)`` restores it with a fresh fc8.
+    """
+
+    features: nn.Sequential
+    avgpool: nn.AdaptiveAvgPool2d
+    classifier: nn.Sequential
+    bypass_head: bool = False  # True after reset_classifier(0, ""): forward_head is identity
+
+    @property
+    def head_hidden_size(self) -> int:
+        return FC_UNITS
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.bypass_head:
+            return x
+        x = self.avgpool(x).flatten(1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh fc8 of ``num_classes`` outputs (0: none). ``global_pool=""`` (only with 0
+        classes) bypasses the flattening head; ``None`` keeps the current head, except that
+        ``num_classes > 0`` always restores the flattening head (fc6 and fc7 kept)."""
+        check_head(num_classes, global_pool, ("",))
+        self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
+        self.num_classes = num_classes
+        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
+        self._init_fc8(fc8)
+        self.classifier.fc8 = fc8
+
+    def _init_fc8(self, fc8: nn.Module) -> None:
+        """Initialise a new fc8 (PyTorch's default here)."""
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.fc8
+
+
+class AlexNet(AlexNetBase):
     """The 2012 AlexNet (Krizhevsky et al., Sec. 3.5 and Figure 2), 60,965,224 parameters.
 
     conv1 96@11x11/4 -> ReLU -> LRN -> pool; conv2 256@5x5 (two towers) -> ReLU -> LRN ->
@@ -117,21 +178,26 @@ class AlexNet(ClassifierModel):
     fc7 4096 (ReLU, then dropout 0.5 on their outputs, Sec. 4.2); fc8. An adaptive average
     pool to 6x6 (identity at 227x227) lets inputs down to 32x32 reach fc6. Initialisation as
     in Sec. 5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
+    ``drop_rate`` is the p of drop6 and drop7 (0.5, Sec. 4.2); the head is
+    :class:`AlexNetBase`'s.
     """
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
+    def __init__(
+        self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = DROPOUT
+    ) -> None:
         super().__init__()
+        drop_rate = check_rate("drop_rate", drop_rate)
         self.num_classes = num_classes
-        self.num_features = FC_UNITS  # the pre-logits width
-        self.features = _features(ALEXNET_2012, in_chans)
+        self.features, self.feature_info = _features(ALEXNET_2012, in_chans)
+        self.num_features = chans = self.feature_info[-1]["num_chs"]
         self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
         self.classifier = nn.Sequential()
-        self.classifier.add_module("fc6", nn.Linear(256 * POOLED_SIDE**2, FC_UNITS))
+        self.classifier.add_module("fc6", nn.Linear(chans * POOLED_SIDE**2, FC_UNITS))
         self.classifier.add_module("relu6", nn.ReLU(inplace=True))
-        self.classifier.add_module("drop6", nn.Dropout(DROPOUT))
+        self.classifier.add_module("drop6", nn.Dropout(drop_rate))
         self.classifier.add_module("fc7", nn.Linear(FC_UNITS, FC_UNITS))
         self.classifier.add_module("relu7", nn.ReLU(inplace=True))
-        self.classifier.add_module("drop7", nn.Dropout(DROPOUT))
+        self.classifier.add_module("drop7", nn.Dropout(drop_rate))
         self.classifier.add_module("fc8", nn.Linear(FC_UNITS, num_classes))
         self._init_weights()
 
@@ -143,64 +209,41 @@ class AlexNet(ClassifierModel):
                 m.weight.normal_(0.0, 0.01)
                 m.bias.fill_(1.0 if name in ones else 0.0)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.avgpool(x).flatten(1)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
-        if isinstance(fc8, nn.Linear):
+    def _init_fc8(self, fc8: nn.Module) -> None:
+        if isinstance(fc8, nn.Linear):  # Sec. 5: N(0, 0.01), fc8's bias 0
             with torch.no_grad():
                 fc8.weight.normal_(0.0, 0.01)
                 fc8.bias.zero_()
-        self.classifier.fc8 = fc8
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier.fc8
 
 
-class AlexNetTV(ClassifierModel):
+class AlexNetTV(AlexNetBase):
     """torchvision's AlexNet (one tower, 64-192-384-256-256, no LRN), 61,100,840 parameters.
 
     Same layers and parameter order as ``torchvision.models.alexnet`` (dropout before fc6 and
     fc7, as there), and the same outputs wherever torchvision runs; its pools also take the
     maps below 3x3 that inputs under 63 px produce (see :class:`OverlappingMaxPool`).
-    PyTorch's default initialisation, as in torchvision.
+    PyTorch's default initialisation, as in torchvision. ``drop_rate`` is the p of drop6 and
+    drop7 (torchvision's 0.5, after Sec. 4.2 of the 2012 paper); the head is
+    :class:`AlexNetBase`'s.
     """
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
+    def __init__(
+        self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = DROPOUT
+    ) -> None:
         super().__init__()
+        drop_rate = check_rate("drop_rate", drop_rate)
         self.num_classes = num_classes
-        self.num_features = FC_UNITS  # the pre-logits width
-        self.features = _features(ALEXNET_TV, in_chans)
+        self.features, self.feature_info = _features(ALEXNET_TV, in_chans)
+        self.num_features = chans = self.feature_info[-1]["num_chs"]
         self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
         self.classifier = nn.Sequential()
-        self.classifier.add_module("drop6", nn.Dropout(DROPOUT))
-        self.classifier.add_module("fc6", nn.Linear(256 * POOLED_SIDE**2, FC_UNITS))
+        self.classifier.add_module("drop6", nn.Dropout(drop_rate))
+        self.classifier.add_module("fc6", nn.Linear(chans * POOLED_SIDE**2, FC_UNITS))
         self.classifier.add_module("relu6", nn.ReLU(inplace=True))
-        self.classifier.add_module("drop7", nn.Dropout(DROPOUT))
+        self.classifier.add_module("drop7", nn.Dropout(drop_rate))
         self.classifier.add_module("fc7", nn.Linear(FC_UNITS, FC_UNITS))
         self.classifier.add_module("relu7", nn.ReLU(inplace=True))
         self.classifier.add_module("fc8", nn.Linear(FC_UNITS, num_classes))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.avgpool(x).flatten(1)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        fc8 = self.classifier.fc8
-        self.classifier.fc8 = replace_linear(fc8, num_classes).to(self.weights_device)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier.fc8
 
 
 _KRIZHEVSKY12 = (
@@ -223,9 +266,10 @@ _KRIZHEVSKY12 = (
         "(60M params, 720M mult-adds)"
     ),
 )
-def alexnet(num_classes: int = 1000, in_chans: int = 3) -> AlexNet:
-    """The 2012 two-tower AlexNet with LRN (Krizhevsky et al. 2012, Sec. 3.5)."""
-    return AlexNet(num_classes, in_chans)
+def alexnet(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = DROPOUT) -> AlexNet:
+    """The 2012 two-tower AlexNet with LRN (Krizhevsky et al. 2012, Sec. 3.5); ``drop_rate``:
+    dropout after fc6 and fc7 (0.5, Sec. 4.2)."""
+    return AlexNet(num_classes, in_chans, drop_rate)
 
 
 @register_model(
@@ -239,6 +283,7 @@ def alexnet(num_classes: int = 1000, in_chans: int = 3) -> AlexNet:
     reference_macs=714_188_480,
     source="torchvision AlexNet_Weights.IMAGENET1K_V1 meta (61,100,840 params, 0.71 GFLOPS)",
 )
-def alexnet_tv(num_classes: int = 1000, in_chans: int = 3) -> AlexNetTV:
-    """torchvision's single-tower AlexNet, parameter order as ``torchvision.models.alexnet``."""
-    return AlexNetTV(num_classes, in_chans)
+def alexnet_tv(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = DROPOUT) -> AlexNetTV:
+    """torchvision's single-tower AlexNet, parameter order as ``torchvision.models.alexnet``;
+    ``drop_rate``: dropout before fc6 and fc7 (0.5)."""
+    return AlexNetTV(num_classes, in_chans, drop_rate)

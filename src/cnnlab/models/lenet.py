@@ -7,18 +7,27 @@
   S. Han, H. Mao, W. J. Dally, "Deep Compression", ICLR 2016, Tables 2 and 3, which are
   Caffe's ``examples/mnist/lenet.prototxt`` and the 300-100 multilayer perceptron of the
   1998 paper (Sec. III.C.2) with ReLU.
+
+Switches (all three): ``drop_rate`` (default 0.0: neither paper uses dropout) is a dropout
+before the last layer. The heads flatten a fixed-size map, so there is no ``global_pool``
+keyword; ``reset_classifier(0, "")`` bypasses the head (``forward`` returns
+``forward_features``). ``feature_info`` lists the last map at each stride; ``lenet_300_100``
+has no feature maps (an empty list).
 """
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import check_rate
+from cnnlab.models.base import ClassifierModel, check_head, replace_linear
 from cnnlab.registry import register_model
 
 # LeNet-5, Sec. II.B / Figure 2: (layer, maps, kernel) on a 32x32 input.
@@ -123,23 +132,55 @@ class EuclideanRBF(nn.Module):
         return -(x.unsqueeze(1) - self.prototypes).pow(2).sum(-1)
 
 
-class LeNet5(ClassifierModel):
+class LeNetBase(ClassifierModel):
+    """What the three LeNets share: ``forward_features`` runs ``self.features`` (LeNet-300-100
+    overrides it), and ``reset_classifier(0, "")`` bypasses the head, so that ``forward``
+    returns ``forward_features``' output. The head's modules stay: a later
+    ``reset_classifier(n)`` restores it with a fresh last layer."""
+
+    features: nn.Module
+    bypass_head: bool = False  # True after reset_classifier(0, ""): forward_head is identity
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh last layer of ``num_classes`` outputs (0: none). ``global_pool=""`` (only
+        with 0 classes) bypasses the head; ``None`` keeps the current head, except that
+        ``num_classes > 0`` always restores it (the hidden layers kept)."""
+        check_head(num_classes, global_pool, ("",))
+        self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
+        self.num_classes = num_classes
+        self._replace_last_layer(num_classes)
+
+    @abc.abstractmethod
+    def _replace_last_layer(self, num_classes: int) -> None:
+        """Put a fresh last layer of ``num_classes`` outputs (0: none) in place."""
+
+
+class LeNet5(LeNetBase):
     """LeNet-5 as in Sec. II.B and Figure 2 of LeCun et al. 1998 (32x32 input).
 
     Every layer up to F6 is followed by the scaled tanh (Sec. II.B: "units in layers up to F6
     ... passed through a sigmoid squashing function"; Appendix A). ``head="rbf"`` gives the
     paper's Euclidean RBF output (trainable parameters 60,000, as the paper says);
     ``head="linear"`` (default) a linear layer for cross-entropy training (60,850).
+
+    ``num_features`` is C5's 120 maps, ``head_hidden_size`` F6's 84 units; ``drop_rate``
+    (0.0, the paper has no dropout) drops F6's outputs. Feature levels: act1 (6 maps, stride
+    1), act3 (16, 2), act5 (120, 4; the output of ``forward_features``).
     """
 
     fixed_input_size = True
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1, head: str = "linear") -> None:
+    def __init__(
+        self, num_classes: int = 10, in_chans: int = 1, head: str = "linear", drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
         if head not in ("linear", "rbf"):
             raise ValueError(f"head must be 'linear' or 'rbf', got {head!r}")
         self.num_classes = num_classes
-        self.num_features = F6_UNITS  # the pre-logits width
+        self.num_features = C5_MAPS
         self.head_type = head
         self.features = nn.Sequential()
         self.features.add_module("c1", nn.Conv2d(in_chans, C1_MAPS, KERNEL))
@@ -152,10 +193,20 @@ class LeNet5(ClassifierModel):
         self.features.add_module("act4", ScaledTanh())
         self.features.add_module("c5", nn.Conv2d(C3_MAPS, C5_MAPS, KERNEL))
         self.features.add_module("act5", ScaledTanh())
+        self.feature_info = [
+            {"module": "features.act1", "num_chs": C1_MAPS, "reduction": 1},
+            {"module": "features.act3", "num_chs": C3_MAPS, "reduction": 2},
+            {"module": "features.act5", "num_chs": C5_MAPS, "reduction": 4},
+        ]
         self.f6 = nn.Linear(C5_MAPS, F6_UNITS)
         self.act6 = ScaledTanh()
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
         self.head = self._make_head(num_classes)
         self._init_weights()
+
+    @property
+    def head_hidden_size(self) -> int:
+        return F6_UNITS
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes == 0:  # no output layer: F6's 84 features
@@ -187,15 +238,13 @@ class LeNet5(ClassifierModel):
             for p in (m.weight, m.bias):
                 p.uniform_(-2.4 / fan_in, 2.4 / fan_in)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.act6(self.f6(x.flatten(1)))
+        if self.bypass_head:
+            return x
+        x = self.dropout(self.act6(self.f6(x.flatten(1))))
         return x if pre_logits else self.head(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def _replace_last_layer(self, num_classes: int) -> None:
         self.head = self._make_head(num_classes).to(self.weights_device)
         if isinstance(self.head, nn.Linear):
             bound = 2.4 / F6_UNITS
@@ -219,77 +268,99 @@ def _caffe_xavier_(module: nn.Module) -> None:
                 m.bias.zero_()
 
 
-class LeNet5Caffe(ClassifierModel):
+class LeNet5Caffe(LeNetBase):
     """Caffe's LeNet (``examples/mnist/lenet.prototxt``), Deep Compression's "LeNet-5".
 
     conv 20@5x5, max-pool 2/2, conv 50@5x5, max-pool 2/2, fc 500 + ReLU, fc 10, on 28x28
     inputs; as in the prototxt there is no nonlinearity after the convolutions. 431,080
     parameters, 2.29 M MACs (Deep Compression Table 3: 431K).
+
+    ``num_features`` is conv2's 50 maps, ``head_hidden_size`` fc1's 500 units; ``drop_rate``
+    (0.0, the prototxt has no dropout) drops fc1's outputs. Feature levels: conv1 (20 maps,
+    stride 1), conv2 (50, 2), pool2 (50, 4; the output of ``forward_features``).
     """
 
     fixed_input_size = True
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = LENET5_CAFFE_HIDDEN  # the pre-logits width
         self.features = nn.Sequential()
-        chans, side = in_chans, 28
+        self.feature_info: list[dict[str, Any]] = []
+        chans, side, reduction = in_chans, 28, 1
         for i, (maps, kernel) in enumerate(LENET5_CAFFE_CONVS, start=1):
             self.features.add_module(f"conv{i}", nn.Conv2d(chans, maps, kernel))
+            self.feature_info.append(
+                {"module": f"features.conv{i}", "num_chs": maps, "reduction": reduction}
+            )
             self.features.add_module(f"pool{i}", nn.MaxPool2d(2, 2))
-            chans, side = maps, (side - kernel + 1) // 2
+            chans, side, reduction = maps, (side - kernel + 1) // 2, reduction * 2
+        last = f"features.pool{len(LENET5_CAFFE_CONVS)}"
+        self.feature_info.append({"module": last, "num_chs": chans, "reduction": reduction})
+        self.num_features = chans
         self.fc1 = nn.Linear(chans * side * side, LENET5_CAFFE_HIDDEN)
         self.relu1 = nn.ReLU(inplace=True)
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
         self.fc2 = nn.Linear(LENET5_CAFFE_HIDDEN, num_classes)
         _caffe_xavier_(self)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+    @property
+    def head_hidden_size(self) -> int:
+        return LENET5_CAFFE_HIDDEN
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.relu1(self.fc1(x.flatten(1)))
+        if self.bypass_head:
+            return x
+        x = self.dropout(self.relu1(self.fc1(x.flatten(1))))
         return x if pre_logits else self.fc2(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def _replace_last_layer(self, num_classes: int) -> None:
         self.fc2 = replace_linear(self.fc2, num_classes).to(self.weights_device)
 
     def get_classifier(self) -> nn.Module:
         return self.fc2
 
 
-class LeNet300100(ClassifierModel):
+class LeNet300100(LeNetBase):
     """LeNet-300-100: a 784-300-100-10 perceptron with ReLU (Deep Compression Table 2;
     the 1998 paper, Sec. III.C.2, had the same sizes with sigmoid units).
 
-    There is no convolutional trunk: ``forward_features`` flattens the image and the head
-    holds all three fully-connected layers.
+    There is no convolutional trunk: ``forward_features`` flattens the image, so
+    ``num_features`` is ``in_chans * 784`` and ``feature_info`` is empty; the head holds all
+    three fully-connected layers (``head_hidden_size`` 100).
+    ``drop_rate`` (0.0, none in the paper) drops the 100 hidden units' outputs.
     """
 
     fixed_input_size = True
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.num_features = LENET_300_100_HIDDEN[-1]  # the pre-logits width
         widths = (in_chans * 28 * 28, *LENET_300_100_HIDDEN)
+        self.num_features = widths[0]
+        self.feature_info = []  # no feature maps
         self.hidden = nn.Sequential()
         for i, (n_in, n_out) in enumerate(itertools.pairwise(widths), start=1):
             self.hidden.add_module(f"fc{i}", nn.Linear(n_in, n_out))
             self.hidden.add_module(f"relu{i}", nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
         self.fc = nn.Linear(widths[-1], num_classes)
         _caffe_xavier_(self)
+
+    @property
+    def head_hidden_size(self) -> int:
+        return LENET_300_100_HIDDEN[-1]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.hidden(x)
+        if self.bypass_head:
+            return x
+        x = self.dropout(self.hidden(x))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def _replace_last_layer(self, num_classes: int) -> None:
         self.fc = replace_linear(self.fc, num_classes).to(self.weights_device)
 
     def get_classifier(self) -> nn.Module:
@@ -320,9 +391,12 @@ _HAN16 = "Han, Mao, Dally: Deep Compression (ICLR 2016)"
         "subsampling connections (not Conv/Linear MACs)"
     ),
 )
-def lenet5(num_classes: int = 10, in_chans: int = 1, head: str = "linear") -> LeNet5:
-    """LeNet-5 (LeCun et al. 1998, Sec. II.B); ``head`` is "linear" or "rbf"."""
-    return LeNet5(num_classes, in_chans, head)
+def lenet5(
+    num_classes: int = 10, in_chans: int = 1, head: str = "linear", drop_rate: float = 0.0
+) -> LeNet5:
+    """LeNet-5 (LeCun et al. 1998, Sec. II.B); ``head`` is "linear" or "rbf"; ``drop_rate``:
+    dropout on F6's outputs (none in the paper)."""
+    return LeNet5(num_classes, in_chans, head, drop_rate)
 
 
 @register_model(
@@ -338,9 +412,10 @@ def lenet5(num_classes: int = 10, in_chans: int = 1, head: str = "linear") -> Le
     reference_macs=2_293_000,
     source="Deep Compression Table 3 (431K weights); Caffe examples/mnist/lenet.prototxt",
 )
-def lenet5_caffe(num_classes: int = 10, in_chans: int = 1) -> LeNet5Caffe:
-    """Caffe's 20-50-500-10 LeNet (Deep Compression Table 3)."""
-    return LeNet5Caffe(num_classes, in_chans)
+def lenet5_caffe(num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0) -> LeNet5Caffe:
+    """Caffe's 20-50-500-10 LeNet (Deep Compression Table 3); ``drop_rate``: dropout on fc1's
+    outputs (none in the prototxt)."""
+    return LeNet5Caffe(num_classes, in_chans, drop_rate)
 
 
 @register_model(
@@ -356,6 +431,7 @@ def lenet5_caffe(num_classes: int = 10, in_chans: int = 1) -> LeNet5Caffe:
     reference_macs=266_200,
     source="Deep Compression Table 2 (267K weights); LeCun et al. 1998 Sec. III.C.2",
 )
-def lenet_300_100(num_classes: int = 10, in_chans: int = 1) -> LeNet300100:
-    """The 784-300-100-10 perceptron (Deep Compression Table 2)."""
-    return LeNet300100(num_classes, in_chans)
+def lenet_300_100(num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0) -> LeNet300100:
+    """The 784-300-100-10 perceptron (Deep Compression Table 2); ``drop_rate``: dropout on the
+    100 hidden units' outputs (none in the paper)."""
+    return LeNet300100(num_classes, in_chans, drop_rate)

@@ -6,14 +6,22 @@ and padding 1, 2x2 max-pools with stride 2, ReLU after every layer, then FC-4096
 (dropout 0.5 on both, Sec. 3.1) and FC-classes (Sec. 2.1). The ``_bn`` variants add
 BatchNorm after every convolution (not in the paper; torchvision's ``vgg*_bn``). Parameter
 order and initialisation follow ``torchvision.models.vgg``, so its weights convert by position.
+
+Switches: ``drop_rate`` (default 0.5, Sec. 3.1) is the p of both dropout layers. The head
+flattens a fixed 7x7 map, so it has no ``global_pool`` keyword; ``reset_classifier(0, "")``
+bypasses it (``forward`` returns the pool5 map). ``feature_info``: the map before each
+max-pool (reductions 1 .. 16) and pool5 (32), the output of ``forward_features``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from cnnlab.models.base import ClassifierModel, replace_linear
+from cnnlab.layers import check_rate
+from cnnlab.models.base import ClassifierModel, check_head, replace_linear
 from cnnlab.registry import register_model
 
 # Table 1, read top to bottom: conv3 output channels, "M" = maxpool 2x2/2.
@@ -33,43 +41,75 @@ POOLED_SIDE = 7  # 224 / 2^5
 DROPOUT = 0.5  # Sec. 3.1
 
 
+def _features(
+    cfg: list[int | str], in_chans: int, batch_norm: bool
+) -> tuple[nn.Sequential, list[dict[str, Any]]]:
+    """The convolutional trunk of a Table 1 column and its feature levels: the last map of
+    each stage (its ReLU, right before the stage's max-pool) and pool5, the trunk's output."""
+    features, info = nn.Sequential(), []
+    chans, stage, n, reduction = in_chans, 1, 1, 1
+    for v in cfg:
+        if v == "M":
+            last = f"features.conv{stage}_{n - 1}_relu"
+            info.append({"module": last, "num_chs": chans, "reduction": reduction})
+            features.add_module(f"pool{stage}", nn.MaxPool2d(2, 2))
+            stage, n, reduction = stage + 1, 1, reduction * 2
+            continue
+        features.add_module(f"conv{stage}_{n}", nn.Conv2d(chans, v, 3, padding=1))
+        if batch_norm:
+            features.add_module(f"bn{stage}_{n}", nn.BatchNorm2d(v))
+        # Not "relu1_1": torchvision's tracer strips a trailing _<digits> from node names, so
+        # create_feature_extractor could not name such a module (see feature_info).
+        features.add_module(f"conv{stage}_{n}_relu", nn.ReLU(inplace=True))
+        chans, n = v, n + 1
+    info.append({"module": f"features.pool{stage - 1}", "num_chs": chans, "reduction": reduction})
+    return features, info
+
+
 class VGG(ClassifierModel):
-    """VGG of Table 1 (column ``cfg``), layers named as the paper's ``conv<stage>_<n>``.
+    """VGG of Table 1 (column ``cfg``), layers named as the paper's ``conv<stage>_<n>`` (their
+    ReLUs ``conv<stage>_<n>_relu``, BatchNorms ``bn<stage>_<n>``).
 
     An adaptive average pool to 7x7 (identity at 224x224, as in torchvision) lets inputs down
     to 32x32 (a 1x1 map after the fifth pool) reach fc6.
+
+    ``num_features`` is the width of the pool5 map (512), ``head_hidden_size`` that of fc7
+    (4096), what ``reset_classifier(0)`` leaves ``forward`` returning. ``reset_classifier(0,
+    "")`` bypasses the whole head (avgpool, flatten, fc6, fc7), keeping its modules: a later
+    ``reset_classifier(n)`` restores it with a fresh fc8. ``drop_rate`` is the p of drop6 and
+    drop7 (0.5, Sec. 3.1).
     """
 
     def __init__(
-        self, cfg: str, num_classes: int = 1000, in_chans: int = 3, batch_norm: bool = False
+        self,
+        cfg: str,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        batch_norm: bool = False,
+        drop_rate: float = DROPOUT,
     ) -> None:
         super().__init__()
         if cfg not in CFGS:
             raise ValueError(f"unknown VGG configuration {cfg!r}; one of {', '.join(CFGS)}")
+        drop_rate = check_rate("drop_rate", drop_rate)
         self.num_classes = num_classes
-        self.num_features = FC_UNITS  # the pre-logits width
-        self.features = nn.Sequential()
-        chans, stage, n = in_chans, 1, 1
-        for v in CFGS[cfg]:
-            if v == "M":
-                self.features.add_module(f"pool{stage}", nn.MaxPool2d(2, 2))
-                stage, n = stage + 1, 1
-                continue
-            self.features.add_module(f"conv{stage}_{n}", nn.Conv2d(chans, v, 3, padding=1))
-            if batch_norm:
-                self.features.add_module(f"bn{stage}_{n}", nn.BatchNorm2d(v))
-            self.features.add_module(f"relu{stage}_{n}", nn.ReLU(inplace=True))
-            chans, n = v, n + 1
+        self.features, self.feature_info = _features(CFGS[cfg], in_chans, batch_norm)
+        self.num_features = chans = self.feature_info[-1]["num_chs"]
+        self.bypass_head = False  # True after reset_classifier(0, ""): forward_head is identity
         self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
         self.classifier = nn.Sequential()
         self.classifier.add_module("fc6", nn.Linear(chans * POOLED_SIDE**2, FC_UNITS))
         self.classifier.add_module("relu6", nn.ReLU(inplace=True))
-        self.classifier.add_module("drop6", nn.Dropout(DROPOUT))
+        self.classifier.add_module("drop6", nn.Dropout(drop_rate))
         self.classifier.add_module("fc7", nn.Linear(FC_UNITS, FC_UNITS))
         self.classifier.add_module("relu7", nn.ReLU(inplace=True))
-        self.classifier.add_module("drop7", nn.Dropout(DROPOUT))
+        self.classifier.add_module("drop7", nn.Dropout(drop_rate))
         self.classifier.add_module("fc8", nn.Linear(FC_UNITS, num_classes))
         self._init_weights()
+
+    @property
+    def head_hidden_size(self) -> int:
+        return FC_UNITS
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -90,10 +130,17 @@ class VGG(ClassifierModel):
         return self.features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.bypass_head:
+            return x
         x = self.avgpool(x).flatten(1)
         return self.classifier[:-1](x) if pre_logits else self.classifier(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh fc8 of ``num_classes`` outputs (0: none). ``global_pool=""`` (only with 0
+        classes) bypasses the flattening head; ``None`` keeps the current head, except that
+        ``num_classes > 0`` always restores the flattening head (fc6 and fc7 kept)."""
+        check_head(num_classes, global_pool, ("",))
+        self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
         self.num_classes = num_classes
         fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
         if isinstance(fc8, nn.Linear):
@@ -113,10 +160,15 @@ _SIMONYAN15 = (
 
 
 def vgg(
-    num_classes: int = 1000, in_chans: int = 3, cfg: str = "D", batch_norm: bool = False
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    cfg: str = "D",
+    batch_norm: bool = False,
+    drop_rate: float = DROPOUT,
 ) -> VGG:
-    """VGG of Table 1 column ``cfg`` (A: VGG-11, B: -13, D: -16, E: -19), optionally with BN."""
-    return VGG(cfg, num_classes, in_chans, batch_norm)
+    """VGG of Table 1 column ``cfg`` (A: VGG-11, B: -13, D: -16, E: -19), optionally with BN;
+    ``drop_rate``: dropout after fc6 and fc7 (0.5, Sec. 3.1)."""
+    return VGG(cfg, num_classes, in_chans, batch_norm, drop_rate)
 
 
 # name: (Table 1 column, BatchNorm, params, MACs at 224x224), as torchvision's meta gives them
