@@ -142,7 +142,7 @@ def build_model(
 
     ``num_classes`` and ``in_chans`` default to the paper's: 1000 classes of RGB images for the
     ImageNet networks, 10 classes of grey images for the LeNets; ``num_classes=0`` builds the
-    model without its last layer (``forward`` returns the ``(N, num_features)`` features).
+    model without its last layer (``forward`` returns the ``(N, head_hidden_size)`` features).
     ``init`` replaces the paper's
     initialisation of the Conv / Linear weights (:func:`cnnlab.layers.init_weights`: ``"he"``,
     ``"xavier"``, ``"normal"``). Other keywords are the model's own
