@@ -24,13 +24,14 @@ exact: every tensor comes back bit for bit.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import stat
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +47,12 @@ __all__ = [
     "CnzReport",
     "TensorReport",
     "decode_bytes",
+    "element_budget",
     "encode_state_dict",
     "is_cnz",
     "join_sections",
     "read",
+    "read_file_bytes",
     "relative_indices",
     "split_sections",
 ]
@@ -60,7 +63,11 @@ RAW, HALF, SHARED = 0, 1, 2
 ENCODING_NAMES = {RAW: "raw", HALF: "half", SHARED: "shared"}
 MAX_SHARED_CODEBOOK = 1 << 16  # weights with more distinct values are stored raw
 MAX_INDEX_BITS = 16
-MAX_ELEMENTS = 1 << 31  # per tensor; a tiny sparse file must not claim a giant tensor
+MAX_ELEMENTS = 1 << 31  # in all; a tiny sparse file must not claim a giant tensor
+FREE_ELEMENTS = 1 << 24  # elements any file may declare (64 MiB of float32)
+ELEMENTS_PER_BYTE = 256  # beyond those, elements per byte of file (Deep Compression: ~12)
+MAX_HEADER_BYTES = 1 << 20  # the JSON header (class names of 100k classes fit)
+MAX_FILE_BYTES = 4 << 30  # a .cnz file is read whole; VGG-16 stored raw is 0.55 GB
 LENGTH_BITS = 5  # Huffman code lengths (<= 20) are stored in 5 bits each
 
 _DTYPES: list[torch.dtype] = [
@@ -268,6 +275,8 @@ def encode_state_dict(
 
 # --------------------------------------------------------------------------- decoding
 
+Check = Callable[[str, torch.dtype, tuple[int, ...]], None]
+
 
 class _Reader:
     """Bounds-checked reads from a byte buffer; every overrun is a _Corrupt error."""
@@ -277,8 +286,11 @@ class _Reader:
         self.pos = 0
         self.what = what
 
+    def remaining(self) -> int:
+        return len(self.data) - self.pos
+
     def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
+        if n < 0 or n > self.remaining():
             raise _Corrupt(f"{self.what}: length {n} at byte {self.pos} runs past the end")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
@@ -312,7 +324,25 @@ class _Reader:
             raise _Corrupt(f"{self.what}: {len(self.data) - self.pos} unexpected trailing bytes")
 
 
+@dataclass
+class _Section:
+    """One tensor as the file declares it; ``payload`` is not decoded yet."""
+
+    what: str
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    encoding: int
+    payload: bytes
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
 def _decode_stream(r: _Reader, alphabet: int, max_count: int) -> np.ndarray:
+    """One Huffman stream; every length is checked against the bytes present before any
+    allocation (each symbol costs at least one bit, at most ``MAX_CODE_LENGTH``)."""
     count = r.varint(max_count)
     if count == 0:
         return np.zeros(0, dtype=np.int64)
@@ -325,6 +355,10 @@ def _decode_stream(r: _Reader, alphabet: int, max_count: int) -> np.ndarray:
     if lengths.max() > huffman.MAX_CODE_LENGTH:
         raise _Corrupt(f"{r.what}: Huffman code length above {huffman.MAX_CODE_LENGTH}")
     total = r.varint(count * huffman.MAX_CODE_LENGTH)
+    if total < count or total > 8 * r.remaining():
+        raise _Corrupt(
+            f"{r.what}: {count} symbols in {total} bits, but {r.remaining()} bytes are left"
+        )
     n_blocks = -(-count // huffman.BLOCK_SYMBOLS)
     block_bits = r.u16_array(n_blocks - 1)
     rest = total - int(block_bits.sum())
@@ -348,6 +382,7 @@ def _decode_shared(r: _Reader, numel: int) -> torch.Tensor:
     filler = gaps == top
     positions = np.cumsum(np.where(filler, top, gaps + 1)) - 1
     positions = positions[~filler]
+    del gaps, filler
     weight_idx = _decode_stream(r, max(1, k), numel)
     if len(weight_idx) != len(positions):
         raise _Corrupt(f"{r.what}: {len(positions)} positions but {len(weight_idx)} weights")
@@ -360,7 +395,8 @@ def _decode_shared(r: _Reader, numel: int) -> torch.Tensor:
     return torch.from_numpy(flat).view(torch.float32)
 
 
-def _decode_section(body: bytes, index: int) -> tuple[str, torch.Tensor]:
+def _parse_section(body: bytes, index: int) -> _Section:
+    """Name, dtype, shape and encoding of a section; RAW and HALF payload sizes checked."""
     r = _Reader(body, f"section {index}")
     try:
         name = r.take(r.varint(len(body))).decode("utf-8")
@@ -371,94 +407,176 @@ def _decode_section(body: bytes, index: int) -> tuple[str, torch.Tensor]:
     if dtype_code >= len(_DTYPES):
         raise _Corrupt(f"{r.what}: unknown dtype code {dtype_code}")
     dtype = _DTYPES[dtype_code]
-    shape = [r.varint(MAX_ELEMENTS) for _ in range(ndim)]
-    numel = math.prod(shape)
+    shape = tuple(r.varint(MAX_ELEMENTS) for _ in range(ndim))
     if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:  # also bounds the strides
-        raise _Corrupt(f"{r.what}: {numel} elements exceed the limit {MAX_ELEMENTS}")
+        raise _Corrupt(f"{r.what}: {math.prod(shape)} elements exceed the limit {MAX_ELEMENTS}")
     encoding = r.u8()
-    if encoding in (RAW, HALF) and numel == 0:
-        tensor = torch.empty(0, dtype=dtype)
-    elif encoding == RAW:
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        flat = torch.frombuffer(bytearray(r.take(numel * itemsize)), dtype=torch.uint8)
-        tensor = flat.view(dtype)
-    elif encoding == HALF and dtype == torch.float32:
-        flat = torch.frombuffer(bytearray(r.take(2 * numel)), dtype=torch.uint8)
-        tensor = flat.view(torch.float16).float()
-    elif encoding == SHARED and dtype == torch.float32:
-        tensor = _decode_shared(r, numel)
-    else:
+    if encoding not in ENCODING_NAMES or (encoding != RAW and dtype != torch.float32):
         raise _Corrupt(f"{r.what}: encoding {encoding} is not valid for {dtype}")
-    r.done()
-    return name, tensor.reshape(shape)
+    section = _Section(r.what, name, dtype, shape, encoding, r.take(r.remaining()))
+    itemsize = {RAW: torch.empty(0, dtype=dtype).element_size(), HALF: 2}.get(encoding)
+    if itemsize is not None and len(section.payload) != itemsize * section.numel:
+        raise _Corrupt(
+            f"{r.what}: {len(section.payload)} payload bytes for {section.numel} values "
+            f"of {itemsize} bytes"
+        )
+    return section
 
 
-def decode_bytes(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Parse a whole .cnz file: (header, state dict). Raises ``ValueError`` if it is invalid."""
-    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-        raise _Corrupt("not a .cnz file (bad magic bytes)")
-    r = _Reader(data, "file")
-    r.take(len(MAGIC))
-    version = r.u8()
-    if version != FORMAT_VERSION:
-        raise _Corrupt(f"format version {version} is not supported (this cnnlab reads 1)")
-    if len(data) < r.pos + 8 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
-        raise _Corrupt("file checksum mismatch (truncated or corrupted)")
-    r = _Reader(data[:-4], "file")
-    r.pos = len(MAGIC) + 1
-    head = r.take(r.u32())
+def _decode_payload(s: _Section) -> torch.Tensor:
+    """The tensor of a parsed section (its declared size was accepted before)."""
+    if s.encoding == SHARED:
+        r = _Reader(s.payload, s.what)
+        tensor = _decode_shared(r, s.numel)
+        r.done()
+    elif s.numel == 0:
+        tensor = torch.empty(0, dtype=s.dtype)
+    elif s.encoding == RAW:
+        tensor = torch.frombuffer(bytearray(s.payload), dtype=torch.uint8).view(s.dtype)
+    else:
+        tensor = torch.frombuffer(bytearray(s.payload), dtype=torch.float16).float()
+    return tensor.reshape(s.shape)
+
+
+def element_budget(file_bytes: int) -> int:
+    """How many tensor elements a file of ``file_bytes`` bytes may declare in all.
+
+    Sparse SHARED tensors cost far fewer bytes than elements (Deep Compression reaches about
+    12 elements per byte), and an all-zero tensor costs a few bytes whatever its size, so a
+    file pays for its elements: ``ELEMENTS_PER_BYTE`` per byte, at least ``FREE_ELEMENTS``,
+    never more than ``MAX_ELEMENTS``."""
+    return min(MAX_ELEMENTS, max(FREE_ELEMENTS, ELEMENTS_PER_BYTE * file_bytes))
+
+
+def _check_declared(sections: list[_Section], file_bytes: int, check: Check | None) -> None:
+    """Refuse duplicate names and declared sizes the file cannot pay for, before decoding."""
+    names: set[str] = set()
+    for s in sections:
+        if s.name in names:
+            raise _Corrupt(f"{s.what}: duplicate tensor name")
+        names.add(s.name)
+    total = sum(s.numel for s in sections)
+    budget = element_budget(file_bytes)
+    if total > budget:
+        raise _Corrupt(
+            f"the tensors declare {total:,} elements, more than a file of {file_bytes:,} bytes "
+            f"may hold ({budget:,}: {ELEMENTS_PER_BYTE} per byte, at least {FREE_ELEMENTS:,}, "
+            f"at most {MAX_ELEMENTS:,})"
+        )
+    if check is not None:
+        for s in sections:
+            check(s.name, s.dtype, s.shape)
+
+
+def _parse_header(r: _Reader) -> dict[str, Any]:
+    n = r.u32()
+    if n > MAX_HEADER_BYTES:
+        raise _Corrupt(f"header of {n:,} bytes is above the limit {MAX_HEADER_BYTES:,}")
+    head = r.take(n)
     if zlib.crc32(head) != r.u32():
         raise _Corrupt("header checksum mismatch")
     try:
         header = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise _Corrupt("header is not valid UTF-8 JSON") from None
     if not isinstance(header, dict) or header.get("format") != "cnnlab-cnz":
         raise _Corrupt("header is not a cnnlab-cnz header")
-    n_sections = r.u32()
-    state: dict[str, torch.Tensor] = {}
-    total_elements = 0
-    for i in range(n_sections):
+    return header
+
+
+def _parse(data: bytes) -> tuple[dict[str, Any], list[_Section]]:
+    """The header and the declared sections of a whole file, checksums verified."""
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise _Corrupt("not a .cnz file (bad magic bytes)")
+    version = data[len(MAGIC)] if len(data) > len(MAGIC) else None
+    if version != FORMAT_VERSION:
+        raise _Corrupt(f"format version {version} is not supported (this cnnlab reads 1)")
+    if len(data) < len(MAGIC) + 9 or zlib.crc32(data[:-4]) != struct.unpack("<I", data[-4:])[0]:
+        raise _Corrupt("file checksum mismatch (truncated or corrupted)")
+    r = _Reader(data[:-4], "file")
+    r.pos = len(MAGIC) + 1
+    header = _parse_header(r)
+    sections = []
+    for i in range(r.u32()):  # each pass consumes 8+ bytes or raises: bounded by len(data)
         body = r.take(r.u32())
         if zlib.crc32(body) != r.u32():
             raise _Corrupt(f"section {i}: checksum mismatch")
-        name, tensor = _decode_section(body, i)
-        if name in state:
-            raise _Corrupt(f"section {i}: duplicate tensor name {name!r}")
-        total_elements += tensor.numel()
-        if total_elements > MAX_ELEMENTS:
-            raise _Corrupt(f"more than {MAX_ELEMENTS} elements in total")
-        state[name] = tensor
+        sections.append(_parse_section(body, i))
     r.done()
-    return header, state
+    return header, sections
+
+
+def decode_bytes(
+    data: bytes, check: Check | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse a whole .cnz file: (header, state dict). Raises ``ValueError`` if it is invalid.
+
+    Every section is parsed and every declared shape accepted before any tensor is decoded:
+    the declared elements must fit :func:`element_budget` of the file's size, and ``check``
+    (if given) is called with each tensor's name, dtype and shape and raises to refuse it
+    (:mod:`cnnlab.saved` checks them against the named model)."""
+    header, sections = _parse(data)
+    _check_declared(sections, len(data), check)
+    return header, {s.name: _decode_payload(s) for s in sections}
 
 
 def is_cnz(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a regular file that starts with the .cnz magic bytes."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return False
-        with open(path, "rb") as f:
+        with _open_regular(path) as f:
             return f.read(len(MAGIC)) == MAGIC
-    except OSError:
+    except (OSError, CnnlabError):
         return False
 
 
-def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file, else ``CnnlabError``.
+
+    Opened non-blocking (a FIFO's open does not wait for a writer), checked with ``fstat`` on
+    the open file (no race with a swapped path), then switched back to blocking reads."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CnnlabError(f"{str(path)!r} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_file_bytes(path: str | os.PathLike[str], limit: int, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path`` (at most ``limit``, else ``CnnlabError``).
+
+    A FIFO, a device or a folder is refused without reading; the size comes from ``fstat``
+    and exactly that many bytes are read (a file that grows meanwhile is not read further)."""
+    try:
+        with _open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise CnnlabError(
+                    f"{str(path)!r}: {size:,} bytes is above the {what} limit {limit:,}"
+                )
+            data = f.read(size)
+    except FileNotFoundError:
+        raise CnnlabError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise CnnlabError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    if len(data) != size:
+        raise CnnlabError(f"{str(path)!r} changed size while being read")
+    return data
+
+
+def read(
+    path: str | os.PathLike[str], check: Check | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(header, tensors) of a .cnz file, fully verified; ``CnnlabError`` if it is invalid.
 
-    Only a regular file is read (a FIFO or a device would never end)."""
+    Only a regular file of at most ``MAX_FILE_BYTES`` is read; ``check`` is passed to
+    :func:`decode_bytes`."""
+    data = read_file_bytes(path, MAX_FILE_BYTES, "compressed model")
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise CnnlabError(f"{str(path)!r} is not a regular file")
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise CnnlabError(f"compressed model {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise CnnlabError(f"cannot read {str(path)!r}: {exc.strerror}") from None
-    try:
-        return decode_bytes(data)
+        return decode_bytes(data, check)  # a CnnlabError of ``check`` passes through
     except (ValueError, IndexError, OverflowError, MemoryError, RuntimeError) as exc:
         raise CnnlabError(f"{str(path)!r} is not a valid .cnz file: {exc}") from None
 

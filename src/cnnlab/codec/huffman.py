@@ -147,11 +147,10 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
         raise ValueError(f"expected {n_blocks} block lengths, found {len(block_bits)}")
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    if int(block_bits.sum()) > 8 * len(data):
-        raise ValueError("Huffman block lengths run past the end of the stream")
+    _check_blocks(len(data), count, block_bits)
     canonical_codes(lengths)  # validates the lengths (Kraft's inequality)
     order, order_len, starts_top, top, filled = _code_ranges(lengths)
-    buf = np.frombuffer(data + b"\0\0\0\0", dtype=np.uint8).astype(np.uint64)
+    buf = np.frombuffer(data + b"\0\0\0\0", dtype=np.uint8).astype(np.uint32)
     windows = (buf[:-3] << 24) | (buf[1:-2] << 16) | (buf[2:-1] << 8) | buf[3:]
     starts = np.concatenate(([0], np.cumsum(block_bits)[:-1]))
     if n_blocks <= SCALAR_BLOCKS:  # few blocks: plain Python beats numpy on tiny arrays
@@ -172,6 +171,18 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
         first = blocks.start * BLOCK_SYMBOLS
         out[first : first + len(symbols)] = symbols
     return out
+
+
+def _check_blocks(n_bytes: int, count: int, block_bits: np.ndarray) -> None:
+    """Each block of ``n`` symbols spans ``n`` to ``MAX_CODE_LENGTH * n`` bits, and all of them
+    fit in ``n_bytes``: checked before any allocation, so the work and memory of decoding are
+    bounded by the bytes present (a block of zero bits would otherwise cost a whole row)."""
+    per_block = np.full(len(block_bits), BLOCK_SYMBOLS, dtype=np.int64)
+    per_block[-1] = count - BLOCK_SYMBOLS * (len(block_bits) - 1)
+    if np.any(block_bits < per_block) or np.any(block_bits > MAX_CODE_LENGTH * per_block):
+        raise ValueError("a Huffman block length does not fit its number of symbols")
+    if int(block_bits.sum()) > 8 * n_bytes:
+        raise ValueError("Huffman block lengths run past the end of the stream")
 
 
 def _code_ranges(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -228,7 +239,7 @@ def _decode_group(
     lo = int(starts[0])
     hi = int(starts[-1] + block_bits[-1])
     bit = np.arange(lo, hi + 1, dtype=np.int64)
-    w = windows[np.minimum(bit >> 3, len(windows) - 1)]
+    w = windows[np.minimum(bit >> 3, len(windows) - 1)].astype(np.uint64)
     peek = ((w << (bit & 7).astype(np.uint64)) & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - top)
     sym_at, len_at = lookup(peek.astype(np.int64))
     len_at[-1] = 0  # the position after the group's last bit never starts a code
