@@ -5,45 +5,81 @@ A run folder holds
 * ``last.safetensors`` + ``last.state.pt``: the model (auxiliary heads included) and the
   training state (optimizer, scheduler, epoch, step, RNG states, config, history, all plain
   data) at the end of the last completed epoch; what ``--resume`` continues from;
+* ``last.json``: the manifest of that pair (its step; the commit point, below);
 * ``best.safetensors``: the inference model (auxiliary heads dropped) of the epoch with the
   best validation top-1;
-* ``interrupted.safetensors``: the weights at the moment of a Ctrl-C.
+* ``interrupted.safetensors``: the weights at the moment of a Ctrl-C;
+* ``.lock``: the run's lock (:class:`RunLock`).
 
-Every file is written atomically (temp file, fsync, ``os.replace``). The weights are cnnlab
-safetensors (:func:`cnnlab.saved.save_weights`) whose metadata holds the model name, class
-names, preprocessing, epoch and step,
-and the pair ``last.*`` records the same step in both files, so a pair torn apart by a kill
-between the two renames is detected. Nothing read from a file is ever executed: safetensors
-holds only tensors and ``weights_only=True`` refuses any pickled code.
+The pair ``last.*`` is one atomic unit (:func:`commit_checkpoint`): both files are first
+written in full under step-specific hidden names (``.last-STEP.safetensors``,
+``.last-STEP.state.pt``), then ``last.json`` naming them is written atomically: that rename
+is the commit. Only then are the two renamed to ``last.*``. A kill before the commit leaves
+the previous pair as it was (the hidden files are removed by the next run); a kill after it
+is finished by :func:`recover_checkpoint`, which renames whichever of the two is still
+pending. So at every instant the folder holds one complete pair from one step.
+
+Every single file is written atomically (temp file, fsync, ``os.replace``). Nothing read
+from a file is ever executed: safetensors holds only tensors and ``weights_only=True``
+refuses any pickled code; :func:`load_state` also checks the state's structure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import math
 import os
 import pickle
+import re
+import socket
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path
+from cnnlab.io import atomic_write_bytes
 
-__all__ = ["load_state", "save_state"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "LAST_STATE",
+    "LAST_WEIGHTS",
+    "MANIFEST",
+    "RunLock",
+    "commit_checkpoint",
+    "load_state",
+    "recover_checkpoint",
+    "remove_stale_files",
+    "save_state",
+]
 
 STATE_FORMAT = "cnnlab.train-state/1"
+MANIFEST_FORMAT = "cnnlab.checkpoint/1"
+LAST_WEIGHTS, LAST_STATE = "last.safetensors", "last.state.pt"  # what --resume reads
+MANIFEST, LOCK = "last.json", ".lock"
+# What a killed write leaves: atomic_path's ``.NAME.XXXX.tmp`` and uncommitted pairs.
+_STALE = re.compile(r"\..+\.tmp|\.last-\d+\.(safetensors|state\.pt)")
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write the training state atomically (tensors and plain Python data only)."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": STATE_FORMAT, **state}, tmp)
+    buf = io.BytesIO()  # serialised first: a full disk is then a plain OSError
+    torch.save({"format": STATE_FORMAT, **state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training state with ``weights_only=True``: pickled code is refused, not run."""
+    """Read a training state with ``weights_only=True``: pickled code is refused, not run;
+    a state that loads but lacks a field or holds the wrong kind of value is refused too."""
     p = Path(path)
     if not p.is_file():
         raise CnnlabError(f"training state {str(p)!r} does not exist")
@@ -59,4 +95,161 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CnnlabError(f"{str(p)!r} is not a cnnlab training state")
+    problem = _state_problem(state)
+    if problem:
+        raise CnnlabError(f"{str(p)!r} is not a usable cnnlab training state: {problem}")
     return state
+
+
+def _is_int(x: Any, low: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= low
+
+
+def _state_problem(s: dict[str, Any]) -> str:
+    """What is wrong with the structure of a loaded state, or ''."""
+    checks = [
+        (isinstance(s.get("config"), dict), "config is not a dict"),
+        (_is_int(s.get("epoch"), 1), "epoch is not an integer >= 1"),
+        (_is_int(s.get("step")), "step is not an integer >= 0"),
+        (isinstance(s.get("optimizer"), dict)
+         and isinstance(s["optimizer"].get("state"), dict)
+         and isinstance(s["optimizer"].get("param_groups"), list), "bad optimizer state"),
+        (isinstance(s.get("scheduler"), dict), "bad scheduler state"),
+        (_rng_ok(s.get("rng")), "bad RNG states"),
+        (isinstance(s.get("history"), list)
+         and all(isinstance(r, dict) and "epoch" in r for r in s["history"]),
+         "bad history"),
+        (isinstance(s.get("best_top1"), int | float)
+         and math.isfinite(s["best_top1"]), "best_top1 is not a number"),
+    ]  # fmt: skip
+    for ok, problem in checks:
+        if not ok:
+            return problem
+    if len(s["history"]) != s["epoch"]:
+        return f"history has {len(s['history'])} rows for {s['epoch']} epochs"
+    return ""
+
+
+def _rng_ok(rng: Any) -> bool:
+    if not isinstance(rng, dict):
+        return False
+    t, n, py = rng.get("torch"), rng.get("numpy"), rng.get("python")
+    return (
+        isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 1
+        and isinstance(rng.get("cuda"), list)
+        and isinstance(n, list | tuple) and len(n) == 5 and isinstance(n[1], torch.Tensor)
+        and n[1].shape == (624,)
+        and isinstance(py, list | tuple) and len(py) == 3
+    )  # fmt: skip
+
+
+def _pending(step: int) -> tuple[str, str]:
+    return f".last-{step}.safetensors", f".last-{step}.state.pt"
+
+
+def commit_checkpoint(
+    out: Path, step: int, write_weights: Callable[[Path], None], state: dict[str, Any]
+) -> None:
+    """Write ``last.*`` for ``step`` as one unit: both files in full under hidden names, the
+    manifest (the commit), then the two renames. An exception before the commit removes the
+    hidden files and leaves the previous pair; one after it leaves a pair that
+    :func:`recover_checkpoint` finishes."""
+    weights, state_name = _pending(step)
+    committed = False
+    try:
+        write_weights(out / weights)
+        save_state(state, out / state_name)
+        manifest = {"format": MANIFEST_FORMAT, "step": step, "weights": weights,
+                    "state": state_name}  # fmt: skip
+        atomic_write_bytes(out / MANIFEST, json.dumps(manifest).encode())
+        committed = True
+    finally:
+        if not committed:
+            for name in (weights, state_name):
+                with contextlib.suppress(OSError):
+                    (out / name).unlink(missing_ok=True)
+    recover_checkpoint(out)
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_bytes()[:4096])
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    pending = set(_pending(manifest.get("step", -1))) if isinstance(manifest, dict) else set()
+    if (not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT
+            or not _is_int(manifest.get("step"))
+            or {manifest.get("weights"), manifest.get("state")} != pending):  # fmt: skip
+        raise CnnlabError(f"{str(path)!r} is not a cnnlab checkpoint manifest")
+    return manifest
+
+
+def recover_checkpoint(out: Path) -> int | None:
+    """Finish a committed checkpoint whose renames a kill cut short; return the step of the
+    folder's ``last.*`` pair according to its manifest (None without one)."""
+    manifest = _read_manifest(out)
+    if manifest is None:
+        return None
+    for src, dst in ((manifest["weights"], LAST_WEIGHTS), (manifest["state"], LAST_STATE)):
+        if (out / src).is_file():
+            os.replace(out / src, out / dst)
+    _fsync_folder(out)
+    return manifest["step"]
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # make the renames durable where the OS allows
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_files(out: Path) -> list[str]:
+    """Finish a committed checkpoint (:func:`recover_checkpoint`), then remove what killed
+    writes left in ``out`` (temp files, uncommitted pairs); call it holding the run's lock.
+    Returns the names removed."""
+    recover_checkpoint(out)
+    removed = []
+    for path in sorted(out.iterdir()):
+        if _STALE.fullmatch(path.name) and path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(path.name)
+    return removed
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``FOLDER/.lock``, which holds "pid host" of its owner.
+    The OS drops it when the process ends (a kill included), so it never goes stale; a lock
+    file left by a dead process is simply taken over."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self.fd: int | None = None
+        if fcntl is None:  # pragma: no cover
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = f"pid {holder[0]} on {holder[1]}" if len(holder) == 2 else "another process"
+            raise CnnlabError(
+                f"{str(folder)!r} is in use by another training ({who}); wait for it to end "
+                "or pass another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: removing it would race with a new owner)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -33,16 +33,33 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch import nn
 
 from cnnlab.config import option
-from cnnlab.data import build_loaders, data_channels, skipped_files
+from cnnlab.data import (
+    FASHION_MNIST_NAMES,
+    build_loaders,
+    data_channels,
+    fashion_mnist_folder,
+    skipped_files,
+)
+from cnnlab.data.datasets import IMAGE_SUFFIXES
+from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
 from cnnlab.io import atomic_write_bytes
 from cnnlab.registry import build_model
 from cnnlab.saved import MAX_IMG_SIZE, SCALARS, load_weights, read_meta, save_weights
-from cnnlab.train.checkpoint import load_state, save_state
+from cnnlab.train.checkpoint import (
+    LAST_STATE,
+    LAST_WEIGHTS,
+    MANIFEST,
+    RunLock,
+    commit_checkpoint,
+    load_state,
+    remove_stale_files,
+)
 from cnnlab.train.finetune import freeze, frozen_modules
 from cnnlab.train.loop import NonFiniteLossError, evaluate, run_epoch
 
@@ -53,7 +70,6 @@ SCHEDULES = ("cosine", "step", "onecycle", "constant")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 MAX_SEED = 2**63 - 1
-LAST_WEIGHTS, LAST_STATE = "last.safetensors", "last.state.pt"  # what --resume reads
 # Settings that may differ when resuming without changing the result.
 RESUME_FREE = {"workers", "device"}
 
@@ -267,16 +283,20 @@ def _tuples(x: Any) -> Any:
 
 
 def _setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
+    """(device, rank, world size); ``device`` is checked by :func:`resolve_device` first (a
+    missing GPU or an unknown device is one error line). Under torchrun each process on CUDA
+    takes the GPU of its ``LOCAL_RANK``."""
+    resolved = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    cuda = resolved.type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else resolved.index or 0
         torch.cuda.set_device(local)
         return torch.device("cuda", local), rank, world
-    return torch.device(device or "cpu"), rank, world
+    return resolved, rank, world
 
 
 def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -288,17 +308,24 @@ def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _check_resume(saved: dict[str, Any], cfg: TrainConfig) -> None:
-    now = asdict(cfg)
+def _check_resume(state: dict[str, Any], cfg: TrainConfig) -> None:
+    """The settings must be the saved run's, but for RESUME_FREE ones and ``epochs``, which
+    may grow (to extend the run), never below the epochs already done."""
+    saved, now = state["config"], asdict(cfg)
     defaults = asdict(TrainConfig(model=cfg.model))  # a field newer than the saved state
     diff = [
         f"{k} {saved.get(k, defaults[k])!r} -> {now[k]!r}"
         for k in now
-        if k not in RESUME_FREE and saved.get(k, defaults[k]) != now[k]
+        if k not in RESUME_FREE | {"epochs"} and saved.get(k, defaults[k]) != now[k]
     ]
     if diff:
         raise CnnlabError(
             "--resume needs the settings of the interrupted run; changed: " + ", ".join(diff)
+        )
+    if cfg.epochs < state["epoch"]:
+        raise CnnlabError(
+            f"--resume: the run has done {state['epoch']} epochs already; --epochs "
+            f"{cfg.epochs} is fewer (pass at least {state['epoch']})"
         )
 
 
@@ -323,7 +350,9 @@ class _Run:
     img_size: int
     in_chans: int
     skipped: list[str]
+    schedule: LRSchedule
     start_epoch: int = 0
+    saved_epoch: int = 0  # the epoch of the last committed checkpoint (0: none)
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best: float = -1.0
@@ -345,7 +374,7 @@ def _open_state(cfg: TrainConfig, out: Path, resume: bool, writes: bool) -> dict
     ``cfg`` and its weights file), or None for a new run in a folder that holds none."""
     last_w, last_s = out / LAST_WEIGHTS, out / LAST_STATE
     if not resume:
-        if writes and last_s.exists():
+        if writes and (last_s.exists() or (out / MANIFEST).exists()):
             raise CnnlabError(
                 f"{str(out)!r} already holds a run; pass --resume to continue it or another --out"
             )
@@ -353,13 +382,52 @@ def _open_state(cfg: TrainConfig, out: Path, resume: bool, writes: bool) -> dict
     if not last_s.is_file():
         raise CnnlabError(f"nothing to resume: {str(last_s)!r} does not exist")
     state = load_state(last_s)
-    _check_resume(state["config"], cfg)
+    _check_resume(state, cfg)
     if read_meta(last_w).get("step") != state["step"]:
         raise CnnlabError(
-            f"{str(last_w)!r} and {str(last_s)!r} are from different steps (the run was "
-            "killed while saving); restart without --resume"
+            f"{str(last_w)!r} and {str(last_s)!r} are from different steps (files of "
+            "different runs, or of an older cnnlab killed while saving): this run cannot be "
+            "resumed; start a new one with another --out"
         )
     return state
+
+
+def _data_size(data: str) -> int | None:
+    """The side of ``data``'s own images where cheap to tell: 28 for Fashion-MNIST, the
+    shorter side of the first image of an ImageFolder (header only); else None."""
+    if data in FASHION_MNIST_NAMES:
+        return 28
+    root = Path(data)
+    if not root.is_dir():
+        return None
+    if fashion_mnist_folder(root) is not None:
+        return 28
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+                try:
+                    with Image.open(path) as img:
+                        return min(img.size)
+                except (OSError, ValueError, Image.DecompressionBombError):
+                    continue
+    return None
+
+
+def _input_size(cfg: TrainConfig, probe: nn.Module, say: Callable[[str], None]) -> int:
+    """``--img-size``, else the model's native size; but where the data's own images are at
+    most half that size, the data's size (at least the model's minimum), said in one line:
+    upscaling 28x28 images to 224x224 costs 64x the compute and adds nothing."""
+    native = int(probe.input_size[-1])
+    data = None if cfg.img_size else _data_size(cfg.data)
+    if cfg.img_size or data is None or data * 2 > native:
+        return cfg.img_size or native
+    size = max(data, int(getattr(probe, "min_input_size", None) or 1))
+    say(f"training at {size}x{size}, near the data's own {data}x{data}: {cfg.model}'s "
+        f"native {native}x{native} would upscale every image {native / data:.0f}x (pass "
+        f"--img-size {native} for that)")  # fmt: skip
+    return size
 
 
 def _init_source(cfg: TrainConfig, in_chans: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -404,7 +472,7 @@ def _setup(
     with torch.device("meta"):
         probe = build_model(cfg.model, 10, in_chans, **cfg.model_kwargs)  # bad keywords fail here
     frozen_modules(probe, cfg.freeze, cfg.freeze_backbone)  # a bad name fails here
-    img_size = cfg.img_size or int(probe.input_size[-1])
+    img_size = _input_size(cfg, probe, say)
     # Resuming reloads every weight from last.safetensors: the source is not needed.
     source = _init_source(cfg, in_chans) if cfg.init_from and not resume else None
     train_loader, val_loader, classes = build_loaders(
@@ -412,6 +480,27 @@ def _setup(
         workers=cfg.workers, augment=cfg.augment, val_split=cfg.val_split, seed=cfg.seed,
         limit=cfg.limit, strict=cfg.strict,
     )  # fmt: skip
+    model = _prepared_model(cfg, classes, in_chans, source, say, device)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.decay)
+    steps = len(train_loader)
+    schedule = LRSchedule(cfg.schedule, steps * cfg.epochs, round(cfg.warmup_epochs * steps))
+    return _Run(
+        cfg=cfg, out=out, say=say, writes=writes, device=device, world=world, model=model,
+        net=model, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+        train_loader=train_loader, val_loader=val_loader,
+        meta=_run_meta(cfg, model, classes, in_chans, train_loader), img_size=img_size,
+        in_chans=in_chans, skipped=skipped_files(train_loader) + skipped_files(val_loader),
+        schedule=schedule,
+    )  # fmt: skip
+
+
+def _prepared_model(
+    cfg: TrainConfig, classes: list[str], in_chans: int, source: Any,
+    say: Callable[[str], None], device: torch.device,
+) -> nn.Module:  # fmt: skip
+    """The model built (or initialised), frozen where asked, on ``device``."""
     model = _build_model(cfg, classes, in_chans, source, say)
     frozen = freeze(model, cfg.freeze, cfg.freeze_backbone)
     if frozen:
@@ -421,10 +510,14 @@ def _setup(
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.decay)
-    steps = len(train_loader)
-    schedule = LRSchedule(cfg.schedule, steps * cfg.epochs, round(cfg.warmup_epochs * steps))
-    pre = train_loader.dataset
+    return model
+
+
+def _run_meta(
+    cfg: TrainConfig, model: nn.Module, classes: list[str], in_chans: int, loader: Any
+) -> dict[str, Any]:
+    """What every checkpoint's metadata holds: model, classes, channels, preprocessing."""
+    pre = loader.dataset
     while hasattr(pre, "dataset"):
         pre = pre.dataset
     meta = {"model": cfg.model, "num_classes": len(classes), "in_chans": in_chans,
@@ -433,25 +526,48 @@ def _setup(
         meta["model_kwargs"] = model.model_kwargs
     if cfg.init_from:
         meta["init_from"] = cfg.init_from
-    return _Run(
-        cfg=cfg, out=out, say=say, writes=writes, device=device, world=world, model=model,
-        net=model, optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-        loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-        train_loader=train_loader, val_loader=val_loader, meta=meta, img_size=img_size,
-        in_chans=in_chans, skipped=skipped_files(train_loader) + skipped_files(val_loader),
-    )  # fmt: skip
+    return meta
 
 
 def _resume(run: _Run, state: dict[str, Any]) -> None:
-    """Phase 3: weights, optimizer, schedule, counters and RNG states of the last epoch."""
+    """Phase 3: weights, optimizer, schedule, counters and RNG states of the last epoch. A
+    state that does not fit this run's optimizer is one error, before any epoch."""
     load_weights(run.model, run.last_w, strict_aux=True)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.start_epoch, run.step = state["epoch"], state["step"]
-    run.history, run.best = state["history"], state["best_top1"]
-    _set_rng_state(state["rng"])
+    fresh = dict(run.schedule.__dict__)  # LambdaLR restores the saved schedule's fields
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        _check_optimizer_state(run.optimizer)
+        run.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise CnnlabError(
+            f"{str(run.last_s)!r} does not fit this run ({' '.join(str(exc).split())[:160]})"
+        ) from None
+    run.schedule.__dict__.update(fresh)
+    run.start_epoch = run.saved_epoch = state["epoch"]
+    run.step, run.history, run.best = state["step"], state["history"], state["best_top1"]
     run.say(f"resuming {run.cfg.model} from {str(run.last_w)!r} after epoch {run.start_epoch}")
+    done = state["config"].get("epochs", run.cfg.epochs)
+    if run.cfg.epochs != done and run.start_epoch < run.cfg.epochs:
+        for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs, strict=True):
+            group["lr"] = base * run.schedule(run.scheduler.last_epoch)
+        run.say(
+            f"extending the run from {done} to {run.cfg.epochs} epochs: the {run.cfg.schedule} "
+            f"schedule now spans {run.cfg.epochs} epochs, so the learning rate continues at "
+            f"{run.optimizer.param_groups[0]['lr']:.3g}"
+        )
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter tensor of a loaded optimizer state has its parameter's shape."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise ValueError(
+                        f"optimizer {key} of shape {tuple(value.shape)} for a parameter of "
+                        f"shape {tuple(p.shape)}"
+                    )
 
 
 def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float]:
@@ -459,7 +575,7 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
     cfg, steps = run.cfg, len(run.train_loader)
     run.train_loader.sampler.set_epoch(epoch)
     total = steps * run.train_loader.batch_size
-    bar = _progress(progress and run.writes, epoch, cfg.epochs, total)
+    bar = _progress(progress and run.writes and _tty(), epoch, cfg.epochs, total)
     t0 = time.perf_counter()
     try:
         stats = run_epoch(
@@ -501,15 +617,35 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
 
 
 def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> None:
-    """Phase 5 (rank 0): best and last weights, the training state, metrics.csv, TensorBoard."""
+    """Phase 5 (rank 0): best weights and metrics.csv (both rewritten identically if the
+    epoch is redone), then last.* as one unit (the commit), then TensorBoard. A full disk or
+    any other write error is one error line naming the last complete checkpoint."""
     epoch = row["epoch"]
     meta_now = {**run.meta, "epoch": epoch, "step": run.step}
-    if top1 > run.best:
-        run.best = top1
-        save_weights(run.model, run.out / "best.safetensors", {**meta_now, "val_top1": top1},
-                     drop_aux=True)  # fmt: skip
-    save_weights(run.model, run.last_w, meta_now)
-    state = {
+    best = max(run.best, top1)
+    try:
+        if top1 > run.best:
+            save_weights(run.model, run.out / "best.safetensors", {**meta_now, "val_top1": top1},
+                         drop_aux=True)  # fmt: skip
+        _write_csv(run.out / "metrics.csv", run.history)
+        commit_checkpoint(
+            run.out, run.step, lambda path: save_weights(run.model, path, meta_now),
+            _state(run, epoch, best),
+        )  # fmt: skip
+    except OSError as exc:
+        raise CnnlabError(
+            f"cannot write the checkpoint of epoch {epoch} in {str(run.out)!r}: "
+            f"{exc.strerror or exc}; {_kept(run)}"
+        ) from None
+    run.best, run.saved_epoch = best, epoch
+    if writer is not None:
+        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
+            writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+        writer.flush()
+
+
+def _state(run: _Run, epoch: int, best: float) -> dict[str, Any]:
+    return {
         "config": asdict(run.cfg),
         "epoch": epoch,
         "step": run.step,
@@ -517,14 +653,18 @@ def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> Non
         "scheduler": run.scheduler.state_dict(),
         "rng": _rng_state(),
         "history": run.history,
-        "best_top1": run.best,
+        "best_top1": best,
     }
-    save_state(state, run.last_s)
-    _write_csv(run.out / "metrics.csv", run.history)
-    if writer is not None:
-        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
-            writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
-        writer.flush()
+
+
+def _kept(run: _Run) -> str:
+    """Where the run stands on disk, for an error or interrupt message."""
+    if not run.saved_epoch:
+        return "no checkpoint was written; a new run starts afresh in this --out"
+    return (
+        f"the last complete checkpoint is {str(run.last_w)!r} (epoch {run.saved_epoch}); "
+        "--resume continues from it"
+    )
 
 
 def _say_epoch(run: _Run, row: dict[str, Any]) -> None:
@@ -540,13 +680,14 @@ def _on_interrupt(run: _Run) -> None:
     """Ctrl-C: save the weights of the moment; --resume restarts the epoch that was cut."""
     run.interrupted = True
     path = run.out / "interrupted.safetensors"
+    saved = "interrupted: "
     if run.writes:
-        save_weights(run.model, path, {**run.meta, "step": -1})
-    done = run.history[-1]["epoch"] if run.history else 0
-    run.say(
-        f"interrupted: weights saved to {str(path)!r}; "
-        f"--resume continues from the end of epoch {done}"
-    )
+        try:
+            save_weights(run.model, path, {**run.meta, "step": -1})
+            saved += f"weights saved to {str(path)!r}; "
+        except OSError as exc:
+            saved += f"could not save the weights of the moment ({exc.strerror or exc}); "
+    run.say(saved + _kept(run))
 
 
 def _report(run: _Run) -> dict[str, Any]:
@@ -609,23 +750,62 @@ def _fit(
     cfg: TrainConfig, out: Path, resume: bool, log: Callable[[str], None] | None,
     progress: bool, tensorboard: bool, device: torch.device, world: int, writes: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """The phases in order: open, set up, resume, then per epoch train + checkpoint; report."""
+    """Lock the folder (if it exists), open, set up, resume; create and lock a new folder only
+    then; train; report. The lock is held until the end."""
     say = log or (lambda _msg: None)
-    state = _open_state(cfg, out, resume, writes)
-    run = _setup(cfg, out, state is not None, say, writes, device, world)
-    if state is not None:
-        _resume(run, state)
+    _check_out(out)
+    lock = _claim(out) if writes and out.is_dir() else None
+    try:
+        if world > 1:
+            dist.barrier()  # rank 0 has finished any interrupted commit
+        state = _open_state(cfg, out, resume, writes)
+        run = _setup(cfg, out, state is not None, say, writes, device, world)
+        if state is not None:
+            _resume(run, state)
+        if writes and lock is None:  # a new folder, created once everything is checked
+            out.mkdir(parents=True, exist_ok=True)
+            lock = _claim(out)
+            _open_state(cfg, out, False, writes)  # nobody started a run there meanwhile
+        if run.start_epoch >= cfg.epochs:
+            say(f"the run in {str(out)!r} has already finished its {cfg.epochs} epochs; "
+                "nothing to do (--resume --epochs N with a larger N extends it)")  # fmt: skip
+            return _report(run)
+        return _train(run, progress, tensorboard)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_out(out: Path) -> None:
+    """``out`` is a folder or can become one: not a file, not below a file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"is below the file {str(path)!r}"
+                raise CnnlabError(f"--out {str(out)!r} {what}; a run needs a folder")
+            return
+
+
+def _claim(out: Path) -> RunLock:
+    """The run's lock, then the folder tidied: an interrupted commit finished, what killed
+    writes left removed."""
+    lock = RunLock(out)
+    remove_stale_files(out)
+    return lock
+
+
+def _train(run: _Run, progress: bool, tensorboard: bool) -> dict[str, Any]:
+    """Phase 4-5 for every remaining epoch; Ctrl-C ends the loop cleanly."""
+    cfg, out, world, device = run.cfg, run.out, run.world, run.device
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
-    if writes:
-        out.mkdir(parents=True, exist_ok=True)
     writer = None
-    if writes and tensorboard:
+    if run.writes and tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=run.start_epoch + 1)
-    say(
+    run.say(
         f"training {cfg.model} on {cfg.data}: {len(run.train_loader.dataset):,} train / "
         f"{len(run.val_loader.dataset):,} val images at {run.img_size}x{run.img_size}x"
         f"{run.in_chans}, {cfg.epochs} epochs of {len(run.train_loader)} steps, {world} "
@@ -634,7 +814,7 @@ def _fit(
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
             row, top1 = _epoch(run, epoch, progress)
-            if writes:
+            if run.writes:
                 _checkpoint(run, row, top1, writer)
             _say_epoch(run, row)
     except KeyboardInterrupt:
@@ -673,6 +853,11 @@ class _Bar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _tty() -> bool:
+    """A progress bar only on a terminal: elsewhere the line per epoch is the progress."""
+    return bool(getattr(sys.stderr, "isatty", None)) and sys.stderr.isatty()
 
 
 def _progress(on: bool, epoch: int, epochs: int, total: int) -> _Bar | None:
