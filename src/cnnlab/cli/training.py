@@ -13,8 +13,10 @@ import os
 import sys
 
 from cnnlab.cli.config_options import add_config_options, config_from_args
+from cnnlab.errors import CnnlabError
+from cnnlab.saved import MAX_IMG_SIZE
 from cnnlab.tables import format_table, note, print_json
-from cnnlab.train.trainer import TrainConfig
+from cnnlab.train.trainer import MAX_SEED, TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seed_help = "the training run's --seed, so that --val-split holds out the same images"
     e.add_argument("--seed", type=int, default=0, help=seed_help)
     e.add_argument("--plot", help="save the confusion matrix as an image (PNG, SVG, PDF)")
+    _device_arg(e)
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=run_eval)
 
@@ -59,10 +63,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint", required=True, help="any weights `cnnlab eval --checkpoint` takes"
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE",
+        help="image files, or folders (their images, sorted); an unreadable one is named on "
+        "stderr and the others are still predicted (exit 2 only if none can be read)",
+    )  # fmt: skip
+    p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
+    _device_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_predict)
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The numeric options of eval / predict, checked before any work (one error line)."""
+    rules = {
+        "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+        "workers": (lambda v: v >= 0, "an integer >= 0"),
+        "seed": (lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**63 - 1]"),
+        "img_size": (lambda v: 1 <= v <= MAX_IMG_SIZE, f"an integer in 1..{MAX_IMG_SIZE}"),
+        "limit": (lambda v: v >= 1, "an integer >= 1"),
+        "val_split": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        "top": (lambda v: v >= 1, "an integer >= 1"),
+    }
+    for name, (ok, rule) in rules.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            raise CnnlabError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -98,10 +130,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     elif summary["val_top1"] is not None:
+        speed = summary["images_per_second"]
+        timing = f"{summary['train_seconds']:.1f}s training, {speed:,.0f} img/s; " if speed else ""
         print(
             f"{args.model}: val top-1 {summary['val_top1']:.2%}, top-5 {summary['val_top5']:.2%} "
-            f"(best top-1 {summary['best_top1']:.2%}); {summary['train_seconds']:.1f}s training, "
-            f"{summary['images_per_second']:,.0f} img/s; weights in {summary['out']}"
+            f"(best top-1 {summary['best_top1']:.2%}); {timing}weights in {summary['out']}"
         )
     return 130 if summary["interrupted"] else 0
 
@@ -110,12 +143,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from cnnlab.plots import check_plot_path, plot_confusion
     from cnnlab.train import evaluate_checkpoint
 
+    _check_numbers(args)
     if args.plot:
         check_plot_path(args.plot)  # before the work, not after it
     result = evaluate_checkpoint(
         args.model, args.data, args.checkpoint or args.compressed, batch_size=args.batch_size,
         workers=args.workers, img_size=args.img_size, val_split=args.val_split,
-        limit=args.limit, seed=args.seed, strict=args.strict, log=note,
+        limit=args.limit, seed=args.seed, strict=args.strict, log=note, device=args.device,
+        progress=not args.no_progress,
     )  # fmt: skip
     if args.plot:
         plot_confusion(result["confusion"], result["classes"], args.plot, title=args.model)
@@ -136,11 +171,16 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from cnnlab.train import predict
 
-    results = predict(args.model, args.checkpoint, args.images, top=args.top, log=note)
+    _check_numbers(args)
+    results = predict(
+        args.model, args.checkpoint, args.images, top=args.top, log=note, device=args.device
+    )
     if args.json:
         print_json(results)
         return 0
     for r in results:
+        if "top" not in r:
+            continue  # named on stderr already
         print(r["image"])
         for t in r["top"]:
             print(f"  {t['probability']:7.2%}  {t['class']}")

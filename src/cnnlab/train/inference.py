@@ -7,18 +7,23 @@ Both take every kind of file :func:`cnnlab.load` reads: a run folder, a cnnlab
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from cnnlab.data import Preprocess, build_loaders, image_transform, load_image
+from cnnlab.data.datasets import IMAGE_SUFFIXES
+from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
 from cnnlab.train.loop import evaluate
 
-__all__ = ["evaluate_checkpoint", "model_and_loaders", "predict"]
+__all__ = ["evaluate_checkpoint", "image_files", "model_and_loaders", "predict"]
 
 
 def _note_assumed(meta: dict[str, Any], log: Callable[[str], None] | None) -> None:
@@ -79,19 +84,66 @@ def evaluate_checkpoint(
     seed: int = 0,
     limit: int | None = None,
     strict: bool = False,
-    device: str = "cpu",
+    device: str | None = "cpu",
     log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and confusion matrix of a saved model on ``data``'s
     validation / test split, at the input size the file stores (``seed``: the training run's,
     so ``val_split`` holds out the same images; ``strict``: a corrupt image is an error).
-    ``log`` gets a note when the file lacks class names or preprocessing."""
+    ``device``: as :func:`cnnlab.devices.resolve_device` takes it (None: CUDA if available),
+    checked before anything is read. ``log`` gets a note when the file lacks class names or
+    preprocessing; with ``progress``, a bar on a terminal, else one line when done."""
+    dev = resolve_device(device)
     model, meta, _, loader = model_and_loaders(
         checkpoint, data, model_name, img_size=img_size, batch_size=batch_size, limit=limit,
         seed=seed, workers=workers, val_split=val_split, strict=strict, log=log,
     )  # fmt: skip
-    result = evaluate(model.to(device), loader, device=device)
+    bar = _bar(len(loader.dataset)) if progress and _tty() else None
+    try:
+        result = evaluate(model.to(dev), loader, device=dev, on_batch=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if progress and bar is None and log:
+        log(f"evaluated {result['images']:,} images in {result['seconds']:.1f}s on {dev.type}")
     return {"model": meta["model"], "data": data, "classes": meta["data_classes"], **result}
+
+
+def _tty() -> bool:
+    return bool(getattr(sys.stderr, "isatty", None)) and sys.stderr.isatty()
+
+
+def _bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", unit_scale=True, leave=False, desc="eval",
+                file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+
+
+def image_files(paths: list[str | os.PathLike[str]]) -> list[Path]:
+    """The files to predict: each path as given, a folder replaced by its image files
+    (by suffix, sorted by name, not recursive); a folder without images is an error."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise CnnlabError(f"folder {str(path)!r} holds no image files")
+        files.extend(found)
+    return files
+
+
+def _read(path: Path, transform: Any, in_chans: int) -> torch.Tensor | str:
+    """The prepared image tensor, or why it cannot be read."""
+    if not path.is_file():
+        return "no such file" if not path.exists() else "not a regular file"
+    try:
+        return transform(load_image(path, in_chans))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def predict(
@@ -100,30 +152,52 @@ def predict(
     images: list[str | os.PathLike[str]],
     top: int = 5,
     log: Callable[[str], None] | None = None,
+    device: str | None = "cpu",
+    batch_size: int = 64,
 ) -> list[dict[str, Any]]:
-    """For each image file, the ``top`` classes with their softmax probabilities."""
-    if top < 1:
-        raise CnnlabError(f"top must be at least 1, got {top}")
+    """For each image file (a folder: its images, sorted), the ``top`` classes with their
+    softmax probabilities: ``{"image", "top": [{"class", "index", "probability"}]}``. An
+    image that cannot be read gets ``{"image", "error"}`` instead (and a ``log`` line); if
+    none can be read, ``CnnlabError``. Images go through the model ``batch_size`` at a time."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise CnnlabError(f"top must be an integer >= 1, got {top!r}")
+    dev = resolve_device(device)
+    files = image_files(images)
     model, meta = load(checkpoint, model_name)
     _note_assumed(meta, log)
     pre = Preprocess.from_dict(meta["preprocess"])
-    transform = image_transform(pre)
-    classes = meta["class_names"]
-    batch = []
-    for path in images:
-        try:
-            batch.append(transform(load_image(path, pre.in_chans)))
-        except (OSError, ValueError) as exc:
-            raise CnnlabError(f"cannot read image {str(path)!r}: {exc}") from None
+    transform, classes = image_transform(pre), meta["class_names"]
+    model = model.to(dev).eval()
+    results: list[dict[str, Any]] = []
+    for i in range(0, len(files), batch_size):
+        chunk = [(f, _read(f, transform, pre.in_chans)) for f in files[i : i + batch_size]]
+        good = [x for _, x in chunk if isinstance(x, torch.Tensor)]
+        ranked = iter(_ranked(model, good, classes, min(top, len(classes)), dev))
+        for f, x in chunk:
+            if isinstance(x, str):
+                if log:
+                    log(f"warning: cannot read image {str(f)!r}: {x}")
+                results.append({"image": str(f), "error": x})
+            else:
+                results.append({"image": str(f), "top": next(ranked)})
+    if not any("top" in r for r in results):
+        raise CnnlabError(f"none of the {len(files)} image(s) could be read")
+    return results
+
+
+def _ranked(
+    model: nn.Module, batch: list[torch.Tensor], classes: list[str], k: int, dev: torch.device
+) -> list[list[dict[str, Any]]]:
+    """The top-``k`` classes of each image of ``batch``."""
+    if not batch:
+        return []
     with torch.inference_mode():
-        probs = model(torch.stack(batch)).softmax(dim=1)
-    k = min(top, len(classes))
-    results = []
-    for path, p in zip(images, probs, strict=True):
+        probs = model(torch.stack(batch).to(dev)).float().softmax(dim=1).cpu()
+    out = []
+    for p in probs:
         values, indices = p.topk(k)
-        ranked = [
+        out.append([
             {"class": classes[i], "index": i, "probability": round(float(v), 6)}
             for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-        ]
-        results.append({"image": str(path), "top": ranked})
-    return results
+        ])  # fmt: skip
+    return out

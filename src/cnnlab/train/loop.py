@@ -202,11 +202,19 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: Any, *, device: str | torch.device = "cpu") -> dict:
+def evaluate(
+    model: nn.Module,
+    loader: Any,
+    *,
+    device: str | torch.device = "cpu",
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
     """Loss, top-1, top-5, per-class accuracy and confusion matrix (rows: true class).
 
-    The number of classes is the model's output width. Under ``torch.distributed`` the
-    counts of all processes are summed, so every process returns the figures of the whole set.
+    The number of classes is the model's output width; a label outside it is a
+    ``CnnlabError``. ``on_batch(n_images)`` is called after each batch (progress). Under
+    ``torch.distributed`` the counts of all processes are summed, so every process returns
+    the figures of the whole set.
     """
     device = torch.device(device)
     was_training = model.training
@@ -222,12 +230,18 @@ def evaluate(model: nn.Module, loader: Any, *, device: str | torch.device = "cpu
                 logits, _ = split_outputs(model(x))
             logits = logits.float()
             k = logits.shape[1]
+            if y.numel() and int(y.max()) >= k:
+                raise CnnlabError(
+                    f"the data has a class index {int(y.max())} but the model has {k} outputs"
+                )
             if confusion is None:
                 confusion = torch.zeros(k, k, dtype=torch.int64, device=device)
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
             pred = logits.topk(min(5, k), dim=1).indices
             top5 += int((pred == y[:, None]).any(1).sum())
             confusion += torch.bincount(y * k + pred[:, 0], minlength=k * k).view(k, k)
+            if on_batch is not None:
+                on_batch(int(y.shape[0]))
     finally:
         model.train(was_training)
     if confusion is None:
