@@ -57,9 +57,11 @@ __all__ = [
     "model_kwargs",
     "read_meta",
     "read_weights",
+    "refused_pickle",
     "resolve_weights",
     "save",
     "save_weights",
+    "torch_load_weights_only",
 ]
 
 FORMAT = "cnnlab.weights/1"
@@ -67,6 +69,8 @@ FOREIGN_LAYOUTS = ("torchvision", "timm")
 MAX_META_BYTES = 1 << 20  # a checkpoint's JSON metadata; class names of even 100k classes fit
 MAX_CLASSES = 100_000
 MAX_IMG_SIZE = 4096  # pixels per side that a file may ask us to resize to
+MAX_CLASS_NAME = 1024  # characters in one class name
+IN_CHANS = (1, 3)  # grey or RGB: what the preprocessing can give a model
 SCALARS = (bool, int, float, str, type(None))  # what a stored model keyword may hold
 
 
@@ -249,34 +253,63 @@ def _default_preprocess(name: str, in_chans: int, size: Any = None) -> dict[str,
     return Preprocess(size, in_chans, mean, std).as_dict()
 
 
-def _complete(meta: dict[str, Any], name: str, num_classes: int, in_chans: int) -> dict[str, Any]:
+def _check_sizes(num_classes: Any, in_chans: Any, source: str) -> None:
+    """num_classes in 1..MAX_CLASSES and in_chans 1 or 3, before anything is built."""
+    if type(num_classes) is not int or not 0 < num_classes <= MAX_CLASSES:
+        raise CnnlabError(f"{source}: {num_classes!r} classes is outside 1..{MAX_CLASSES}")
+    if type(in_chans) is not int or in_chans not in IN_CHANS:
+        raise CnnlabError(f"{source}: in_chans must be 1 (grey) or 3 (RGB), got {in_chans!r}")
+
+
+def _class_names(names: Any, num_classes: int, source: str) -> list[str]:
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise CnnlabError(f"{source}: class names must be a list of strings")
+    if len(names) != num_classes:
+        raise CnnlabError(
+            f"{source}: {len(names)} class names for a model of {num_classes} outputs"
+        )
+    if any(len(c) > MAX_CLASS_NAME for c in names):
+        raise CnnlabError(f"{source}: a class name is longer than {MAX_CLASS_NAME} characters")
+    return names
+
+
+def _preprocess(pre: Any, in_chans: int, source: str) -> Preprocess:
+    """Stored preprocessing checked: finite statistics, a positive std, a bounded size."""
+    if not isinstance(pre, dict):
+        raise CnnlabError(f"{source}: preprocessing metadata must be a JSON object")
+    try:
+        checked = Preprocess.from_dict(pre)
+    except ValueError as exc:
+        raise CnnlabError(f"{source}: bad preprocessing: {exc}") from None
+    if checked.size > MAX_IMG_SIZE:
+        raise CnnlabError(
+            f"{source}: preprocessing size {checked.size} is above the limit {MAX_IMG_SIZE}"
+        )
+    if checked.in_chans != in_chans:
+        raise CnnlabError(
+            f"{source}: preprocessing gives {checked.in_chans} channels, the model takes {in_chans}"
+        )
+    return checked
+
+
+def _complete(
+    meta: dict[str, Any], name: str, num_classes: int, in_chans: int, source: str = "the model"
+) -> dict[str, Any]:
     """``meta`` with model, num_classes, in_chans, class names and preprocessing checked or
-    filled in (the filled-in ones listed under ``assumed``)."""
-    if not 0 < num_classes <= MAX_CLASSES:
-        raise CnnlabError(f"{num_classes} classes is outside 1..{MAX_CLASSES}")
+    filled in (the filled-in ones listed under ``assumed``); ``source`` names the file."""
+    _check_sizes(num_classes, in_chans, source)
     out = {**meta, "model": name, "num_classes": num_classes, "in_chans": in_chans}
     assumed = []
     names = meta.get("class_names")
     if names is None:
         names = _default_class_names(name, num_classes)
         assumed.append("class_names")
-    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
-        raise CnnlabError("class names must be a list of strings")
-    if len(names) != num_classes:
-        raise CnnlabError(f"{len(names)} class names for a model of {num_classes} outputs")
+    names = _class_names(names, num_classes, source)
     pre = meta.get("preprocess")
     if pre is None:
         pre = _default_preprocess(name, in_chans, meta.get("img_size"))
         assumed.append("preprocess")
-    if not isinstance(pre, dict):
-        raise CnnlabError("preprocessing metadata must be a JSON object")
-    pre = Preprocess.from_dict(pre)
-    if pre.size > MAX_IMG_SIZE:
-        raise CnnlabError(f"preprocessing size {pre.size} is above the limit {MAX_IMG_SIZE}")
-    if pre.in_chans != in_chans:
-        raise CnnlabError(
-            f"preprocessing gives {pre.in_chans} channels, the model takes {in_chans}"
-        )
+    pre = _preprocess(pre, in_chans, source)
     out.update(class_names=names, preprocess=pre.as_dict(), assumed=assumed)
     return out
 
@@ -302,17 +335,33 @@ def _build_checked(name: str, config: Mapping[str, Any], tensors: Mapping[str, t
                    source: str) -> nn.Module:  # fmt: skip
     """``create_model(name, **config)`` holding ``tensors``; the shapes are checked on the
     'meta' device first, so a file's claims allocate nothing they do not pay for."""
+    _check_fit(name, config, tensors, source)
+    model = build_model(name, **config)
+    _copy_into(model, tensors, source)
+    return model
+
+
+def _probe(name: str, config: Mapping[str, Any], source: str) -> nn.Module:
+    """``name`` built with ``config`` on the 'meta' device (no memory), its sizes bounded."""
+    _check_sizes(config.get("num_classes"), config.get("in_chans"), repr(source))
     try:
         with torch.device("meta"):
             probe = build_model(name, **config)
     except (ValueError, TypeError) as exc:
         raise CnnlabError(f"{source!r}: cannot build {name!r} with {dict(config)}: {exc}") from None
-    problems = _fit_report(probe.state_dict(), tensors, aux=False)
+    n = sum(v.numel() for v in probe.state_dict().values())
+    if n > codec.MAX_ELEMENTS:
+        raise CnnlabError(f"{source!r}: {name} {dict(config)} would hold {n:,} values")
+    return probe
+
+
+def _check_fit(
+    name: str, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Raise unless ``tensors`` (real or on 'meta') fit ``name`` built with ``config``."""
+    problems = _fit_report(_probe(name, config, source).state_dict(), tensors, aux=False)
     if problems:
         raise CnnlabError(f"{source!r} does not fit {name} {dict(config)}: {problems}")
-    model = build_model(name, **config)
-    _copy_into(model, tensors, source)
-    return model
 
 
 def _in_model_order(
@@ -373,37 +422,39 @@ def _read_cnnlab(p: Path, wanted: str | None) -> Read:
     return name, config, tensors, {**meta, "kind": "cnnlab"}
 
 
-def _read_cnz(p: Path, wanted: str | None) -> Read:
-    header, tensors = codec.read(p)
-    name = _model_name(header.get("model"), wanted, str(p))
+def _cnz_config(header: dict[str, Any], wanted: str | None, source: str) -> tuple[str, dict]:
+    """The model name and ``create_model`` arguments a .cnz header gives, checked."""
+    name = _model_name(header.get("model"), wanted, source)
     config = header.get("config")
     if not isinstance(config, dict):
-        raise CnnlabError(f"{str(p)!r}: the model configuration is not a JSON object")
-    sizes = {k: config[k] for k in ("num_classes", "in_chans") if k in config}
-    if not all(type(v) is int for v in sizes.values()):
-        raise CnnlabError(f"{str(p)!r}: num_classes / in_chans are not integers: {sizes}")
+        raise CnnlabError(f"{source!r}: the model configuration is not a JSON object")
+    sizes = {k: config.get(k) for k in ("num_classes", "in_chans")}
+    _check_sizes(sizes["num_classes"], sizes["in_chans"], repr(source))
     rest = {k: v for k, v in config.items() if k not in sizes}
-    config = sizes | model_kwargs(name, rest or None, repr(str(p)))
+    return name, sizes | model_kwargs(name, rest or None, repr(source))
+
+
+def _read_cnz(p: Path, wanted: str | None) -> Read:
+    """A .cnz file's model: the header's model and every declared shape are checked on the
+    'meta' device before any tensor is decoded (nothing is allocated for a lie)."""
+    found: dict[str, Any] = {}
+
+    def check(header: dict[str, Any], declared: dict[str, tuple]) -> None:
+        name, config = _cnz_config(header, wanted, str(p))
+        shapes = {k: torch.empty(s, dtype=d, device="meta") for k, (d, s) in declared.items()}
+        _check_fit(name, config, shapes, str(p))
+        found.update(name=name, config=config)
+
+    header, tensors = codec.read(p, check)
     extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
-    return name, config, tensors, {**extra, "kind": "cnz"}
+    return found["name"], found["config"], tensors, {**extra, "kind": "cnz"}
 
 
 def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
     """The tensors of a plain safetensors file or a weights-only torch file."""
     if _is_safetensors(p):
         return _read_safetensors(p, with_tensors=True)[0]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
-    except pickle.UnpicklingError:
-        raise CnnlabError(
-            f"{str(p)!r} refused: it holds pickled objects other than tensors and plain data "
-            "(read with weights_only=True; nothing in it was run)"
-        ) from None
-    except Exception as exc:  # any failure to parse an untrusted file is a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CnnlabError(f"{str(p)!r} is not a readable weights file: {first[:160]}") from None
+    obj = torch_load_weights_only(p, "weights file")
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -414,6 +465,34 @@ def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
     ):
         raise CnnlabError(f"{str(p)!r} does not hold a state dict (a mapping of names to tensors)")
     return obj
+
+
+def refused_pickle(path: str | os.PathLike[str]) -> str:
+    """The one line for a file whose pickle holds code (``torch.load(weights_only=True)``)."""
+    return (
+        f"{str(path)!r} is not a weights-only checkpoint (it holds pickled code); "
+        "it was refused and not loaded"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, cut at a word (at most 160 characters)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= 160 else text[:160].rsplit(" ", 1)[0] + " ..."
+
+
+def torch_load_weights_only(path: str | os.PathLike[str], what: str = "weights file") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU: pickled code is refused (never run)
+    with :func:`refused_pickle`'s line, any other failure is one ``CnnlabError`` line."""
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
+    except pickle.UnpicklingError:
+        raise CnnlabError(refused_pickle(p)) from None
+    except Exception as exc:  # any failure to parse an untrusted file is a bad file
+        raise CnnlabError(f"{str(p)!r} is not a readable {what}: {_first_line(exc)}") from None
 
 
 def _read_foreign_weights(p: Path, wanted: str | None, layout: str | None) -> Read:
@@ -530,7 +609,7 @@ def load(
         built = model
     else:
         built = _build_checked(name, config, tensors, str(p))
-    meta = _complete(meta, name, config["num_classes"], config["in_chans"])
+    meta = _complete(meta, name, config["num_classes"], config["in_chans"], repr(str(p)))
     meta["model_kwargs"] = {k: v for k, v in config.items() if k not in ("num_classes", "in_chans")}
     meta["path"] = str(p)
     if num_classes is not None and num_classes != meta["num_classes"]:

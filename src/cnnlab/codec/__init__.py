@@ -7,26 +7,34 @@ models from a file is :mod:`cnnlab.saved`'s job; deciding what to store is
 
 from cnnlab.codec.cnz import (
     MAGIC,
+    MAX_ELEMENTS,
     CnzReport,
     TensorReport,
     decode_bytes,
+    element_budget,
     encode_state_dict,
     is_cnz,
     join_sections,
+    open_regular,
     read,
+    read_file_bytes,
     relative_indices,
     split_sections,
 )
 
 __all__ = [
     "MAGIC",
+    "MAX_ELEMENTS",
     "CnzReport",
     "TensorReport",
     "decode_bytes",
+    "element_budget",
     "encode_state_dict",
     "is_cnz",
     "join_sections",
+    "open_regular",
     "read",
+    "read_file_bytes",
     "relative_indices",
     "split_sections",
 ]

@@ -51,6 +51,7 @@ __all__ = [
     "encode_state_dict",
     "is_cnz",
     "join_sections",
+    "open_regular",
     "read",
     "read_file_bytes",
     "relative_indices",
@@ -275,7 +276,8 @@ def encode_state_dict(
 
 # --------------------------------------------------------------------------- decoding
 
-Check = Callable[[str, torch.dtype, tuple[int, ...]], None]
+# Called with the header and every declared {name: (dtype, shape)}; raises to refuse them.
+Check = Callable[[dict[str, Any], dict[str, tuple[torch.dtype, tuple[int, ...]]]], None]
 
 
 class _Reader:
@@ -448,7 +450,7 @@ def element_budget(file_bytes: int) -> int:
     return min(MAX_ELEMENTS, max(FREE_ELEMENTS, ELEMENTS_PER_BYTE * file_bytes))
 
 
-def _check_declared(sections: list[_Section], file_bytes: int, check: Check | None) -> None:
+def _check_declared(sections: list[_Section], file_bytes: int) -> None:
     """Refuse duplicate names and declared sizes the file cannot pay for, before decoding."""
     names: set[str] = set()
     for s in sections:
@@ -463,9 +465,6 @@ def _check_declared(sections: list[_Section], file_bytes: int, check: Check | No
             f"may hold ({budget:,}: {ELEMENTS_PER_BYTE} per byte, at least {FREE_ELEMENTS:,}, "
             f"at most {MAX_ELEMENTS:,})"
         )
-    if check is not None:
-        for s in sections:
-            check(s.name, s.dtype, s.shape)
 
 
 def _parse_header(r: _Reader) -> dict[str, Any]:
@@ -513,24 +512,27 @@ def decode_bytes(
 
     Every section is parsed and every declared shape accepted before any tensor is decoded:
     the declared elements must fit :func:`element_budget` of the file's size, and ``check``
-    (if given) is called with each tensor's name, dtype and shape and raises to refuse it
-    (:mod:`cnnlab.saved` checks them against the named model)."""
+    (if given) is called with the header and each tensor's ``(dtype, shape)`` by name and
+    raises to refuse them (:mod:`cnnlab.saved` checks them against the named model)."""
     header, sections = _parse(data)
-    _check_declared(sections, len(data), check)
+    _check_declared(sections, len(data))
+    if check is not None:
+        check(header, {s.name: (s.dtype, s.shape) for s in sections})
     return header, {s.name: _decode_payload(s) for s in sections}
 
 
 def is_cnz(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a regular file that starts with the .cnz magic bytes."""
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             return f.read(len(MAGIC)) == MAGIC
     except (OSError, CnnlabError):
         return False
 
 
-def _open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
-    """``path`` opened for reading if it is a regular file, else ``CnnlabError``.
+def open_regular(path: str | os.PathLike[str]) -> io.BufferedReader:
+    """``path`` opened for binary reading if it is a regular file, else ``CnnlabError``
+    (``OSError`` such as ``FileNotFoundError`` where it cannot be opened).
 
     Opened non-blocking (a FIFO's open does not wait for a writer), checked with ``fstat`` on
     the open file (no race with a swapped path), then switched back to blocking reads."""
@@ -551,7 +553,7 @@ def read_file_bytes(path: str | os.PathLike[str], limit: int, what: str = "file"
     A FIFO, a device or a folder is refused without reading; the size comes from ``fstat``
     and exactly that many bytes are read (a file that grows meanwhile is not read further)."""
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > limit:
                 raise CnnlabError(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from cnnlab.codec import open_regular
 from cnnlab.data.idx import read_idx
 from cnnlab.data.transforms import Preprocess, augment_batch, erase_batch, image_transform
 from cnnlab.errors import CnnlabError
@@ -20,12 +22,15 @@ from cnnlab.errors import CnnlabError
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_SYSTEM_DIR",
+    "MAX_IMAGE_PIXELS",
+    "BadImageError",
     "ImageFolderDataset",
     "TensorImageDataset",
     "fashion_mnist_folder",
     "find_fashion_mnist",
     "load_fashion_mnist",
     "load_image",
+    "open_image",
     "synthetic_dataset",
 ]
 
@@ -40,6 +45,7 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+MAX_IMAGE_PIXELS = 8192 * 8192  # 64 Mpixel: a decoded RGB image of at most 192 MiB
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
@@ -160,9 +166,55 @@ def load_fashion_mnist(folder: Path, split: str) -> tuple[torch.Tensor, torch.Te
     return images.unsqueeze(1), labels.long()
 
 
+class BadImageError(CnnlabError):
+    """An image file that cannot be used: missing, not a regular file, corrupt, or larger
+    than :data:`MAX_IMAGE_PIXELS`. ``path`` and ``reason`` are kept for callers that go on
+    with the other images (a folder scan skips it with a warning)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"cannot read image {str(path)!r}: {reason}")
+
+
+_BAD_IMAGE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, MemoryError)
+
+
+@contextmanager
+def open_image(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """The image at ``path`` opened with PIL (not decoded yet), or :class:`BadImageError`.
+
+    Only a regular file is opened (a FIFO or a device is refused without reading), and an
+    image of more than :data:`MAX_IMAGE_PIXELS` pixels is refused from its header, before
+    decoding; the limit is ours, whatever PIL's global ``Image.MAX_IMAGE_PIXELS`` holds.
+    Errors inside the ``with`` block (decoding) become :class:`BadImageError` too."""
+    try:
+        with open_regular(path) as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(f) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise BadImageError(
+                        path, f"{width}x{height} pixels is above the limit {MAX_IMAGE_PIXELS:,}"
+                    )
+                yield img
+    except BadImageError:
+        raise
+    except FileNotFoundError:
+        raise BadImageError(path, "no such file") from None
+    except CnnlabError:
+        raise BadImageError(path, "not a regular file") from None
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, f"too many pixels ({exc})") from None
+    except _BAD_IMAGE as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise BadImageError(path, reason.splitlines()[0]) from None
+
+
 def load_image(path: str | os.PathLike[str], in_chans: int) -> Image.Image:
-    """Decode an image fully (so a truncated file fails here) as grey or RGB."""
-    with Image.open(path) as img:
+    """Decode an image fully (so a truncated file fails here) as grey or RGB.
+
+    Any problem is one :class:`BadImageError` (a ``CnnlabError``) naming the file."""
+    with open_image(path) as img:
         img.load()
         return img.convert("L" if in_chans == 1 else "RGB")
 
@@ -170,11 +222,11 @@ def load_image(path: str | os.PathLike[str], in_chans: int) -> Image.Image:
 def _check_image(path: Path, size: int) -> str | None:
     """None if the image decodes, else the reason. JPEGs decode at reduced scale (fast)."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.draft(img.mode, (size, size))
             img.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        return str(exc) or type(exc).__name__
+    except BadImageError as exc:
+        return exc.reason
     return None
 
 
@@ -212,16 +264,20 @@ class ImageFolderDataset(Dataset):
             for f in files:
                 if f.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                reason = _check_image(f, pre.size)
-                if reason is None:
-                    self.samples.append((f, label))
-                elif strict:
-                    raise CnnlabError(f"corrupt image {str(f)!r}: {reason}")
-                else:
-                    warnings.warn(f"skipping corrupt image {str(f)!r}: {reason}", stacklevel=2)
-                    self.skipped.append(str(f))
+                self._add(f, label, strict)
         if not self.samples:
             raise CnnlabError(f"no readable images under {str(self.root)!r}")
+
+    def _add(self, f: Path, label: int, strict: bool) -> None:
+        """Keep ``f`` if it decodes; else skip it with a warning (``strict``: raise)."""
+        reason = _check_image(f, self.pre.size)
+        if reason is None:
+            self.samples.append((f, label))
+        elif strict:
+            raise CnnlabError(f"corrupt image {str(f)!r}: {reason}")
+        else:
+            warnings.warn(f"skipping corrupt image {str(f)!r}: {reason}", stacklevel=3)
+            self.skipped.append(str(f))
 
     def with_augment(self, augment: bool) -> ImageFolderDataset:
         """The same images (no second scan) with or without training augmentation."""
@@ -234,11 +290,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        try:
-            img = load_image(path, self.in_chans)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise CnnlabError(f"cannot read image {str(path)!r}: {exc}") from None
-        return self.transform(img), label
+        return self.transform(load_image(path, self.in_chans)), label
 
 
 def synthetic_dataset(

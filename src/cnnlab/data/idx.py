@@ -8,6 +8,8 @@ Files may be gzip-compressed; we detect that from the gzip magic bytes, not the 
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import zlib
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnlab.codec import read_file_bytes
 from cnnlab.errors import CnnlabError
 
 __all__ = ["read_idx"]
@@ -29,19 +32,22 @@ IDX_TYPES: dict[int, str] = {
     0x0E: ">f8",  # double
 }
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_IDX_BYTES = 1 << 30  # an IDX file, after gunzip (Fashion-MNIST's largest: 47 MB)
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes (gunzipped), a regular file of at most ``MAX_IDX_BYTES`` either way."""
+    raw = read_file_bytes(path, MAX_IDX_BYTES, "IDX file")
+    if raw[:2] != GZIP_MAGIC:
+        return raw
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise CnnlabError(f"cannot read IDX file {str(path)!r}: {exc.strerror}") from None
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise CnnlabError(f"{str(path)!r} is a corrupt gzip file ({exc})") from None
-    return raw
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            data = f.read(MAX_IDX_BYTES + 1)  # a gzip bomb stops here
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CnnlabError(f"{str(path)!r} is a corrupt gzip file ({exc})") from None
+    if len(data) > MAX_IDX_BYTES:
+        raise CnnlabError(f"{str(path)!r} unpacks to more than {MAX_IDX_BYTES:,} bytes")
+    return data
 
 
 def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
@@ -59,7 +65,7 @@ def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
     if ndim == 0 or len(data) < header:
         raise CnnlabError(f"{str(path)!r}: truncated IDX header")
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize
     if len(data) != expected:
         raise CnnlabError(
             f"{str(path)!r}: IDX header says {'x'.join(map(str, shape))} "

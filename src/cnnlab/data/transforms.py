@@ -15,6 +15,7 @@ checkpoint, so ``cnnlab predict`` prepares an image exactly as training did.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -37,10 +38,21 @@ class Preprocess:
     source_size: int | None = None  # the data set's native side, where all images share one
 
     def __post_init__(self) -> None:
+        """Every field checked: a checkpoint's preprocessing is read from an untrusted file."""
         if self.in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 (grey) or 3 (RGB), got {self.in_chans}")
-        if self.size < 1:
-            raise ValueError(f"image size must be positive, got {self.size}")
+        if not _is_int(self.size) or self.size < 1:
+            raise ValueError(f"image size must be a positive integer, got {self.size!r}")
+        if self.source_size is not None and (not _is_int(self.source_size) or self.source_size < 1):
+            raise ValueError(f"source size must be a positive integer, got {self.source_size!r}")
+        if len(self.mean) not in (1, 3) or len(self.std) != len(self.mean):
+            raise ValueError(
+                f"mean and std need 1 or 3 values each, got {len(self.mean)} and {len(self.std)}"
+            )
+        if not all(math.isfinite(m) for m in self.mean):
+            raise ValueError(f"mean must be finite, got {list(self.mean)}")
+        if not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise ValueError(f"std must be positive and finite, got {list(self.std)}")
 
     @property
     def pad(self) -> int:
@@ -67,13 +79,13 @@ class Preprocess:
         """From a checkpoint's metadata; ``ValueError`` if it is malformed."""
         try:
             return cls(
-                size=int(d["size"]),
-                in_chans=int(d["in_chans"]),
+                size=_as_int(d["size"]),
+                in_chans=_as_int(d["in_chans"]),
                 mean=tuple(float(m) for m in d["mean"]),
                 std=tuple(float(s) for s in d["std"]),
-                source_size=None if d.get("source_size") is None else int(d["source_size"]),
+                source_size=None if d.get("source_size") is None else _as_int(d["source_size"]),
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ValueError(f"malformed preprocessing metadata {d!r:.120}: {exc}") from None
 
     def geometry(self) -> v2.Transform:
@@ -103,6 +115,20 @@ class Preprocess:
         m = torch.tensor(mean).view(1, -1, 1, 1)
         s = torch.tensor(std).view(1, -1, 1, 1)
         return x.sub_(m).div_(s)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _as_int(x: Any) -> int:
+    """``x`` as an int if it is one (or a float holding one, as JSON may give); else
+    ``ValueError`` (``int()`` would turn 2.7 into 2 and ``1e400`` into an OverflowError)."""
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if not _is_int(x):
+        raise ValueError(f"expected an integer, got {x!r}")
+    return x
 
 
 def _augment(size: int) -> v2.Transform:
