@@ -12,13 +12,19 @@ from cnnlab.errors import CnnlabError
 
 
 def check_output(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path if its folder exists (checked before a long run, not after it)."""
+    """``path`` as a Path if its folder exists and is writable and ``path`` is no folder
+    (checked before a long run, not after it)."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
+        above = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise CnnlabError(f"{str(above)!r} is a file, not a folder (for {str(target)!r})")
         raise CnnlabError(f"folder {str(folder)!r} does not exist (for {str(target)!r})")
     if target.is_dir():
         raise CnnlabError(f"{str(target)!r} is a folder, not a file name")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CnnlabError(f"folder {str(folder)!r} is not writable (for {str(target)!r})")
     return target
 
 
@@ -47,6 +53,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+    except OSError as exc:
+        if not exc.filename:  # a full disk says which file it was writing
+            exc.filename = str(target)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

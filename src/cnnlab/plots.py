@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path
+from cnnlab.io import atomic_path, check_output
 
 __all__ = [
     "FORMATS",
@@ -29,10 +29,7 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.suffix.lstrip(".").lower() not in FORMATS:
         raise CnnlabError(f"plot file {str(target)!r} must end in .png, .svg or .pdf")
-    folder = target.parent
-    if not folder.is_dir():
-        raise CnnlabError(f"folder {str(folder)!r} for the plot {str(target)!r} does not exist")
-    return target
+    return check_output(target)
 
 
 def _pyplot() -> Any:

@@ -7,49 +7,136 @@ its parser and sets ``func`` to a function ``(args) -> int`` (the exit code).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import errno
 import importlib
+import json
 import os
 import sys
 
+import cnnlab
 from cnnlab.errors import CnnlabError
 
 COMMAND_MODULES = ["zoo", "analysis", "training", "compression", "deployment"]
+# A full disk, a quota or a read-only file system: what the machine says, as one line.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_INPUT_ERRORS = (CnnlabError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there
+    is none to show (a switch, or ``None`` meaning 'not given')."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if "default" in text.lower() or action.help is None or not _shows(default):
+            return action.help
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return action.help
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def _shows(default: object) -> bool:
+    """A default worth printing: not a switch's False, not None ('not given'), not empty."""
+    return not (default is None or default is False or default is argparse.SUPPRESS) and (
+        default not in ([], ())
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Records the last usage error, so that ``main`` can repeat it as JSON (``--json``)."""
+
+    last_error: str | None = None
+
+    def error(self, message: str):  # type: ignore[override]
+        _Parser.last_error = message
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnlab",
         description="The classic CNNs from their papers: build, measure, train, compress, deploy.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"cnnlab {cnnlab.__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"cnnlab.cli.{name}").register(subparsers)
+    for sub in subparsers.choices.values():
+        sub.formatter_class = HelpFormatter
+        for action in sub._actions:  # an option without help still shows its default
+            if action.help is None and action.option_strings and _shows(action.default):
+                action.help = "(default: %(default)s)"
     return parser
 
 
+def _check_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A mistyped sub-command (``cnnlab sumary``) gets the nearest name."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    choices = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if command is None or command in choices:
+        return
+    near = difflib.get_close_matches(command, list(choices), n=1)
+    hint = f"; did you mean {near[0]}?" if near else f" (choose from {', '.join(choices)})"
+    parser.error(f"unknown command {command!r}{hint}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; errors in the input give one line on stderr and exit code 2."""
+    """Run the CLI; errors in the input give one line on stderr and exit code 2 (and, with
+    ``--json``, ``{"error": ..., "code": 2}`` on stdout)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["compress", "sensitivity"]:  # the issue's spelling of `cnnlab sensitivity`
         argv = argv[1:]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        _check_command(parser, argv)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == 2 and "--json" in argv and _Parser.last_error:
+            _json_error(_Parser.last_error)
+        raise
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
-    except (CnnlabError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"cnnlab: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader left (`cnnlab eval ... | head`): stop as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
         return 141  # 128 + SIGPIPE
+    except (*_INPUT_ERRORS, OSError) as exc:
+        if not isinstance(exc, _INPUT_ERRORS) and not _explained(exc):
+            raise  # not the input's fault nor the disk's: a bug, with its traceback
+        return _error(_one_line(exc), getattr(args, "json", False))
+
+
+def _explained(exc: OSError) -> bool:
+    """A full disk, a quota, a read-only file system, or any error naming its file."""
+    return exc.errno in _DISK_ERRNOS or bool(exc.filename)
+
+
+def _error(message: str, as_json: bool) -> int:
+    print(f"cnnlab: error: {message}", file=sys.stderr)
+    if as_json:
+        _json_error(message)
+    return 2
+
+
+def _json_error(message: str) -> None:
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps({"error": message, "code": 2}), flush=True)
 
 
 def _one_line(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.filename:
-        return f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename or getattr(exc, "cnnlab_path", None)
+        return f"{exc.strerror}: {where}" if where else f"{exc.strerror} (writing the output)"
     return " ".join(str(exc).split())

@@ -25,6 +25,7 @@ from torch import nn
 
 from cnnlab.deploy.fuse import fuse
 from cnnlab.errors import CnnlabError
+from cnnlab.io import check_output
 
 __all__ = ["ExportResult", "export_onnx", "onnxruntime_session", "require_onnx"]
 
@@ -156,10 +157,8 @@ def _destination(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     target = Path(path)
     if target.is_dir():
         raise CnnlabError(f"{str(target)!r} is a folder; give a file name such as model.onnx")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise CnnlabError(f"folder {str(folder)!r} does not exist (for {str(target)!r})")
-    return target, folder
+    check_output(target)  # the folder exists, is a folder and is writable
+    return target, target.parent if str(target.parent) else Path(".")
 
 
 def _publish(tmp: Path, target: Path) -> tuple[Path | None, int]:
