@@ -8,15 +8,19 @@ cnnlab decompress m.cnz --out m.safetensors
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from typing import Any
 
 import cnnlab
 from cnnlab import codec, plots
 from cnnlab.cli.config_options import add_config_options, config_from_args
 from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
-from cnnlab.compress.prune import parse_per_layer
+from cnnlab.compress.pipeline import check_config
+from cnnlab.compress.prune import parse_per_layer, prunable_layers
+from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_path, check_output
+from cnnlab.io import atomic_write_bytes, check_output
 from cnnlab.saved import save as save_checkpoint
 from cnnlab.tables import format_table, note, print_json
 from cnnlab.train import evaluate, model_and_loaders
@@ -39,7 +43,42 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="use the first N images of each split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: a GPU if there is one)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+class _Progress:
+    """One ``cnnlab:`` line per step on stderr; a tqdm bar instead when stderr is a terminal."""
+
+    def __init__(self, total: int, what: str) -> None:
+        self.total, self.done, self.what, self.bar = total, 0, what, None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=what, file=sys.stderr, leave=False)
+
+    def __call__(self, message: str) -> None:
+        self.done += 1
+        if self.bar is None:
+            note(f"{self.what} [{self.done}/{self.total}] {message}")
+        else:
+            self.bar.set_postfix_str(message, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _check_common(args: argparse.Namespace) -> Any:
+    """The numeric options every command here takes, and the device (before any work)."""
+    for name in ("batch_size", "limit", "img_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return resolve_device(args.device)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,6 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser("decompress", help="decode a .cnz file to plain safetensors")
     d.add_argument("file", help="the .cnz file")
     d.add_argument("--out", required=True, help="the .safetensors file to write")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
     d.set_defaults(func=run_decompress)
 
 
@@ -93,6 +133,8 @@ def _log(args: argparse.Namespace) -> Any:
 
 
 def run_compress(args: argparse.Namespace) -> int:
+    device = _check_common(args)
+    check_output(args.out)  # before the data, the baseline and the pipeline
     cfg = config_from_args(
         CompressionConfig,
         args,
@@ -107,9 +149,27 @@ def run_compress(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.model, img_size=args.img_size,
         batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=note,
     )  # fmt: skip
-    check_output(args.out)
+    check_config(model, cfg)  # every layer name, range and the recipe: before the baseline
     size_before = model_bytes(model)
-    result = compress(model, train, val, cfg, log=_log(args))
+    epochs = cfg.prune_steps * cfg.retrain_epochs + cfg.finetune_epochs
+    progress = _Progress(epochs, "compress")
+    try:
+        result = compress(model, train, val, cfg, device=str(device), log=_log(args),
+                          progress=progress)  # fmt: skip
+    finally:
+        progress.close()
+    output = _store(model, meta, args, result, size_before)
+    if args.json:
+        print_json(output)
+        return 0
+    _print_compress(output, args.out)
+    return 0
+
+
+def _store(
+    model: Any, meta: dict, args: argparse.Namespace, result: dict, size_before: int
+) -> dict[str, Any]:
+    """Write the .cnz file; the report: model, out, recipe, stages, layers and totals."""
     stored = result["stages"][-1]
     # What a user of the model needs travels in the file; the stage log is printed only.
     preprocess = {**meta["preprocess"], "size": args.img_size or meta["preprocess"]["size"]}
@@ -123,12 +183,7 @@ def run_compress(args: argparse.Namespace) -> int:
     }
     report = save(model, args.out, extra=extra)
     table = layer_table(report, model, size_before)
-    output = {"model": meta["model"], "out": args.out, **result, **table}
-    if args.json:
-        print_json(output)
-        return 0
-    _print_compress(output, args.out)
-    return 0
+    return {"model": meta["model"], "out": args.out, **result, **table}
 
 
 def _print_compress(result: dict[str, Any], out: str) -> None:
@@ -202,21 +257,32 @@ def format_layer_table(table: dict[str, Any]) -> str:
     return format_table(headers, rows)
 
 
-def run_sensitivity(args: argparse.Namespace) -> int:
+def _fractions(text: str) -> list[float]:
     try:
-        fractions = [float(f) for f in args.fractions.split(",")]
+        fractions = [float(f) for f in text.split(",")]
     except ValueError:
-        raise ValueError(
-            f"--fractions must be comma-separated numbers, got {args.fractions!r}"
-        ) from None
+        raise ValueError(f"--fractions must be comma-separated numbers, got {text!r}") from None
+    bad = [f for f in fractions if not (math.isfinite(f) and 0 <= f < 1)]
+    if bad:
+        raise ValueError(f"--fractions must lie in [0, 1), got {bad}")
+    return fractions
+
+
+def run_sensitivity(args: argparse.Namespace) -> int:
+    device = _check_common(args)
+    fractions = _fractions(args.fractions)
     if args.plot:  # before the sweep, not after it
         plots.check_plot_path(args.plot)
     model, _, _, val = model_and_loaders(
         args.checkpoint, args.data, args.model, img_size=args.img_size,
         batch_size=args.batch_size, limit=args.limit, seed=args.seed, log=note,
     )  # fmt: skip
-    layers = args.layers.split(",") if args.layers else None
-    curves = sensitivity(model, lambda m: 100 * evaluate(m, val)["top1"], fractions, layers)
+    known = list(prunable_layers(model))
+    layers = args.layers.split(",") if args.layers else known
+    unknown = [n for n in layers if n not in known]
+    if unknown:
+        raise ValueError(f"unknown layer {unknown[0]!r}; prunable layers: {known}")
+    curves = _sweep(model.to(device), val, fractions, layers, device)
     if args.plot:
         plots.plot_sensitivity(curves, args.plot, args.model)
     if args.json:
@@ -234,13 +300,31 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(model: Any, val: Any, fractions: list[float], layers: list[str], device: Any) -> dict:
+    """:func:`cnnlab.compress.sensitivity` with one progress line per evaluation."""
+    steps = iter([(n, f) for n in layers for f in fractions])
+    progress = _Progress(len(layers) * len(fractions), "sensitivity")
+
+    def top1(m: Any) -> float:
+        acc = 100 * evaluate(m, val, device=device)["top1"]
+        name, fraction = next(steps)
+        progress(f"{name} {100 * fraction:g}% pruned: top-1 {acc:.2f}")
+        return acc
+
+    try:
+        return sensitivity(model, top1, fractions, layers)
+    finally:
+        progress.close()
+
+
 def run_decompress(args: argparse.Namespace) -> int:
     """A registry model becomes a full cnnlab checkpoint (every command takes it); a .cnz of
     some other network becomes plain safetensors."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as st_save
 
     if not args.out.endswith(".safetensors"):
         raise CnnlabError(f"--out must end in .safetensors, got {args.out!r}")
+    check_output(args.out)
     header, state = codec.read(args.file)
     name = header.get("model")
     if isinstance(name, str):
@@ -251,8 +335,10 @@ def run_decompress(args: argparse.Namespace) -> int:
             meta={**kept, "source": str(args.file)},
         )  # fmt: skip
     else:
-        with atomic_path(args.out) as tmp:
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        atomic_write_bytes(args.out, st_save({k: v.contiguous() for k, v in state.items()}))
     n = sum(t.numel() for t in state.values())
+    if args.json:
+        print_json({"out": args.out, "model": name, "tensors": len(state), "values": n})
+        return 0
     print(f"wrote {args.out}: {len(state)} tensors, {n:,} values" + (f" ({name})" if name else ""))
     return 0

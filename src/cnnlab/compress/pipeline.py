@@ -34,7 +34,15 @@ from cnnlab.compress.store import plain_state_dict
 from cnnlab.config import option
 from cnnlab.train import Distillation, build_optimizer, evaluate, train_one_epoch
 
-__all__ = ["CompressionConfig", "compress", "finalize", "layer_table", "model_bytes", "plan"]
+__all__ = [
+    "CompressionConfig",
+    "check_config",
+    "compress",
+    "finalize",
+    "layer_table",
+    "model_bytes",
+    "plan",
+]
 
 SCHEDULES = ("iterative", "gradual")
 OPTIMIZERS = ("sgd", "adamw")
@@ -144,7 +152,10 @@ def _retrain(
     cfg: CompressionConfig,
     device: str,
     distill: Distillation | None,
+    progress: Callable[[str], None] | None = None,
+    label: str = "retrain",
 ) -> None:
+    """``epochs`` of training; ``progress`` gets one line per epoch (``label``, loss, top-1)."""
     if epochs == 0:
         return
     optimizer = build_optimizer(
@@ -154,10 +165,13 @@ def _retrain(
     # Cosine decay to zero over the round, per batch: the round ends on converged weights.
     steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    for _ in range(epochs):
-        train_one_epoch(
+    for epoch in range(1, epochs + 1):
+        m = train_one_epoch(
             model, loader, optimizer, device=device, scheduler=scheduler, distill=distill
         )
+        if progress:
+            progress(f"{label} epoch {epoch}/{epochs}: loss {m['loss']:.4f}, "
+                     f"train top-1 {100 * m['top1']:.2f}%")  # fmt: skip
 
 
 def finalize(model: nn.Module, half_precision_other: bool = True) -> nn.Module:
@@ -167,6 +181,28 @@ def finalize(model: nn.Module, half_precision_other: bool = True) -> nn.Module:
     if half_precision_other:
         round_to_half(model)
     return model
+
+
+def check_config(model: nn.Module, cfg: CompressionConfig) -> None:
+    """Everything ``cfg`` says about ``model``'s layers, checked before any work (no
+    evaluation): sparsity / quality patterns and ranges, ``bits`` layer names and widths, and
+    the recipe (the paper's table for this model, or the TOML file). ``ValueError`` or
+    ``CnnlabError`` on the first problem."""
+    names = list(prunable_layers(model))
+    for what, bound in (("sparsity", 1.0), ("quality", math.inf)):
+        values = resolve_per_layer(getattr(cfg, what), names, what)
+        bad = {n: v for n, v in values.items() if not (0 <= v < bound)}
+        if bad:
+            limit = "[0, 1)" if bound == 1.0 else ">= 0 and finite"
+            raise ValueError(f"{what} must be {limit}; got {bad}")
+    unknown = [n for n in (cfg.bits or {}) if n not in names]
+    if unknown:
+        raise ValueError(f"bits given for unknown layers {unknown} (layers: {names})")
+    bad_bits = {n: b for n, b in (cfg.bits or {}).items() if not 1 <= b <= 16}
+    if bad_bits:
+        raise ValueError(f"bits must be in 1..16; got {bad_bits}")
+    if cfg.sparsity is None and cfg.quality is None:
+        recipes.check(model, cfg.recipe)
 
 
 def plan(
@@ -227,14 +263,18 @@ def compress(
     *,
     device: str = "cpu",
     log: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Prune, retrain, share weights, fine-tune centroids; ``model`` is changed in place.
 
     Returns ``{"recipe": the per-layer plan (source, sparsity, bits), "stages": [...]}``, one
     stage per step (``stage``, ``top1`` and ``top5`` in %, ``kept`` fraction of Conv/Linear
     weights). At the end the model holds plain weights exactly as
-    :func:`cnnlab.compress.save` stores them.
+    :func:`cnnlab.compress.save` stores them. ``cfg`` is checked against the model first
+    (:func:`check_config`); ``log`` gets the stage lines, ``progress`` one line per
+    retraining epoch.
     """
+    check_config(model, cfg)
     model.to(device)
     teacher = copy.deepcopy(model) if cfg.distill else None  # before anything is pruned
     distill = Distillation(teacher, cfg.distill, cfg.distill_temperature) if teacher else None
@@ -252,16 +292,16 @@ def compress(
     if log:
         log(f"    recipe: {recipe.source}, " + ", ".join(
             f"{n} {1 - s:.0%} kept" for n, s in recipe.sparsity.items()))  # fmt: skip
-    for sparsity in _ramps(recipe, cfg):
+    for step, sparsity in enumerate(_ramps(recipe, cfg), 1):
         prune(model, masks_for_sparsity(model, sparsity))
         _retrain(model, train_loader, cfg.retrain_epochs, cfg.optimizer, cfg.lr, cfg, device,
-                 distill)  # fmt: skip
+                 distill, progress, f"retrain round {step}/{cfg.prune_steps}")  # fmt: skip
     record("pruned")
     share_weights(model, recipe.bits, init=cfg.init)
     record("quantized")
     if cfg.finetune_epochs:
         _retrain(model, train_loader, cfg.finetune_epochs, cfg.finetune_optimizer or cfg.optimizer,
-                 cfg.finetune_lr, cfg, device, distill)  # fmt: skip
+                 cfg.finetune_lr, cfg, device, distill, progress, "fine-tune")  # fmt: skip
         record("finetuned")
     finalize(model, cfg.half_precision_other)
     model.cpu()

@@ -37,7 +37,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["PAPER", "SWEEP", "Recipe", "choose", "from_file", "from_paper", "from_sensitivity"]
+__all__ = [
+    "PAPER",
+    "SWEEP",
+    "Recipe",
+    "check",
+    "choose",
+    "from_file",
+    "from_paper",
+    "from_sensitivity",
+]
 
 MAX_RECIPE_BYTES = 1 << 20
 SWEEP = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)  # fractions tried per layer by ``sensitivity``
@@ -174,6 +183,17 @@ def from_file(model: nn.Module, path: str | os.PathLike[str]) -> Recipe:
         {n: sparsity[n] for n in names if n in sparsity},
         {n: bits[n] for n in names if n in bits},
     )
+
+
+def check(model: nn.Module, recipe: str | None) -> None:
+    """What :func:`choose` would refuse, found without evaluating: the paper's table for a
+    model it lacks, a bad TOML file, a pattern that matches no layer."""
+    if recipe is None or recipe == "sensitivity":
+        return
+    if recipe == "paper":
+        from_paper(model)
+    else:
+        from_file(model, recipe)
 
 
 def choose(
