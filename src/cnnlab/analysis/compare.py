@@ -17,19 +17,23 @@ from cnnlab.analysis.macs import count_macs
 from cnnlab.analysis.profile import profile
 from cnnlab.registry import build_model, keyword_defaults, list_models, match_models, model_info
 
-__all__ = ["compare_models", "measure_latency", "zoo_table"]
+__all__ = ["compare_models", "latency_samples", "measure_latency", "spread", "zoo_table"]
+
+
+SPREAD_FLAG = 0.25  # a latency whose interquartile range exceeds this fraction of its median
 
 
 @torch.no_grad()
-def measure_latency(
+def latency_samples(
     model: nn.Module,
     input_size: tuple[int, ...],
     batch_size: int = 1,
     *,
     repeats: int = 5,
     warmup: int = 1,
-) -> float:
-    """Median wall-clock seconds of an eval-mode forward pass on CPU (fp32)."""
+) -> list[float]:
+    """Wall-clock seconds of ``repeats`` eval-mode forward passes on CPU (fp32), after
+    ``warmup`` untimed ones."""
     was_training = model.training
     model.eval()
     x = torch.randn((batch_size, *input_size))
@@ -43,7 +47,36 @@ def measure_latency(
             times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
-    return statistics.median(times)
+    return times
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    batch_size: int = 1,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+) -> float:
+    """Median wall-clock seconds of an eval-mode forward pass on CPU (fp32)."""
+    samples = latency_samples(model, input_size, batch_size, repeats=repeats, warmup=warmup)
+    return statistics.median(samples)
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    """Median, interquartile range, min and max of ``samples`` (seconds) in ms, and
+    ``unstable``: the IQR is more than ``SPREAD_FLAG`` of the median (a busy machine)."""
+    median = statistics.median(samples)
+    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [median, median, median]
+    iqr = q[2] - q[0]
+    return {
+        "latency_ms": 1000 * median,
+        "latency_iqr_ms": 1000 * iqr,
+        "latency_min_ms": 1000 * min(samples),
+        "latency_max_ms": 1000 * max(samples),
+        "latency_rounds": len(samples),
+        "latency_unstable": iqr > SPREAD_FLAG * median,
+    }
 
 
 def compare_models(
@@ -51,14 +84,17 @@ def compare_models(
     *,
     latency: bool = False,
     throughput_batch: int = 8,
-    repeats: int = 5,
+    repeats: int = 7,
+    warmup: int = 3,
 ) -> list[dict[str, Any]]:
     """One dict per registered model matching any of ``patterns`` (shell wildcards).
 
     Keys: ``model``, ``input_size``, ``params``, ``macs``, ``activations`` (elements per image),
     ``param_bytes`` (fp32 size), ``forward_bytes`` and ``training_bytes`` (SGD with momentum,
-    batch 1), and with ``latency=True`` ``latency_ms`` (median at batch 1) and
-    ``images_per_s`` (at batch ``throughput_batch``), measured on this machine's CPU.
+    batch 1), and with ``latency=True`` the batch-1 latency over ``repeats`` rounds after
+    ``warmup`` calls (:func:`spread`: ``latency_ms`` the median, ``latency_iqr_ms``, min, max,
+    ``latency_unstable``) and ``images_per_s`` (at batch ``throughput_batch``), measured on
+    this machine's CPU.
     """
     rows = []
     for name in match_models(patterns):
@@ -78,8 +114,9 @@ def compare_models(
         if latency:
             torch.manual_seed(0)
             real = build_model(name)
-            row["latency_ms"] = 1000 * measure_latency(real, prof.input_size, 1, repeats=repeats)
-            seconds = measure_latency(real, prof.input_size, throughput_batch, repeats=repeats)
+            size = prof.input_size
+            row |= spread(latency_samples(real, size, 1, repeats=repeats, warmup=warmup))
+            seconds = measure_latency(real, size, throughput_batch, repeats=repeats, warmup=1)
             row["images_per_s"] = throughput_batch / seconds
         rows.append(row)
     return rows

@@ -106,6 +106,7 @@ class LayerRow:
     macs: int
     activations: int  # elements of the new tensors this sub-tree returned
     is_leaf: bool
+    ran: bool = True  # False: not called in this forward (an aux head in eval mode)
 
 
 @dataclasses.dataclass
@@ -204,7 +205,7 @@ def profile(
     x = torch.zeros((batch_size, *size), device="meta", dtype=dtype)
     recorder = _Recorder(x)
     _hooked_forward(meta, x, recorder)
-    rows = _rows(names, [m for m in recorder.order if m is not meta], recorder.own)
+    rows = _rows(names, _listed(meta, recorder.order), recorder.own)
     result = _totals(model, x, rows, recorder)
     if measure:
         result.measured = measure_memory(model, size, batch_size)
@@ -334,6 +335,36 @@ def _same_shape_forward(module: nn.Module) -> Any:
     return forward
 
 
+def _listed(root: nn.Module, order: list[nn.Module]) -> list[nn.Module]:
+    """The modules to show, so that every level's rows add up to the whole model: those that
+    ran (call order), each after the containers above it that never ran themselves (a
+    ``ModuleDict`` iterated by ``forward``), then, in registration order, the sub-trees that
+    hold parameters but did not run (GoogLeNet's auxiliary heads in eval mode)."""
+    by_name = dict(root.named_modules())
+    name_of = {m: n for n, m in by_name.items()}
+    listed: list[nn.Module] = []
+    seen = {root}
+    for module in order:
+        if module in seen:
+            continue
+        parts = name_of[module].split(".")
+        for i in range(1, len(parts) + 1):
+            m = by_name[".".join(parts[:i])]
+            if m not in seen:
+                seen.add(m)
+                listed.append(m)
+    for name, m in by_name.items():
+        parent = by_name[name.rpartition(".")[0]] if "." in name else root
+        if m not in seen and parent in seen and any(True for _ in m.parameters()):
+            stack = [m]  # the idle sub-tree, depth first
+            while stack:
+                top = stack.pop()
+                seen.add(top)
+                listed.append(top)
+                stack.extend(reversed([c for c in top.children() if c not in seen]))
+    return listed
+
+
 def _rows(
     names: dict[nn.Module, str],
     order: list[nn.Module],
@@ -348,11 +379,12 @@ def _rows(
                 name=names[module],
                 type=type(module).__name__,
                 depth=names[module].count(".") + 1,
-                output_shape=own[module]["output_shape"],
+                output_shape=own[module]["output_shape"] if module in own else None,
                 params=sum(p.numel() for p in module.parameters()),
                 macs=sum(own[m]["macs"] for m in subtree),
                 activations=sum(own[m]["activations"] for m in subtree),
                 is_leaf=not any(True for _ in module.children()),
+                ran=bool(subtree),
             )
         )
     return rows

@@ -10,16 +10,18 @@ import sys
 import torch
 
 import cnnlab
-from cnnlab.analysis.compare import compare_models
+from cnnlab.analysis.compare import SPREAD_FLAG, compare_models
 from cnnlab.analysis.gradients import batches_for, gradient_norms
 from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
 from cnnlab.cli.config_options import key_value
+from cnnlab.devices import resolve_device
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
 from cnnlab.registry import build_model, model_info
 from cnnlab.tables import format_table, human, print_json
 
 MIB = 2**20
 RANDOM_CLASSES = 10  # labels of the fixed random batch (--data random) of a fresh model
+DEVICE_HELP = "cpu, cuda or cuda:N (default: a GPU if there is one)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="registered model name (see `cnnlab models`)")
     p.add_argument("--input", help="input size CxHxW (default: the model's native size)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--depth", type=int, default=2, help="show modules down to this depth")
+    p.add_argument("--depth", type=int, default=2, help="show modules down to this depth (2)")
     p.add_argument(
         "--model-kwargs",
         nargs="+",
@@ -45,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--measure-memory",
         action="store_true",
-        help="also run a real forward and training step on CPU and report their peak memory",
+        help="also run a real forward and training step on --device and report their peak memory",
     )
+    p.add_argument("--device", default=None, help=f"for --measure-memory: {DEVICE_HELP}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_summary)
 
@@ -79,10 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="'random' (a fixed random batch), 'fashion-mnist', 'synthetic' or an image folder",
     )
     p.add_argument("--input", help="input size CxHxW (default: the model's native size)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=8, help="images per step")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the total norm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--plot", help="write the per-layer norms to this .png/.svg/.pdf file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_gradients)
@@ -129,7 +133,8 @@ def summary_text(name: str, prof: Profile, depth: int) -> str:
         collapsed = r.is_leaf or r.depth == depth
         rows.append(
             (
-                "  " * (r.depth - 1) + f"{r.name.rsplit('.', 1)[-1]} ({r.type})",
+                "  " * (r.depth - 1)
+                + f"{r.name.rsplit('.', 1)[-1]} ({r.type}{'' if r.ran else ', not run'})",
                 "x".join(map(str, r.output_shape)) if r.output_shape else "-",
                 f"{r.params:,}" if collapsed else "--",
                 human(r.macs) if collapsed else "--",
@@ -151,6 +156,11 @@ def summary_text(name: str, prof: Profile, depth: int) -> str:
         f"training memory:   {_mib(prof.training_bytes['sgd_momentum'])} SGD-momentum, "
         f"{_mib(prof.training_bytes['adam'])} Adam (activations, params, grads, state)",
     ]
+    if not all(r.ran for r in prof.layers):
+        lines.append(
+            "not run:           modules the eval-mode forward does not call (params counted, "
+            "no MACs or activations)"
+        )
     if prof.uncounted:
         kinds = ", ".join(f"{k} x{v}" for k, v in prof.uncounted.items())
         lines.append(
@@ -172,6 +182,7 @@ def summary_text(name: str, prof: Profile, depth: int) -> str:
 def run_summary(args: argparse.Namespace) -> int:
     if args.depth < 1:
         raise ValueError(f"--depth must be >= 1, got {args.depth}")
+    device = resolve_device(args.device)
     kwargs = dict(args.model_kwargs)
     if args.checkpoint and kwargs:
         raise ValueError("--model-kwargs builds a fresh model; a --checkpoint carries its own")
@@ -183,7 +194,7 @@ def run_summary(args: argparse.Namespace) -> int:
     if args.measure_memory:
         torch.manual_seed(0)
         real = model if args.checkpoint else build_model(args.model, in_chans=size[0], **kwargs)
-        prof.measured = measure_memory(real, size, args.batch_size)
+        prof.measured = measure_memory(real, size, args.batch_size, device=device)
     if args.json:
         print_json({"model": args.model, **prof.to_dict()})
     else:
@@ -220,7 +231,7 @@ def run_compare(args: argparse.Namespace) -> int:
             "train/img (SGD)",
         ]
         if args.measure_latency:
-            headers += ["latency b1 (ms)", f"img/s b{args.batch_size}"]
+            headers += ["latency b1 (ms)", "±IQR", f"img/s b{args.batch_size}"]
         table = []
         for r in rows:
             line = [
@@ -234,13 +245,32 @@ def run_compare(args: argparse.Namespace) -> int:
                 _mib(r["training_bytes"]),
             ]
             if args.measure_latency:
-                line += [f"{r['latency_ms']:.1f}", f"{r['images_per_s']:.1f}"]
+                flag = " !" if r["latency_unstable"] else ""
+                line += [f"{r['latency_ms']:.2f}", f"{r['latency_iqr_ms']:.2f}{flag}"]
+                line.append(f"{r['images_per_s']:.1f}")
             table.append(line)
         print(format_table(headers, table))
         print("MACs = multiply-accumulates of Conv+Linear at batch 1 (FLOPs = 2 x MACs)")
+        if args.measure_latency:
+            print(_latency_note(rows))
     if args.plot:
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
+
+
+def _latency_note(rows: list[dict]) -> str:
+    """What the latency columns mean, and a warning when a row's spread is large."""
+    text = (
+        f"latency: median of {rows[0]['latency_rounds']} rounds on this CPU, ±IQR its "
+        "interquartile range"
+    )
+    unstable = [r["model"] for r in rows if r["latency_unstable"]]
+    if unstable:
+        text += (
+            f"\n! spread above {SPREAD_FLAG:.0%} of the median ({', '.join(unstable)}): the "
+            "machine was busy; rerun before trusting those rows"
+        )
+    return text
 
 
 def _thirds(values: list[float]) -> tuple[float, float]:
@@ -250,6 +280,7 @@ def _thirds(values: list[float]) -> tuple[float, float]:
 
 
 def run_gradients(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     if args.plot:
         check_plot_path(args.plot)
     if args.batch_size < 1:
@@ -272,7 +303,12 @@ def run_gradients(args: argparse.Namespace) -> int:
             torch.manual_seed(args.seed)
             model = build_model(name, num_classes=num_classes, in_chans=size[0])
         reports[name] = gradient_norms(
-            model, batches, args.steps, lr=args.lr, clip_grad_norm=args.clip_grad_norm
+            model,
+            batches,
+            args.steps,
+            lr=args.lr,
+            clip_grad_norm=args.clip_grad_norm,
+            device=device,
         )
     if args.plot:
         plot_gradients(reports, args.plot)
