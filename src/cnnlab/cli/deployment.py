@@ -8,6 +8,7 @@ import sys
 
 import cnnlab
 from cnnlab.deploy import BACKENDS, FORMATS, MATMUL_SIZE, benchmark, export_onnx
+from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.tables import format_table, human, print_json
 
@@ -30,8 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--external-data", action="store_true", help="weights in OUT.data beside the graph"
     )
-    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (1e-4)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt.add_argument("--csv", action="store_true", help="one comma-separated row")
     p.set_defaults(func=run_export)
 
     b = subparsers.add_parser("bench", help="inference / training speed, vs torchvision and peak")
@@ -48,8 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--img-size", type=int, help="input side (default: the checkpoint's, else the model's)"
     )
-    b.add_argument("--repeats", type=int, default=10, help="timed rounds (10)")
-    b.add_argument("--warmup", type=int, default=3, help="untimed calls first (3)")
+    b.add_argument("--repeats", type=int, default=10, help="timed rounds")
+    b.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    b.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N (cuda: eager, fused and compile; the peak is the GPU's)",
+    )
     b.add_argument("--no-train", action="store_true", help="skip the training throughput")
     b.add_argument(
         "--no-channels-last", action="store_true", help="fused/compile in NCHW, not NHWC"
@@ -80,6 +88,12 @@ def run_export(args: argparse.Namespace) -> int:
     if args.json:
         print_json(vars(result))
         return 0
+    if args.csv:
+        row = {**vars(result), "input_shape": "x".join(map(str, result.input_shape))}
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+        return 0
     shape = "x".join("N" if d < 0 else str(d) for d in result.input_shape)
     where = result.path + (f" (+ {result.data_path})" if result.data_path else "")
     print(
@@ -100,6 +114,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
     backends = list(BACKENDS) if args.backend == "all" else args.backend.split(",")
     quiet = args.json or args.csv
     results = benchmark(
@@ -115,6 +130,7 @@ def run_bench(args: argparse.Namespace) -> int:
         channels_last=not args.no_channels_last,
         checkpoint=args.checkpoint,
         progress=None if quiet else lambda m: print(f"... {m}", file=sys.stderr),
+        device=device,
     )
     rows = [r.as_dict() for r in results]
     if args.json:
@@ -132,7 +148,11 @@ def _table(results: list, vs: bool) -> str:
     headers = ["model", "backend", "batch", "ms/batch", "±IQR", "img/s", "train img/s"]
     headers += ["GFLOP/s", "of peak"] + (["tv ms", "speedup"] if vs else [])
     rows = []
+    shown = set()  # the training figure (eager, once per model and batch): on its first row
     for r in results:
+        first = (r.model, r.batch_size) not in shown
+        shown.add((r.model, r.batch_size))
+        train = "" if not first else "-" if r.train_images_per_s is None else r.train_images_per_s
         row = [
             r.model,
             r.backend,
@@ -140,7 +160,7 @@ def _table(results: list, vs: bool) -> str:
             f"{r.latency_ms:.2f}",
             f"{r.latency_iqr_ms:.2f}",
             f"{r.images_per_s:.1f}",
-            "-" if r.train_images_per_s is None else f"{r.train_images_per_s:.1f}",
+            train if isinstance(train, str) else f"{train:.1f}",
             f"{r.gflops:.1f}",
             f"{100 * r.peak_fraction:.0f}%",
         ]
@@ -150,6 +170,6 @@ def _table(results: list, vs: bool) -> str:
     note = (
         f"\nGFLOP/s = 2 x MACs x batch / latency; peak = fp32 {MATMUL_SIZE}^3 matmul "
         f"({results[0].matmul_peak_gflops:.1f} GFLOP/s, measured in the same rounds); "
-        f"{results[0].threads} threads"
+        f"{results[0].threads} threads; train img/s: the eager model, once per model and batch"
     )
     return format_table(headers, rows) + note

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import statistics
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.analysis import count_macs
+from cnnlab.analysis import count_macs, profile
 from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
 from cnnlab.errors import CnnlabError
@@ -37,8 +38,10 @@ from cnnlab.saved import load
 __all__ = [
     "BACKENDS",
     "BenchResult",
+    "available_memory",
     "benchmark",
     "matmul_peak",
+    "memory_needed",
     "torchvision_model",
     "training_step",
 ]
@@ -46,6 +49,7 @@ __all__ = [
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
 MATMUL_SIZE = 1024  # n of the n x n x n fp32 matmul that measures the peak
 MIN_SAMPLE_S = 0.05  # a timed sample repeats the call until it lasts at least this long
+GIB = 2**30
 
 
 @dataclass
@@ -78,12 +82,15 @@ class _Timer:
     run: Callable[[], Any]
     number: int = 1  # calls per sample
     samples: list[float] | None = None
+    sync: Callable[[], Any] = lambda: None  # waits for the device (CUDA runs asynchronously)
 
     def calibrate(self, warmup: int) -> None:
         for _ in range(warmup):
             self.run()
+        self.sync()
         start = time.perf_counter()
         self.run()
+        self.sync()
         once = max(time.perf_counter() - start, 1e-6)
         self.number = max(1, min(100, math.ceil(MIN_SAMPLE_S / once)))
         self.samples = []
@@ -92,6 +99,7 @@ class _Timer:
         start = time.perf_counter()
         for _ in range(self.number):
             self.run()
+        self.sync()
         self.samples.append((time.perf_counter() - start) / self.number)
 
     @property
@@ -131,10 +139,56 @@ def matmul_peak(threads: int | None = None, size: int = MATMUL_SIZE, repeats: in
     return 2 * size**3 / min(timer.samples) / 1e9
 
 
-def _matmul_timer(size: int) -> _Timer:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
-    return _Timer("matmul", lambda: torch.mm(a, b, out=out))
+def _matmul_timer(size: int, device: torch.device | None = None) -> _Timer:
+    device = device or torch.device("cpu")
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    out = torch.empty(size, size, device=device)
+    return _Timer("matmul", lambda: torch.mm(a, b, out=out), sync=_sync(device))
+
+
+def _sync(device: torch.device) -> Callable[[], Any]:
+    """What waits for ``device`` to finish its queued work (nothing on the CPU)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors: the GPU's free memory, or the machine's available RAM
+    (``MemAvailable``; free pages where /proc/meminfo is missing)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_needed(model: nn.Module, size: tuple[int, ...], batch: int, train: bool) -> int:
+    """Bytes one benchmark of ``model`` at ``batch`` x ``size`` holds at least: the input (and
+    its channels-last copy), every activation of a forward pass, the weights twice (the model
+    and its fused copy), and with ``train`` a training step (activations, weights, gradients,
+    momentum): :func:`cnnlab.analysis.profile`'s figures, counted on ``meta``."""
+    prof = profile(model, size, batch)
+    need = 2 * prof.input_bytes + prof.forward_bytes + 2 * (prof.param_bytes + prof.buffer_bytes)
+    if train:
+        need = max(need, prof.training_bytes["sgd_momentum"] + prof.param_bytes)
+    return need
+
+
+def _check_memory(model: nn.Module, size: tuple[int, ...], batch: int, train: bool,
+                  device: torch.device) -> None:  # fmt: skip
+    """Refuse, before allocating anything, a batch or image size the device cannot hold."""
+    need, free = memory_needed(model, size, batch, train), available_memory(device)
+    if need > free:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise CnnlabError(
+            f"{name} at batch {batch}, input {'x'.join(map(str, size))} needs about "
+            f"{need / GIB:,.1f} GiB, but {free / GIB:,.1f} GiB are free on {device}; "
+            "use a smaller --batch-size or --img-size"
+        )
 
 
 @contextlib.contextmanager
@@ -164,6 +218,7 @@ def benchmark(
     channels_last: bool = True,
     checkpoint: str | None = None,
     progress: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> list[BenchResult]:
     """Benchmark every model matching ``patterns`` with each backend and batch size.
 
@@ -173,12 +228,25 @@ def benchmark(
     optimisations). ``vs_torchvision`` interleaves torchvision's model of the same architecture
     (eager) and fills ``speedup_vs_torchvision`` = its latency / ours. ``checkpoint``: any
     saved model (:func:`cnnlab.load`) of the one model named, timed at the size it was trained
-    at unless ``img_size`` says otherwise.
+    at unless ``img_size`` says otherwise. ``device``: ``cpu`` or a CUDA GPU (eager, fused and
+    compile; the matmul peak is then the GPU's). A batch or image size whose activations and
+    weights (:func:`memory_needed`) exceed the device's free memory is refused before anything
+    is allocated.
     """
     names = match_models(patterns or ["*"])
+    device = torch.device(device)
     if checkpoint is not None and len(names) != 1:
         raise ValueError(f"a checkpoint holds one model; the patterns match {len(names)}")
     _check_options(names, batch_sizes, backends, vs_torchvision, warmup, repeats)
+    if device.type != "cpu" and "onnxruntime" in backends:
+        raise ValueError(f"the onnxruntime backend runs on the CPU only, not {device}")
+    if checkpoint is None:
+        for name in names:
+            with torch.device("meta"):
+                meta = build_model(name)
+            size = _size(meta.input_size, img_size)
+            for batch in batch_sizes:
+                _check_memory(meta, size, batch, train, device)
     results: list[BenchResult] = []
     with _threads(threads) as n_threads:
         for name in names:
@@ -197,8 +265,18 @@ def benchmark(
                     repeats,
                     channels_last,
                     checkpoint,
+                    device,
                 )
     return results
+
+
+def _size(input_size: Sequence[int], img_size: int | None) -> tuple[int, int, int]:
+    chans, height, width = input_size
+    if img_size is not None:
+        if img_size < 1:
+            raise ValueError(f"--img-size must be at least 1, got {img_size}")
+        height = width = img_size
+    return chans, height, width
 
 
 def _check_options(
@@ -239,13 +317,15 @@ def _bench_one(
     repeats: int,
     channels_last: bool,
     checkpoint: str | None,
+    device: torch.device,
 ) -> list[BenchResult]:
     """One result per backend for model ``name`` at batch size ``batch``."""
     model, tv = _models(name, vs_torchvision, checkpoint)
-    chans, height, width = model.input_size
-    if img_size is not None:
-        height = width = img_size
-    x = torch.randn(batch, chans, height, width)
+    chans, height, width = _size(model.input_size, img_size)
+    _check_memory(model, (chans, height, width), batch, train, device)
+    model = model.to(device)
+    tv = tv.to(device) if tv is not None else None
+    x = torch.randn(batch, chans, height, width, device=device)
     macs = count_macs(model, (chans, height, width))
     timers, reference, peak = _race(model, x, tv, backends, threads, warmup, repeats, channels_last)
     peak_gflops = 2 * MATMUL_SIZE**3 / min(peak.samples) / 1e9  # a peak: the best round
@@ -316,8 +396,10 @@ def _race(
         fast = _fused(model, x, channels_last) if {"fused", "compile"} & set(backends) else None
         timers = [_backend_timer(b, model, x, fast, threads, Path(tmp)) for b in backends]
         reference = None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x)))
-        peak = _matmul_timer(MATMUL_SIZE)
+        peak = _matmul_timer(MATMUL_SIZE, x.device)
         everyone = [*timers, *([reference] if reference else []), peak]
+        for timer in everyone:
+            timer.sync = _sync(x.device)
         for timer in everyone:
             timer.calibrate(warmup)
         order = random.Random(0)
@@ -394,7 +476,7 @@ def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     forward, cross-entropy (auxiliary outputs ignored), backward, SGD step."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    target = torch.zeros(x.shape[0], dtype=torch.long)
+    target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -411,7 +493,7 @@ def _train_rate(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) ->
     import copy
 
     try:
-        timer = _Timer("train", training_step(copy.deepcopy(model), x))
+        timer = _Timer("train", training_step(copy.deepcopy(model), x), sync=_sync(x.device))
         timer.calibrate(warmup)
         for _ in range(repeats):
             timer.sample()
