@@ -56,6 +56,7 @@ __all__ = [
     "MANIFEST",
     "RunLock",
     "commit_checkpoint",
+    "committed_step",
     "load_state",
     "recover_checkpoint",
     "remove_stale_files",
@@ -150,25 +151,31 @@ def _pending(step: int) -> tuple[str, str]:
 def commit_checkpoint(
     out: Path, step: int, write_weights: Callable[[Path], None], state: dict[str, Any]
 ) -> None:
-    """Write ``last.*`` for ``step`` as one unit: both files in full under hidden names, the
-    manifest (the commit), then the two renames. An exception before the commit removes the
-    hidden files and leaves the previous pair; one after it leaves a pair that
-    :func:`recover_checkpoint` finishes."""
+    """Commit ``last.*`` for ``step`` as one unit: both files in full under hidden names, then
+    the manifest naming them (the commit). :func:`recover_checkpoint` then renames them to
+    ``last.*`` (call it next; the next run does it if a kill comes first). An exception
+    before the commit removes the hidden files and leaves the previous pair."""
     weights, state_name = _pending(step)
-    committed = False
     try:
         write_weights(out / weights)
         save_state(state, out / state_name)
         manifest = {"format": MANIFEST_FORMAT, "step": step, "weights": weights,
                     "state": state_name}  # fmt: skip
         atomic_write_bytes(out / MANIFEST, json.dumps(manifest).encode())
-        committed = True
-    finally:
-        if not committed:
+    except BaseException:
+        if committed_step(out) != step:  # cut after the manifest's rename: it is committed
             for name in (weights, state_name):
                 with contextlib.suppress(OSError):
                     (out / name).unlink(missing_ok=True)
-    recover_checkpoint(out)
+        raise
+
+
+def committed_step(out: Path) -> int | None:
+    """The step of the folder's committed checkpoint (its manifest), or None."""
+    with contextlib.suppress(CnnlabError, OSError):
+        manifest = _read_manifest(out)
+        return None if manifest is None else manifest["step"]
+    return None
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnlab.data import Preprocess, build_loaders, image_transform, load_image
+from cnnlab.data import BadImageError, Preprocess, build_loaders, image_transform, load_image
 from cnnlab.data.datasets import IMAGE_SUFFIXES
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
@@ -137,11 +137,12 @@ def image_files(paths: list[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _read(path: Path, transform: Any, in_chans: int) -> torch.Tensor | str:
-    """The prepared image tensor, or why it cannot be read."""
-    if not path.is_file():
-        return "no such file" if not path.exists() else "not a regular file"
+    """The prepared image tensor, or why it cannot be read (missing, not a regular file,
+    corrupt, too many pixels: :func:`cnnlab.data.load_image` tells)."""
     try:
         return transform(load_image(path, in_chans))
+    except BadImageError as exc:
+        return exc.reason
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         return " ".join(str(exc).split())[:200] or type(exc).__name__
 

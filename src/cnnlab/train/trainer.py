@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from torch import nn
 
 from cnnlab.config import option
@@ -42,6 +41,7 @@ from cnnlab.data import (
     build_loaders,
     data_channels,
     fashion_mnist_folder,
+    open_image,
     skipped_files,
 )
 from cnnlab.data.datasets import IMAGE_SUFFIXES
@@ -58,6 +58,7 @@ from cnnlab.train.checkpoint import (
     RunLock,
     commit_checkpoint,
     load_state,
+    recover_checkpoint,
     remove_stale_files,
 )
 from cnnlab.train.finetune import freeze, frozen_modules
@@ -406,11 +407,11 @@ def _data_size(data: str) -> int | None:
         dirs.sort()
         for name in sorted(files):
             path = Path(folder) / name
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if path.suffix.lower() in IMAGE_SUFFIXES:
                 try:
-                    with Image.open(path) as img:
+                    with open_image(path) as img:
                         return min(img.size)
-                except (OSError, ValueError, Image.DecompressionBombError):
+                except CnnlabError:
                     continue
     return None
 
@@ -632,12 +633,13 @@ def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> Non
             run.out, run.step, lambda path: save_weights(run.model, path, meta_now),
             _state(run, epoch, best),
         )  # fmt: skip
+        run.best, run.saved_epoch = best, epoch
+        recover_checkpoint(run.out)  # the renames to last.*
     except OSError as exc:
         raise CnnlabError(
             f"cannot write the checkpoint of epoch {epoch} in {str(run.out)!r}: "
             f"{exc.strerror or exc}; {_kept(run)}"
         ) from None
-    run.best, run.saved_epoch = best, epoch
     if writer is not None:
         for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
             writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
@@ -683,6 +685,9 @@ def _on_interrupt(run: _Run) -> None:
     saved = "interrupted: "
     if run.writes:
         try:
+            step = recover_checkpoint(run.out)  # a commit the Ctrl-C cut short: finish it
+            done = [r["epoch"] for r in run.history if r["step"] == step]
+            run.saved_epoch = done[0] if done else run.saved_epoch
             save_weights(run.model, path, {**run.meta, "step": -1})
             saved += f"weights saved to {str(path)!r}; "
         except OSError as exc:

@@ -1,0 +1,450 @@
+"""Issue 14, the runs part: atomic checkpoints, the run lock, finished runs, option ranges,
+one error line for every failure, stale files, the input size, devices, progress, predict.
+
+Kills are injected, not timed: a patched ``os.replace`` / ``os.fsync`` raises at its k-th
+call, for every k of a two-epoch run, and after a simulated kill nothing cleans up (as after
+SIGKILL); the next run must resume (or, before the first checkpoint, start afresh) and end
+bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import pathlib
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import cnnlab.saved
+from cnnlab import registry
+from cnnlab.cli import main
+from cnnlab.train import TrainConfig, fit, load_state, save_state
+from cnnlab.train import trainer as trainer_module
+from test_train_helpers import TINY_MODELS, TinyNet
+
+QUICK = {"progress": False, "tensorboard": False, "log": None}
+TRAIN = ["train", "tiny", "--data", "synthetic", "--limit", "64", "--batch-size", "32",
+         "--img-size", "8", "--epochs", "1", "--no-progress", "--no-tensorboard"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, entry in TINY_MODELS.items():
+        monkeypatch.setitem(registry._REGISTRY, name, entry)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(model="tiny", data="synthetic", epochs=2, batch_size=32, limit=64, img_size=8)
+    return TrainConfig(**{**base, **kw})
+
+
+def _one_error(capsys: pytest.CaptureFixture, *parts: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: ") and err.count("\n") == 1, err
+    for part in parts:
+        assert part in err, err
+    return err
+
+
+def _same(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a)), load_file(str(b))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+class Killed(BaseException):
+    """A simulated SIGKILL: no ``except`` catches it."""
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, k: int, exc: type[BaseException]) -> dict:
+    """Make the k-th call of os.replace / os.fsync raise ``exc``; after a Killed, unlink does
+    nothing (a dead process removes no temp file). Returns the call counter."""
+    seen = {"n": 0, "dead": False}
+    real_replace, real_unlink = os.replace, pathlib.Path.unlink
+
+    def step(real):
+        def wrapped(*args, **kwargs):
+            seen["n"] += 1
+            if seen["n"] == k:
+                seen["dead"] = exc is Killed
+                raise exc()
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    def unlink(self, missing_ok=False):
+        if not seen["dead"]:
+            real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "replace", step(real_replace))
+    monkeypatch.setattr(os, "fsync", step(lambda fd: None))  # counted; no wait for the disk
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    return seen
+
+
+# ------------------------------------------------------------------ 1. atomic checkpoints
+
+
+@pytest.mark.parametrize("exc", [Killed, KeyboardInterrupt])
+def test_a_kill_at_every_write_step_leaves_a_run_that_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: type[BaseException]
+) -> None:
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # counted below; no wait for the disk
+    fit(cfg(), tmp_path / "straight", **QUICK)
+    with monkeypatch.context() as m:
+        total = _inject(m, 10**9, exc)
+        fit(cfg(), tmp_path / "count", **QUICK)
+    assert total["n"] >= 20  # every write step of two checkpoints
+    for k in range(1, total["n"] + 1):
+        out = tmp_path / f"k{k}"
+        lines: list[str] = []
+        with monkeypatch.context() as m:
+            _inject(m, k, exc)
+            if exc is Killed:
+                with pytest.raises(Killed):
+                    fit(cfg(), out, **{**QUICK, "log": lines.append})
+            else:
+                assert fit(cfg(), out, **{**QUICK, "log": lines.append})["interrupted"]
+        committed = (out / "last.json").exists()
+        if exc is KeyboardInterrupt:
+            said = lines[-1]
+            if committed:
+                epoch = json.loads((out / "last.json").read_text())["step"] // 2
+                assert f"(epoch {epoch}); --resume continues" in said, (k, said)
+            else:
+                assert "no checkpoint was written" in said and "--resume" not in said, (k, said)
+        summary = fit(cfg(), out, resume=committed, **QUICK)
+        assert summary["epochs"] == 2, k
+        assert _same(tmp_path / "straight" / "last.safetensors", out / "last.safetensors"), k
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or
+                    p.name.startswith(".last-")], k  # fmt: skip
+
+
+def test_checkpoint_manifest_names_a_complete_pair(tmp_path: Path) -> None:
+    fit(cfg(), tmp_path, **QUICK)
+    manifest = json.loads((tmp_path / "last.json").read_text())
+    assert manifest["step"] == load_state(tmp_path / "last.state.pt")["step"] == 4
+
+
+# ------------------------------------------------------------------ 2. the run lock
+
+
+def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from cnnlab.train.checkpoint import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock(out)
+    try:
+        assert main([*TRAIN, "--out", str(out)]) == 2
+        _one_error(capsys, "in use by another training", f"pid {os.getpid()}",
+                   socket.gethostname())  # fmt: skip
+        assert not (out / "last.json").exists()
+    finally:
+        lock.release()
+    assert main([*TRAIN, "--out", str(out)]) == 0
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("999999999 elsewhere\n")
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    assert (out / ".lock").read_text().split()[0] == str(os.getpid())
+
+
+# ------------------------------------------------------------------ 3. finished runs
+
+
+def test_resume_of_a_finished_run_says_so_and_more_epochs_extend_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 0
+    assert "already finished its 1 epochs; nothing to do" in capsys.readouterr().out
+    assert main([*TRAIN, "--out", str(out), "--resume", "--epochs", "3"]) == 0
+    said = capsys.readouterr().out
+    assert "extending the run from 1 to 3 epochs" in said and "epoch 3/3" in said
+    state = load_state(out / "last.state.pt")
+    assert state["epoch"] == 3 and state["config"]["epochs"] == 3
+    assert state["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine over 3 epochs
+    assert main([*TRAIN, "--out", str(out), "--resume", "--epochs", "2"]) == 2
+    _one_error(capsys, "has done 3 epochs already")
+
+
+# ------------------------------------------------------------------ 4. numeric options
+
+
+@pytest.mark.parametrize(
+    "option",
+    [("--clip-grad-norm", "-1"), ("--clip-grad-norm", "0"), ("--lr", "inf"),
+     ("--weight-decay", "-1"), ("--img-size", "0"), ("--warmup-epochs", "nan"),
+     ("--seed", str(2**64)), ("--batch-size", "0"), ("--label-smoothing", "1")],
+)  # fmt: skip
+def test_train_numeric_options_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, option: tuple[str, str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), *option]) == 2
+    _one_error(capsys, option[0][2:].replace("-", "_"))
+    assert not out.exists()
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    fit(cfg(epochs=1), out, **QUICK)
+    return out
+
+
+def _images(folder: Path, n: int = 2, size: int = 10) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(np.full((size, size, 3), 50 * i, np.uint8)).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize(
+    "option",
+    [("--batch-size", "0"), ("--seed", "-1"), ("--img-size", "0"), ("--limit", "0"),
+     ("--val-split", "1.5"), ("--workers", "-2")],
+)  # fmt: skip
+def test_eval_numeric_options(trained: Path, capsys, option: tuple[str, str]) -> None:
+    args = ["eval", "tiny", "--checkpoint", str(trained), "--data", "synthetic", *option]
+    assert main(args) == 2
+    _one_error(capsys, option[0])
+
+
+@pytest.mark.parametrize("top", ["-3", "0"])
+def test_predict_top_must_be_positive(trained: Path, tmp_path: Path, capsys, top: str) -> None:
+    image = _images(tmp_path / "img", 1)[0]
+    assert main(["predict", "tiny", "--checkpoint", str(trained), str(image), "--top", top]) == 2
+    _one_error(capsys, "--top must be an integer >= 1")
+
+
+# ------------------------------------------------------------------ 10. one error line
+
+
+def _full_disk(after: int):
+    calls = {"n": 0}
+    real = cnnlab.saved.save_weights
+
+    def save_weights(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    return save_weights
+
+
+@pytest.mark.parametrize("after", [0, 2])  # at the first checkpoint; at the second
+def test_a_full_disk_while_training_is_one_error_line(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, after: int
+) -> None:
+    out = tmp_path / "run"
+    monkeypatch.setattr(trainer_module, "save_weights", _full_disk(after))
+    assert main([*TRAIN, "--out", str(out), "--epochs", "2"]) == 2
+    if after == 0:
+        _one_error(capsys, "No space left on device", "no checkpoint was written")
+        assert not (out / "last.json").exists()
+        return
+    _one_error(capsys, "epoch 2", "No space left on device", "(epoch 1); --resume continues")
+    monkeypatch.setattr(trainer_module, "save_weights", _full_disk(10**9))
+    assert main([*TRAIN, "--out", str(out), "--epochs", "2", "--resume"]) == 0
+    assert load_state(out / "last.state.pt")["epoch"] == 2
+
+
+def test_out_that_is_a_file_or_below_one(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert main([*TRAIN, "--out", str(afile)]) == 2
+    _one_error(capsys, "is a file")
+    assert main([*TRAIN, "--out", str(afile / "sub")]) == 2
+    _one_error(capsys, "is below the file")
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7", "nonsense"])
+def test_unavailable_devices_on_train_eval_predict(
+    trained: Path, tmp_path: Path, capsys, device: str
+) -> None:
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    image = str(_images(tmp_path / "img", 1)[0])
+    for args in (
+        [*TRAIN, "--out", str(tmp_path / "new")],
+        ["eval", "tiny", "--checkpoint", str(trained), "--data", "synthetic"],
+        ["predict", "tiny", "--checkpoint", str(trained), image],
+    ):
+        assert main([*args, "--device", device]) == 2
+        _one_error(capsys, device)
+    assert not (tmp_path / "new").exists()
+
+
+def test_eval_class_count_mismatch_is_one_line(trained: Path, tmp_path: Path, capsys) -> None:
+    from cnnlab.compress import save
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        _images(data / c, 3)
+    cnz = tmp_path / "t.cnz"
+    save(registry.build_model("tiny"), cnz)
+    for source in (str(cnz), str(trained)):
+        args = ["eval", "tiny", "--checkpoint", source, "--data", str(data), "--val-split", "0.5"]
+        assert main(args) == 2
+        _one_error(capsys, "has 10 classes", "has 2")
+
+
+def _bad_states(state: dict) -> dict[str, dict]:
+    model = TinyNet()
+    groups = [{**g, "params": [0]} for g in state["optimizer"]["param_groups"]]
+    momentum = {**state["optimizer"], "state": {0: {"momentum_buffer": torch.zeros(3)}}}
+    return {
+        "history": {**state, "history": [{"x": 1}]},
+        "rng": {**state, "rng": {"torch": torch.zeros(3)}},
+        "epoch": {**state, "epoch": "1"},
+        "groups": {**state, "optimizer": {**state["optimizer"], "param_groups": groups}},
+        "momentum": {**state, "optimizer": momentum},
+        "scheduler": {**state, "scheduler": {"base_lrs": "x", "last_epoch": None}},
+        "weights": {**state, "optimizer": {"state": {}, "param_groups": [
+            {**state["optimizer"]["param_groups"][0],
+             "params": list(range(len(list(model.parameters())) + 5))}]}},
+    }  # fmt: skip
+
+
+def test_resume_state_of_the_wrong_structure_is_refused_before_any_epoch(
+    trained: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = load_state(trained / "last.state.pt")
+    state.pop("format")
+    monkeypatch.setattr(trainer_module, "run_epoch", lambda *a, **k: pytest.fail("trained"))
+    for name, bad in _bad_states(state).items():
+        save_state(bad, trained / "last.state.pt")
+        assert main([*TRAIN, "--out", str(trained), "--resume"]) == 2, name
+        _one_error(capsys, "last.state.pt")
+
+
+def test_ctrl_c_during_start_up_is_one_line_exit_130(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "build_loaders", interrupt)
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 130
+    assert capsys.readouterr().err == "cnnlab: interrupted\n"
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ 13. stale files, no folder
+
+
+def test_temp_files_of_killed_writes_are_removed_by_the_next_run(trained: Path, capsys) -> None:
+    stale = [".best.safetensors.a1b2c3.tmp", ".last.state.pt.zz9.tmp", ".last-99.state.pt",
+             ".last-99.safetensors", ".metrics.csv.q.tmp"]  # fmt: skip
+    for name in stale:
+        (trained / name).write_bytes(b"half")
+    (trained / "keep.tmp").write_bytes(b"a user's file")
+    assert main([*TRAIN, "--out", str(trained), "--resume", "--epochs", "2"]) == 0
+    left = {p.name for p in trained.iterdir()}
+    assert not left & set(stale) and "keep.tmp" in left
+
+
+def test_bad_arguments_leave_no_out_folder(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "a" / "run"
+    for bad in (["--freeze", "nosuch"], ["--data", str(tmp_path / "none")],
+                ["--model-kwargs", "nosuch=1"], ["--lr", "-1"]):  # fmt: skip
+        assert main([*TRAIN, "--out", str(out), *bad]) == 2, bad
+        capsys.readouterr()
+        assert not (tmp_path / "a").exists(), bad
+
+
+# ------------------------------------------------------------------ 15. input size
+
+
+def test_small_images_train_at_their_own_size(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        _images(data / c, 4, size=6)
+    out = tmp_path / "run"
+    args = ["train", "tiny", "--data", str(data), "--val-split", "0.25", "--epochs", "1",
+            "--batch-size", "4", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    assert main([*args, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "training at 6x6, near the data's own 6x6" in said and "--img-size 16" in said
+    assert load_state(out / "last.state.pt")["config"]["img_size"] is None
+    assert main([*args, "--out", str(tmp_path / "r2"), "--img-size", "16"]) == 0
+    assert "near the data's own" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ 16, 17. devices, progress
+
+
+def test_eval_and_predict_take_device_cpu(trained: Path, tmp_path: Path, capsys) -> None:
+    image = str(_images(tmp_path / "img", 1)[0])
+    assert main(["eval", "tiny", "--checkpoint", str(trained), "--data", "synthetic",
+                 "--device", "cpu", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 128
+    assert main(["predict", "tiny", "--checkpoint", str(trained), image, "--device", "cpu"]) == 0
+
+
+def test_progress_off_a_terminal_is_one_line_not_carriage_returns(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    train = [a for a in TRAIN if a != "--no-progress"]
+    assert main([*train, "--out", str(out), "--epochs", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and captured.out.count("epoch ") >= 2
+    assert main(["eval", "tiny", "--checkpoint", str(out), "--data", "synthetic"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("evaluated 128 images") == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_eval_shows_a_bar_on_a_terminal(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _Terminal()
+    monkeypatch.setattr(sys, "stderr", fake)
+    assert main(["eval", "tiny", "--checkpoint", str(trained), "--data", "synthetic"]) == 0
+    assert "\r" in fake.getvalue() and "eval" in fake.getvalue()
+
+
+# ------------------------------------------------------------------ 18. predict
+
+
+def test_predict_skips_bad_images_and_takes_folders(trained: Path, tmp_path: Path, capsys) -> None:
+    good = _images(tmp_path / "imgs", 3)
+    bad = tmp_path / "imgs" / "bad.png"
+    bad.write_bytes(b"not an image")
+    ckpt = ["predict", "tiny", "--checkpoint", str(trained)]
+    assert main([*ckpt, str(good[0]), str(bad), str(tmp_path / "missing.png"), "--json"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [("top" in r) for r in results] == [True, False, False]
+    assert "bad.png" in captured.err and "missing.png" in captured.err
+    assert main([*ckpt, str(tmp_path / "imgs"), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [Path(r["image"]).name for r in results] == ["bad.png", "img0.png", "img1.png",
+                                                        "img2.png"]  # fmt: skip
+    assert main([*ckpt, str(bad)]) == 2
+    assert "none of the 1 image(s) could be read" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main([*ckpt, str(tmp_path / "empty")]) == 2
+    _one_error(capsys, "holds no image files")
