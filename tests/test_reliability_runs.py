@@ -315,6 +315,7 @@ def _bad_states(state: dict) -> dict[str, dict]:
     momentum = {**state["optimizer"], "state": {0: {"momentum_buffer": torch.zeros(3)}}}
     return {
         "history": {**state, "history": [{"x": 1}]},
+        "row": {**state, "history": [{"epoch": 1, "step": "8"}]},
         "rng": {**state, "rng": {"torch": torch.zeros(3)}},
         "epoch": {**state, "epoch": "1"},
         "groups": {**state, "optimizer": {**state["optimizer"], "param_groups": groups}},
@@ -336,6 +337,15 @@ def test_resume_state_of_the_wrong_structure_is_refused_before_any_epoch(
         save_state(bad, trained / "last.state.pt")
         assert main([*TRAIN, "--out", str(trained), "--resume"]) == 2, name
         _one_error(capsys, "last.state.pt")
+
+
+def test_resume_with_older_history_rows_writes_metrics(trained: Path, capsys) -> None:
+    state = load_state(trained / "last.state.pt")
+    state.pop("format")
+    save_state({**state, "history": [{"epoch": 1, "step": 2}]}, trained / "last.state.pt")
+    assert main([*TRAIN, "--out", str(trained), "--resume", "--epochs", "2"]) == 0
+    rows = (trained / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("epoch,step,train_loss")
 
 
 def test_ctrl_c_during_start_up_is_one_line_exit_130(

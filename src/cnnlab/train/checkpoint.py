@@ -118,7 +118,8 @@ def _state_problem(s: dict[str, Any]) -> str:
         (isinstance(s.get("scheduler"), dict), "bad scheduler state"),
         (_rng_ok(s.get("rng")), "bad RNG states"),
         (isinstance(s.get("history"), list)
-         and all(isinstance(r, dict) and "epoch" in r for r in s["history"]),
+         and all(isinstance(r, dict) and _is_int(r.get("epoch"), 1) and _is_int(r.get("step"))
+                 for r in s["history"]),
          "bad history"),
         (isinstance(s.get("best_top1"), int | float)
          and math.isfinite(s["best_top1"]), "best_top1 is not a number"),

@@ -7,7 +7,10 @@
 A run goes through named phases that share a :class:`_Run`: ``_open_state`` (a new folder, or
 the state to resume), ``_setup`` (seeds, data, model: fresh or from ``init_from``, freezing,
 optimizer), ``_resume``, then per epoch ``_epoch`` (train + validate) and ``_checkpoint``, and
-``_report``. Nothing is written before ``_setup`` has checked every option.
+``_report``. An existing folder is locked first (:class:`~cnnlab.train.checkpoint.RunLock`,
+which also finishes an interrupted commit and removes stale temp files); a new one is created
+and locked only after ``_setup`` has checked every option. ``last.*`` are committed as one
+unit (:func:`~cnnlab.train.checkpoint.commit_checkpoint`).
 
 Resume granularity: checkpoints are written at the end of every epoch, together with the RNG
 states. A run killed at any point (SIGKILL included) and restarted with ``resume=True`` redoes
@@ -302,8 +305,9 @@ def _setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
 
 def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    if history:
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    if history:  # the newest row's columns (a resumed state's older rows may lack some)
+        writer = csv.DictWriter(buf, fieldnames=list(history[-1]), restval="",
+                                extrasaction="ignore")  # fmt: skip
         writer.writeheader()
         writer.writerows(history)
     atomic_write_bytes(path, buf.getvalue().encode())
@@ -686,7 +690,7 @@ def _on_interrupt(run: _Run) -> None:
     if run.writes:
         try:
             step = recover_checkpoint(run.out)  # a commit the Ctrl-C cut short: finish it
-            done = [r["epoch"] for r in run.history if r["step"] == step]
+            done = [r["epoch"] for r in run.history if r.get("step") == step]
             run.saved_epoch = done[0] if done else run.saved_epoch
             save_weights(run.model, path, {**run.meta, "step": -1})
             saved += f"weights saved to {str(path)!r}; "
