@@ -515,9 +515,9 @@ def decode_bytes(
     (if given) is called with the header and each tensor's ``(dtype, shape)`` by name and
     raises to refuse them (:mod:`cnnlab.saved` checks them against the named model)."""
     header, sections = _parse(data)
-    _check_declared(sections, len(data))
-    if check is not None:
+    if check is not None:  # first: a wrong model is a clearer message than a size
         check(header, {s.name: (s.dtype, s.shape) for s in sections})
+    _check_declared(sections, len(data))
     return header, {s.name: _decode_payload(s) for s in sections}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -203,8 +204,10 @@ def open_image(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
         raise BadImageError(path, "no such file") from None
     except CnnlabError:
         raise BadImageError(path, "not a regular file") from None
-    except Image.DecompressionBombError as exc:
-        raise BadImageError(path, f"too many pixels ({exc})") from None
+    except Image.DecompressionBombError as exc:  # PIL refused it first, from the header
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise BadImageError(path, f"{pixels} is above the limit {MAX_IMAGE_PIXELS:,}") from None
     except _BAD_IMAGE as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise BadImageError(path, reason.splitlines()[0]) from None

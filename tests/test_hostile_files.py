@@ -1,0 +1,485 @@
+"""Hostile files (issue 14, items 5-9 and 12): every field read from a file is bounded before
+it is used, a file pays for what it declares, only regular files are read, and each bad file
+is one ``CnnlabError`` line naming it. docs/reliability.md lists the bounds.
+
+The memory checks use ``tracemalloc``, which sees numpy's allocations (the .cnz decoder's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import tracemalloc
+import warnings
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import cnnlab
+from cnnlab import codec
+from cnnlab.cli import main
+from cnnlab.codec import huffman
+from cnnlab.codec.cnz import _varint
+from cnnlab.compress import save as save_cnz
+from cnnlab.data import ImageFolderDataset, Preprocess, load_image, read_idx
+from cnnlab.errors import CnnlabError
+from cnnlab.saved import save_weights
+
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _shared_zero(name: str, shape: tuple[int, ...], index_bits: int = 8) -> bytes:
+    """A SHARED float32 section declaring ``shape`` and holding no non-zero weight: a few
+    bytes whatever the shape (the decoder used to allocate the whole tensor for it)."""
+    body = _varint(len(name)) + name.encode() + struct.pack("<BB", 0, len(shape))
+    body += b"".join(_varint(d) for d in shape) + bytes([2])  # encoding SHARED
+    return body + _varint(0) + bytes([index_bits]) + _varint(0) + _varint(0)
+
+
+def _cnz(header: dict[str, Any], bodies: list[bytes]) -> bytes:
+    head, _ = codec.split_sections(codec.encode_state_dict({}, header=header)[0])
+    return codec.join_sections(head, bodies)
+
+
+def _peak_mib(fn: Callable[[], Any]) -> tuple[float, BaseException | None]:
+    """Peak traced allocation (MiB) while ``fn`` runs, and what it raised."""
+    tracemalloc.start()
+    try:
+        fn()
+        raised = None
+    except BaseException as exc:
+        raised = exc
+    peak = tracemalloc.get_traced_memory()[1] / MiB
+    tracemalloc.stop()
+    return peak, raised
+
+
+def _refused_cheaply(fn: Callable[[], Any], match: str, limit_mib: float = 16) -> None:
+    peak, raised = _peak_mib(fn)
+    assert isinstance(raised, CnnlabError), f"expected a CnnlabError, got {raised!r}"
+    assert len(str(raised).splitlines()) == 1
+    assert match in str(raised), str(raised)
+    assert peak < limit_mib, f"{peak:.0f} MiB allocated before refusing"
+
+
+def _returns_within(seconds: float, fn: Callable[[], Any], fifo: Path) -> Any:
+    """``fn()``'s result or exception, failing the test if it blocks (on the FIFO ``fifo``)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        with open(fifo, "wb"):  # a writer unblocks the reader so the thread can end
+            pass
+        thread.join(5)
+        pytest.fail(f"blocked on the FIFO {fifo}")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _assert_error_names(err: str, *words: str) -> None:
+    """The CLI's stderr: no traceback, one closing error line, every word said (predict names
+    each bad image on a line of its own before the error line)."""
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("cnnlab: error:"), err
+    assert all(w in err for w in words), err
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header declares ``width`` x ``height`` (grey, 1 bit) with one tiny IDAT."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+    path.write_bytes(png + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    model = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
+    save_cnz(model, root / "m.cnz")
+    cnnlab.save(model, root / "m.safetensors", preprocess=Preprocess(32, 1, (0.5,), (0.25,)))
+    return {"model": model, "cnz": root / "m.cnz", "safetensors": root / "m.safetensors"}
+
+
+# --------------------------------------------------------------------------- item 8
+
+
+def test_tiny_cnz_declaring_a_giant_tensor_allocates_nothing(tmp_path: Path) -> None:
+    """140 bytes declaring 2**28 float32 (1 GiB): the declared elements must be paid for by
+    the file's bytes (codec.element_budget) before anything is decoded or written."""
+    path = tmp_path / "big.cnz"
+    path.write_bytes(_cnz({"model": None}, [_shared_zero("x", (1 << 14, 1 << 14))]))
+    assert path.stat().st_size < 200
+    _refused_cheaply(lambda: codec.read(path), "more than a file of")
+    _refused_cheaply(lambda: cnnlab.load(path, "lenet5"), "big.cnz")
+    out = tmp_path / "big.safetensors"
+    assert main(["decompress", str(path), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_issue_file_declaring_2_to_the_31_values_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.cnz"
+    path.write_bytes(_cnz({"model": None}, [_shared_zero("w", (1 << 16, 1 << 15))]))
+    _refused_cheaply(lambda: codec.read(path), "2,147,483,648 elements")
+
+
+def test_element_budget() -> None:
+    assert codec.element_budget(100) == codec.cnz.FREE_ELEMENTS
+    assert codec.element_budget(1 << 20) == codec.cnz.ELEMENTS_PER_BYTE << 20
+    assert codec.element_budget(1 << 40) == codec.MAX_ELEMENTS
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+def _lenet_lie(num_classes: int, fc_rows: int) -> bytes:
+    """A lenet5 .cnz whose header says ``num_classes`` and whose last layer declares
+    ``fc_rows`` outputs, every tensor an all-zero SHARED section of a few bytes."""
+    with torch.device("meta"):
+        ref = cnnlab.create_model("lenet5", num_classes=10, in_chans=1).state_dict()
+    bodies = []
+    for key, tensor in ref.items():
+        shape = tuple(tensor.shape)
+        if key.startswith("head."):  # lenet5's classifier
+            shape = (fc_rows, *shape[1:])
+        bodies.append(_shared_zero(key, shape))
+    header = {"model": "lenet5", "config": {"num_classes": num_classes, "in_chans": 1}}
+    return _cnz(header, bodies)
+
+
+def test_cnz_header_num_classes_is_bounded_before_decoding(tmp_path: Path) -> None:
+    """2 million classes with matching all-zero tensors: refused before the 672 MB decode."""
+    path = tmp_path / "classes.cnz"
+    path.write_bytes(_lenet_lie(2_000_000, 2_000_000))
+    _refused_cheaply(lambda: cnnlab.load(path), "2000000 classes is outside 1..100000")
+
+
+def test_cnz_declared_shapes_are_checked_against_the_model_before_decoding(
+    tmp_path: Path,
+) -> None:
+    """Within the element budget, but not lenet5's shapes: refused on 'meta', nothing decoded."""
+    path = tmp_path / "shapes.cnz"
+    path.write_bytes(_lenet_lie(10, 100_000))
+    _refused_cheaply(lambda: cnnlab.load(path), "does not fit lenet5", limit_mib=4)
+    out = tmp_path / "d.safetensors"
+    assert main(["eval", "lenet5", "--checkpoint", str(path), "--data", "synthetic"]) == 2
+    assert main(["decompress", str(path), "--out", str(out)]) == 2 and not out.exists()
+
+
+def test_cnz_model_keywords_cannot_build_a_giant_model(tmp_path: Path) -> None:
+    header = {"model": "mobilenet_v1", "config": {"num_classes": 10, "in_chans": 3, "alpha": 1e6}}
+    path = tmp_path / "alpha.cnz"
+    path.write_bytes(_cnz(header, [_shared_zero("x", (4, 4))]))
+    _refused_cheaply(lambda: cnnlab.load(path), "would hold")
+    header["config"] = {"num_classes": 10, "in_chans": 3, "alpha": [1]}
+    path.write_bytes(_cnz(header, [_shared_zero("x", (4, 4))]))
+    _refused_cheaply(lambda: cnnlab.load(path), "model keywords must map")
+
+
+def test_cnz_header_in_chans_and_img_size(tmp_path: Path, lenet: dict) -> None:
+    header, tensors = codec.read(lenet["cnz"])
+    path = tmp_path / "h.cnz"
+    header["config"]["in_chans"] = 1000
+    path.write_bytes(codec.encode_state_dict(tensors, header=header)[0])
+    _refused_cheaply(lambda: cnnlab.load(path), "in_chans must be 1 (grey) or 3 (RGB)")
+    # An img_size of 20000 in the header's extra is not used: the model's own size is.
+    header["config"]["in_chans"], header["extra"] = 1, {"img_size": 20000}
+    path.write_bytes(codec.encode_state_dict(tensors, header=header)[0])
+    _, meta = cnnlab.load(path)
+    assert meta["preprocess"]["size"] == 32 and "preprocess" in meta["assumed"]
+
+
+def test_cnz_header_and_class_names_are_bounded(tmp_path: Path, lenet: dict) -> None:
+    header, tensors = codec.read(lenet["cnz"])
+    path = tmp_path / "names.cnz"
+    header["extra"] = {"class_names": ["x" * 2000] + [str(i) for i in range(9)]}
+    path.write_bytes(codec.encode_state_dict(tensors, header=header)[0])
+    _refused_cheaply(lambda: cnnlab.load(path), "longer than 1024 characters")
+    header["extra"] = {"pad": "x" * (codec.cnz.MAX_HEADER_BYTES + 1)}
+    path.write_bytes(codec.encode_state_dict(tensors, header=header)[0])
+    _refused_cheaply(lambda: codec.read(path), "above the limit", limit_mib=8)
+    deep = b'{"format": "cnnlab-cnz", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    data = bytearray(codec.encode_state_dict({}, header={})[0])
+    start = len(codec.MAGIC) + 5
+    n = struct.unpack("<I", data[start - 4 : start])[0]
+    data[start - 4 : start + n + 4] = struct.pack("<I", len(deep)) + deep
+    data[start + len(deep) : start + len(deep) + 4] = struct.pack("<I", zlib.crc32(deep))
+    data[-4:] = struct.pack("<I", zlib.crc32(bytes(data[:-4])))
+    path.write_bytes(bytes(data))
+    _refused_cheaply(lambda: codec.read(path), "not valid UTF-8 JSON")
+
+
+BAD_PREPROCESS = [
+    ({"size": 20000}, "above the limit 4096"),
+    ({"size": float("inf")}, "expected an integer"),  # what JSON's 1e400 becomes
+    ({"size": -3}, "positive integer"),
+    ({"size": 2.5}, "expected an integer"),
+    ({"size": 0}, "positive integer"),
+    ({"mean": [float("nan")]}, "mean must be finite"),
+    ({"std": [0.0]}, "std must be positive and finite"),
+    ({"std": [-1.0]}, "std must be positive and finite"),
+    ({"std": [0.2, 0.2]}, "1 or 3 values"),
+    ({"source_size": 1e400}, "expected an integer"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_PREPROCESS)
+def test_stored_preprocessing_is_checked_and_names_the_file(
+    tmp_path: Path, lenet: dict, change: dict, message: str
+) -> None:
+    pre = {"size": 32, "in_chans": 1, "mean": [0.5], "std": [0.25], "source_size": None}
+    path = tmp_path / "pre.safetensors"
+    save_weights(lenet["model"], path, {"model": "lenet5", "preprocess": pre | change})
+    with pytest.raises(CnnlabError, match=message) as info:
+        cnnlab.load(path)
+    assert str(info.value).startswith(repr(str(path))), "the file, not an image, is named"
+
+
+def test_json_1e400_size_in_a_checkpoint(tmp_path: Path, lenet: dict) -> None:
+    """The literal the issue used: JSON ``1e400`` (Python reads it as inf) was an
+    OverflowError traceback."""
+    path = tmp_path / "e400.safetensors"
+    save_weights(lenet["model"], path, {"model": "lenet5"})
+    from safetensors.torch import load_file, save_file
+
+    raw = '{"size": 1e400, "in_chans": 1, "mean": [0.5], "std": [0.25]}'
+    save_file(load_file(path), str(path), metadata={"format": "cnnlab.weights/1",
+              "model": '"lenet5"', "preprocess": raw})  # fmt: skip
+    with pytest.raises(CnnlabError, match="expected an integer"):
+        cnnlab.load(path)
+
+
+def test_zero_std_is_blamed_on_the_checkpoint_not_the_image(
+    tmp_path: Path, lenet: dict, capsys: pytest.CaptureFixture
+) -> None:
+    pre = {"size": 32, "in_chans": 1, "mean": [0.5], "std": [0.0]}
+    path = tmp_path / "zero.safetensors"
+    save_weights(lenet["model"], path, {"model": "lenet5", "preprocess": pre})
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (32, 32), 9).save(image)
+    assert main(["predict", "lenet5", "--checkpoint", str(path), str(image)]) == 2
+    err = capsys.readouterr().err
+    _assert_error_names(err, "zero.safetensors", "std must be positive")
+    assert "x.png" not in err
+
+
+# --------------------------------------------------------------------------- item 6
+
+
+def test_huffman_blocks_must_fit_their_symbols_before_allocating() -> None:
+    """16k blocks claiming 0 bits each used to cost a (blocks x 1024) int64 table: 128 MiB
+    from 32 KiB. Each block of n symbols must span n to 20n bits."""
+    count = 1024 * 16384
+    lengths = np.array([1, 1])
+    blocks = np.zeros(16384, dtype=np.int64)
+    blocks[-1] = 8
+    peak, raised = _peak_mib(lambda: huffman.decode(b"\0", lengths, count, blocks))
+    assert isinstance(raised, ValueError) and "does not fit its number of symbols" in str(raised)
+    assert peak < 4
+    with pytest.raises(ValueError, match="does not fit"):
+        huffman.decode(b"\0" * 200, lengths, 10, np.array([21 * 10]))
+
+
+def test_huffman_stream_claims_are_checked_against_the_bytes_present(tmp_path: Path) -> None:
+    """A SHARED section whose index stream claims 16M symbols in a 32 KiB file: refused by
+    the stream's own lengths, before the decoder allocates anything per symbol."""
+    n_blocks = 16384
+    stream = _varint(1024 * n_blocks) + _varint(2) + bytes([0b00001000, 0b01000000])
+    stream += _varint(n_blocks * 1024) + b"\0\0" * (n_blocks - 1) + b"\0"
+    body = _varint(1) + b"w" + struct.pack("<BB", 0, 2) + _varint(4096) + _varint(4096)
+    body += bytes([2]) + _varint(1) + struct.pack("<i", 0x3F800000) + bytes([8]) + stream
+    path = tmp_path / "stream.cnz"
+    path.write_bytes(_cnz({"model": None}, [body]))
+    assert path.stat().st_size < 40_000
+    _refused_cheaply(lambda: codec.read(path), "bytes are left", limit_mib=4)
+
+
+# --------------------------------------------------------------------------- item 7
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "fifo.png"
+    os.mkfifo(path)
+    return path
+
+
+def test_fifo_and_devices_are_refused_without_reading(fifo: Path) -> None:
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(CnnlabError, match="not a regular file"):
+            _returns_within(10, lambda p=path: codec.read(p), fifo)
+        with pytest.raises(CnnlabError, match="not a regular file"):
+            _returns_within(10, lambda p=path: cnnlab.load(p, "lenet5"), fifo)
+        assert not codec.is_cnz(path)
+    with pytest.raises(CnnlabError, match="not a regular file"):
+        _returns_within(10, lambda: load_image(fifo, 1), fifo)
+    with pytest.raises(CnnlabError, match="not a regular file"):
+        _returns_within(10, lambda: read_idx(fifo), fifo)
+
+
+def test_cli_fifo_checkpoint_and_fifo_image_are_one_error(
+    fifo: Path, lenet: dict, capsys: pytest.CaptureFixture
+) -> None:
+    for argv in (
+        ["decompress", str(fifo), "--out", str(fifo.with_name("o.safetensors"))],
+        ["eval", "lenet5", "--checkpoint", str(fifo), "--data", "synthetic"],
+        ["predict", "lenet5", "--checkpoint", str(lenet["cnz"]), str(fifo)],
+    ):
+        assert _returns_within(30, lambda a=argv: main(a), fifo) == 2
+        _assert_error_names(capsys.readouterr().err, "fifo.png", "not a regular file")
+
+
+def test_image_folder_skips_fifos_with_a_warning(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (8, 8), 3).save(tmp_path / cls / "ok.png")
+    os.mkfifo(tmp_path / "a" / "pipe.png")
+    pre = Preprocess(8, 3, (0.5,), (0.5,))
+    with pytest.warns(UserWarning, match=r"pipe\.png.*not a regular file"):
+        ds = _returns_within(
+            10, lambda: ImageFolderDataset(tmp_path, pre), tmp_path / "a" / "pipe.png"
+        )
+    assert len(ds) == 2 and ds.skipped == [str(tmp_path / "a" / "pipe.png")]
+
+
+def test_cnz_read_is_bounded_by_the_file_size(
+    tmp_path: Path, lenet: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = lenet["cnz"].read_bytes()
+    path = tmp_path / "tail.cnz"
+    path.write_bytes(data[:-4] + b"junk" + data[-4:])  # bytes past what the header declares
+    with pytest.raises(CnnlabError, match=r"checksum|trailing"):
+        codec.read(path)
+    monkeypatch.setattr(codec.cnz, "MAX_FILE_BYTES", len(data) - 1)
+    with pytest.raises(CnnlabError, match="above the compressed model limit"):
+        codec.read(lenet["cnz"])
+
+
+def test_gzip_bomb_idx_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    from cnnlab.data import idx
+
+    path = tmp_path / "bomb-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\0\0\x08\x01" + struct.pack(">I", 4 << 20) + bytes(4 << 20)))
+    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 1 << 20)
+    with pytest.raises(CnnlabError, match="unpacks to more than"):
+        read_idx(path)
+
+
+# --------------------------------------------------------------------------- item 9
+
+
+@pytest.mark.parametrize("side", [20000, 10000])  # PIL's error (> 2 x 89 Mpx), PIL's warning
+def test_decompression_bomb_png_is_a_bad_image(tmp_path: Path, side: int) -> None:
+    bomb = _png_header_only(tmp_path / "bomb.png", side, side)
+    _refused_cheaply(lambda: load_image(bomb, 3), "above the limit 67,108,864")
+    from cnnlab.data import BadImageError
+
+    with pytest.raises(BadImageError) as info:
+        load_image(bomb, 3)
+    assert info.value.path == str(bomb) and "pixels" in info.value.reason
+
+
+def test_decompression_bomb_in_a_folder_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        Image.new("L", (8, 8), 3).save(tmp_path / cls / "ok.png")
+    _png_header_only(tmp_path / "b" / "bomb.png", 20000, 20000)
+    pre = Preprocess(8, 1, (0.5,), (0.5,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = ImageFolderDataset(tmp_path, pre)
+    assert len(ds) == 2 and ds.skipped == [str(tmp_path / "b" / "bomb.png")]
+    assert any("bomb.png" in str(w.message) and "pixels" in str(w.message) for w in caught)
+
+
+def test_pixel_limit_is_ours_not_pils_global(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # PIL's own check switched off
+    bomb = _png_header_only(tmp_path / "bomb.png", 10000, 10000)
+    with pytest.raises(CnnlabError, match="above the limit"):
+        load_image(bomb, 1)
+
+
+def test_predict_bomb_image_is_one_error_line(
+    tmp_path: Path, lenet: dict, capsys: pytest.CaptureFixture
+) -> None:
+    bomb = _png_header_only(tmp_path / "bomb.png", 20000, 20000)
+    assert main(["predict", "lenet5", "--checkpoint", str(lenet["cnz"]), str(bomb)]) == 2
+    _assert_error_names(capsys.readouterr().err, "bomb.png", "pixels is above the limit")
+
+
+# --------------------------------------------------------------------------- item 12
+
+
+def test_refused_pickle_message_is_plain(tmp_path: Path) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"w": Evil()}))
+    with pytest.raises(CnnlabError) as info:
+        cnnlab.load(path, "lenet5")
+    assert str(info.value) == (
+        f"{str(path)!r} is not a weights-only checkpoint (it holds pickled code); "
+        "it was refused and not loaded"
+    )
+    assert "weights_only=False" not in str(info.value) and not (tmp_path / "ran").exists()
+
+
+def test_long_torch_errors_are_cut_at_a_word(tmp_path: Path) -> None:
+    from cnnlab.saved import _first_line
+
+    text = " ".join(["word"] * 100)
+    cut = _first_line(ValueError(text + "\nsecond line"))
+    assert cut.endswith("word ...") and len(cut) <= 164
+
+
+def test_safetensors_metadata_json_is_bounded(tmp_path: Path, lenet: dict) -> None:
+    path = tmp_path / "deep.safetensors"
+    save_weights(lenet["model"], path, {"model": "lenet5"})
+    from safetensors.torch import load_file, save_file
+
+    meta = {"format": "cnnlab.weights/1", "model": json.dumps("lenet5"),
+            "x": "[" * 50_000 + "]" * 50_000}  # fmt: skip
+    save_file(load_file(path), str(path), metadata=meta)
+    with pytest.raises(CnnlabError, match="corrupt checkpoint metadata"):
+        cnnlab.load(path)
