@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.layers import check_rate
-from cnnlab.models.base import ClassifierModel, check_head, replace_linear
+from cnnlab.models.base import NO_POOL, ClassifierModel, check_head, replace_linear
 from cnnlab.registry import register_model
 
 
@@ -156,7 +156,7 @@ class AlexNetBase(ClassifierModel):
         """A fresh fc8 of ``num_classes`` outputs (0: none). ``global_pool=""`` (only with 0
         classes) bypasses the flattening head; ``None`` keeps the current head, except that
         ``num_classes > 0`` always restores the flattening head (fc6 and fc7 kept)."""
-        check_head(num_classes, global_pool, ("",))
+        check_head(num_classes, global_pool, NO_POOL)
         self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
         self.num_classes = num_classes
         fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+from cnnlab.layers import GLOBAL_POOLS
 
 
 class ClassifierModel(nn.Module, abc.ABC):
@@ -94,6 +97,21 @@ class ClassifierModel(nn.Module, abc.ABC):
         return self.forward_head(self.forward_features(x))
 
 
+def last_per_reduction(layers: Iterable[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    """``feature_info`` levels from ``(module, output channels, stride)`` in forward order: one
+    level per cumulative stride (reduction), the last module that outputs at it."""
+    levels: list[dict[str, Any]] = []
+    reduction = 1
+    for module, chans, stride in layers:
+        reduction *= stride
+        level = {"module": module, "num_chs": chans, "reduction": reduction}
+        if levels and levels[-1]["reduction"] == reduction:
+            levels[-1] = level
+        else:
+            levels.append(level)
+    return levels
+
+
 class NoClassifier(nn.Identity):
     """What ``reset_classifier(0)`` leaves in place of the last linear layer: the features pass
     through; it remembers their width so that a later ``reset_classifier(n)`` can rebuild it."""
@@ -115,7 +133,12 @@ def replace_linear(old: nn.Linear | NoClassifier, num_classes: int) -> nn.Module
     return nn.Linear(old.in_features, num_classes, bias=bias)
 
 
-def check_head(num_classes: int, global_pool: str | None, pools: tuple[str, ...]) -> None:
+NO_POOL = ("",)  # what heads that flatten a fixed-size map offer: no head at all
+
+
+def check_head(
+    num_classes: int, global_pool: str | None, pools: tuple[str, ...] = GLOBAL_POOLS
+) -> None:
     """Raise ``ValueError`` for a head ``reset_classifier`` cannot build: a pool the model does
     not offer (``pools``), or no pooling (``""``) in front of a classifier."""
     if global_pool is None:

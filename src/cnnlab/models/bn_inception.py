@@ -143,7 +143,7 @@ class BNInception(ClassifierModel):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         self.stem = _stem(in_chans)
         self.blocks = nn.Sequential()
         chans, widths = 192, {"stem.conv1": 64, "stem.conv3": 192}
@@ -173,7 +173,7 @@ class BNInception(ClassifierModel):
         return x if pre_logits else self.fc(x)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes

@@ -23,8 +23,13 @@ import torch
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, GlobalPool, InvertedResidual, check_rate
-from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
-from cnnlab.models.mobilenet import POOLS, last_per_reduction
+from cnnlab.models.base import (
+    ClassifierModel,
+    NoClassifier,
+    check_head,
+    last_per_reduction,
+    replace_linear,
+)
 from cnnlab.registry import register_model
 
 __all__ = ["EfficientNet", "efficientnet_b0"]
@@ -71,7 +76,7 @@ class EfficientNet(ClassifierModel):
         super().__init__()
         check_rate("drop_rate", drop_rate)
         check_rate("drop_path_rate", drop_path_rate)
-        check_head(num_classes, global_pool, POOLS)
+        check_head(num_classes, global_pool)
         self.stem = ConvNormAct(in_chans, B0_STEM, 3, 2, act=nn.SiLU)
         self.stages = _stages(B0_STEM, drop_path_rate)
         self.num_features = B0_HEAD
@@ -91,7 +96,7 @@ class EfficientNet(ClassifierModel):
         return x if pre_logits else self.fc(x)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool, POOLS)
+        check_head(num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes

@@ -196,7 +196,7 @@ class GoogLeNet(ClassifierModel):
         super().__init__()
         if transform_input and not (torchvision_layout and in_chans == 3):
             raise ValueError("transform_input needs the torchvision layout and 3 input channels")
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         check_rate("aux_drop_rate", aux_drop_rate)  # also without aux heads
         tv = torchvision_layout
         self.aux_logits = aux_logits
@@ -246,7 +246,7 @@ class GoogLeNet(ClassifierModel):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New main classifier and, where present, new last layers of both aux heads;
         ``global_pool`` replaces the main head's pooling only."""
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cnnlab.layers import check_rate
-from cnnlab.models.base import ClassifierModel, check_head, replace_linear
+from cnnlab.models.base import NO_POOL, ClassifierModel, check_head, replace_linear
 from cnnlab.registry import register_model
 
 # LeNet-5, Sec. II.B / Figure 2: (layer, maps, kernel) on a 32x32 input.
@@ -148,7 +148,7 @@ class LeNetBase(ClassifierModel):
         """A fresh last layer of ``num_classes`` outputs (0: none). ``global_pool=""`` (only
         with 0 classes) bypasses the head; ``None`` keeps the current head, except that
         ``num_classes > 0`` always restores it (the hidden layers kept)."""
-        check_head(num_classes, global_pool, ("",))
+        check_head(num_classes, global_pool, NO_POOL)
         self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
         self.num_classes = num_classes
         self._replace_last_layer(num_classes)

@@ -29,7 +29,6 @@ Every figure in ``docs/models/mobile.md`` comes from the command printed beside 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -43,7 +42,13 @@ from cnnlab.layers import (
     check_rate,
     drop_path_rates,
 )
-from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
+from cnnlab.models.base import (
+    ClassifierModel,
+    NoClassifier,
+    check_head,
+    last_per_reduction,
+    replace_linear,
+)
 from cnnlab.registry import register_model
 
 __all__ = [
@@ -51,7 +56,6 @@ __all__ = [
     "V2_PRESETS",
     "MobileNetV1",
     "MobileNetV2",
-    "last_per_reduction",
     "make_divisible",
     "mobilenet_v1",
     "mobilenet_v2",
@@ -95,7 +99,6 @@ V2_BOTTLENECKS = [
 V2_HEAD = 1280
 
 _V1_ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
-POOLS = ("avg", "max", "")  # the ``global_pool`` values (``""`` only with no classifier)
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -115,21 +118,6 @@ def _check_multiplier(name: str, value: float, upper: float | None = None) -> No
     if value <= 0 or (upper is not None and value > upper):
         bound = f"in (0, {upper:g}]" if upper is not None else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
-
-
-def last_per_reduction(layers: Iterable[tuple[str, int, int]]) -> list[dict[str, Any]]:
-    """``feature_info`` levels from ``(module, output channels, stride)`` in forward order: one
-    level per cumulative stride (reduction), the last module that outputs at it."""
-    levels: list[dict[str, Any]] = []
-    reduction = 1
-    for module, chans, stride in layers:
-        reduction *= stride
-        level = {"module": module, "num_chs": chans, "reduction": reduction}
-        if levels and levels[-1]["reduction"] == reduction:
-            levels[-1] = level
-        else:
-            levels.append(level)
-    return levels
 
 
 def _native_side(rho: float) -> int:
@@ -166,7 +154,7 @@ class MobileNetV1(ClassifierModel):
         _check_multiplier("alpha", alpha)
         if act not in _V1_ACTS:
             raise ValueError(f"act must be one of {', '.join(_V1_ACTS)}, got {act!r}")
-        check_head(num_classes, global_pool, POOLS)
+        check_head(num_classes, global_pool)
         act_layer = _V1_ACTS[act]
         stem_chans, stem_stride = V1_STEM
         chans = _v1_width(alpha, stem_chans)
@@ -216,7 +204,7 @@ def _reset_head(
     model: MobileNetV1 | MobileNetV2, num_classes: int, global_pool: str | None
 ) -> None:
     """``reset_classifier`` of both versions: check, then swap the pool and the FC."""
-    check_head(num_classes, global_pool, POOLS)
+    check_head(num_classes, global_pool)
     if global_pool is not None:
         model.global_pool = GlobalPool(global_pool)
     model.num_classes = num_classes
@@ -260,7 +248,7 @@ class MobileNetV2(ClassifierModel):
         if t is not None:
             _check_multiplier("t", t)
         check_rate("drop_rate", drop_rate)
-        check_head(num_classes, global_pool, POOLS)
+        check_head(num_classes, global_pool)
         chans = make_divisible(V2_STEM * alpha)
         self.stem = ConvNormAct(in_chans, chans, 3, 2, act=nn.ReLU6)
         block = {"act": nn.ReLU6, "linear_bottleneck": linear_bottleneck}

@@ -314,7 +314,7 @@ class ResNet(ClassifierModel):
             reduction *= stride
             self.feature_info.append({"module": name, "num_chs": chans, "reduction": reduction})
         self.num_features = chans
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         self.global_pool = GlobalPool(global_pool)
         self.dropout = nn.Dropout(check_rate("drop_rate", drop_rate))
         self.fc = nn.Linear(chans, num_classes)
@@ -343,7 +343,7 @@ class ResNet(ClassifierModel):
         return x if pre_logits else self.fc(x)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes

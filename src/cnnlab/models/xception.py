@@ -153,7 +153,7 @@ class Xception(ClassifierModel):
         global_pool: str = "avg",
     ) -> None:
         super().__init__()
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         rates = drop_path_rates(drop_path_rate, len(ENTRY_FLOW + MIDDLE_FLOW + EXIT_FLOW))
         entry, middle = len(ENTRY_FLOW), len(ENTRY_FLOW + MIDDLE_FLOW)
         self.stem = nn.Sequential(
@@ -193,7 +193,7 @@ class Xception(ClassifierModel):
         return x if pre_logits else self.fc(x)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool, ("avg", "max", ""))
+        check_head(num_classes, global_pool)
         if global_pool is not None:
             self.global_pool = GlobalPool(global_pool)
         self.num_classes = num_classes
