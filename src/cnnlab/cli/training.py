@@ -13,6 +13,7 @@ import os
 import sys
 
 from cnnlab.cli.config_options import add_config_options, config_from_args
+from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import MAX_IMG_SIZE
 from cnnlab.tables import format_table, note, print_json
@@ -115,6 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     from cnnlab.train import fit
 
     cfg = config_from_args(TrainConfig, args)
+    resolve_device(cfg.device)  # before a --download, not after it
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data, download=args.download))
     stream = sys.stderr if args.json else sys.stdout
     summary = fit(
