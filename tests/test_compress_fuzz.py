@@ -124,3 +124,22 @@ def test_every_byte_overwritten_in_every_section(field_value: int) -> None:
             bodies = list(BODIES)
             bodies[index] = body[:pos] + bytes([field_value]) + body[pos + 1 :]
             check(join_sections(PREFIX, bodies))
+
+
+def test_mutated_cnz_and_safetensors_files_are_one_cnnlab_error() -> None:
+    """scripts/fuzz_files.py, short: 200 mutated .cnz and .safetensors files (bit flips,
+    truncations, huge declared sizes) through cnnlab.load, each loading or raising one
+    CnnlabError line, with the peak RSS at most 256 MiB above the start (own process)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fuzz_files.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--cases", "200", "--seed", "3", "--rss-mib", "256"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "200 cases" in run.stdout and "0 crashes" in run.stdout

@@ -400,7 +400,10 @@ def _model_name(stored: Any, wanted: str | None, source: str) -> str:
     name = stored if stored is not None else wanted
     if not isinstance(name, str):
         raise CnnlabError(f"{source!r} does not say which model it holds; name the model")
-    model_info(name)  # an unknown name fails here, with suggestions
+    try:
+        model_info(name)  # an unknown name fails here, with suggestions
+    except ValueError as exc:
+        raise CnnlabError(f"{source!r}: {exc}") from None
     return name
 
 
