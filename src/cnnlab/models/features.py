@@ -9,6 +9,7 @@ and returns the chosen maps, shallow to deep.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,7 +91,9 @@ class FeatureListModel(nn.Module):
         self.model_name = name
         self.input_size, self.min_input_size = model.input_size, model.min_input_size
         nodes = {module: str(k) for k, module in enumerate(self.feature_info.module_name())}
-        self.graph_module = create_feature_extractor(model, return_nodes=nodes)
+        with warnings.catch_warnings():  # train-only nodes (dropout, aux heads) are not ours
+            warnings.filterwarnings("ignore", "NOTE: The nodes obtained by tracing")
+            self.graph_module = create_feature_extractor(model, return_nodes=nodes)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` for a batch the trunk cannot take (any size from the minimum)."""
