@@ -458,3 +458,15 @@ def test_predict_skips_bad_images_and_takes_folders(trained: Path, tmp_path: Pat
     (tmp_path / "empty").mkdir()
     assert main([*ckpt, str(tmp_path / "empty")]) == 2
     _one_error(capsys, "holds no image files")
+
+
+# ------------------------------------------------------------------ 20. small data
+
+
+def test_a_run_of_few_optimizer_steps_gets_a_note(tmp_path: Path, capsys) -> None:
+    assert main([*TRAIN, "--out", str(tmp_path / "a")]) == 0
+    said = capsys.readouterr().out
+    assert "note: only 2 optimizer steps in the whole run (64 images, batch 32" in said
+    assert "--batch-size 8 gives 8" in said
+    assert main([*TRAIN, "--out", str(tmp_path / "b"), "--batch-size", "8"]) == 0
+    assert "optimizer steps" not in capsys.readouterr().out

@@ -74,6 +74,7 @@ SCHEDULES = ("cosine", "step", "onecycle", "constant")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 MAX_SEED = 2**63 - 1
+MIN_STEPS, STEPS_TARGET = 300, 500  # below MIN_STEPS optimizer steps in a run: a note
 # Settings that may differ when resuming without changing the result.
 RESUME_FREE = {"workers", "device"}
 
@@ -820,6 +821,7 @@ def _train(run: _Run, progress: bool, tensorboard: bool) -> dict[str, Any]:
         f"{run.in_chans}, {cfg.epochs} epochs of {len(run.train_loader)} steps, {world} "
         f"process(es) on {device.type}"
     )
+    _note_few_steps(run)
     try:
         for epoch in range(run.start_epoch, cfg.epochs):
             row, top1 = _epoch(run, epoch, progress)
@@ -832,6 +834,21 @@ def _train(run: _Run, progress: bool, tensorboard: bool) -> dict[str, Any]:
         if writer is not None:
             writer.close()
     return _report(run)
+
+
+def _note_few_steps(run: _Run) -> None:
+    """A run of fewer than MIN_STEPS optimizer steps may barely move (small data at the
+    default batch 128): say so, with a batch size that gives about STEPS_TARGET steps."""
+    cfg, steps = run.cfg, len(run.train_loader)
+    total = steps * cfg.epochs
+    images = len(run.train_loader.dataset)
+    batch = 2 ** max(3, int(math.log2(max(1, images * cfg.epochs // STEPS_TARGET))))
+    if total >= MIN_STEPS or batch >= cfg.batch_size:
+        return
+    more = max(1, images // batch) * cfg.epochs  # the loader drops a last partial batch
+    run.say(f"note: only {total} optimizer steps in the whole run ({images:,} images, batch "
+            f"{cfg.batch_size}, {cfg.epochs} epochs): training may barely move; --batch-size "
+            f"{batch} gives {more} (see docs/training.md, small data)")  # fmt: skip
 
 
 class _Bar:
