@@ -428,3 +428,12 @@ def test_bench_prints_the_training_figure_once(capsys, monkeypatch) -> None:
     monkeypatch.setattr("cnnlab.cli.deployment.benchmark", fake)
     code, out, _ = run(capsys, "bench", "lenet5", "--backend", "eager,fused,compile")
     assert code == 0 and out.count("123.4") == 1
+
+
+def test_ctrl_c_while_the_commands_load_is_one_line(capsys, monkeypatch) -> None:
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cnnlab.cli.build_parser", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err == "cnnlab: interrupted\n"

@@ -90,10 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["compress", "sensitivity"]:  # the spelling of `cnnlab sensitivity`
         argv = argv[1:]
-    parser = build_parser()
+    _Parser.last_error = None
     try:
+        parser = build_parser()  # imports every command module: Ctrl-C here is common
         _check_command(parser, argv)
         args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return 130
     except SystemExit as exc:
         if exc.code == 2 and "--json" in argv and _Parser.last_error:
             _json_error(_Parser.last_error)
