@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
+from cnnlab import create_model
 from cnnlab.cli import main
 from cnnlab.codec import huffman
 from cnnlab.compress import (
@@ -36,7 +37,6 @@ from cnnlab.compress import (
 from cnnlab.compress.pipeline import compress, finalize
 from cnnlab.compress.prune import prunable_layers, quality_to_sparsity
 from cnnlab.errors import CnnlabError
-from cnnlab import create_model
 from cnnlab.saved import load_weights, save_weights
 from cnnlab.train import train_one_epoch
 
