@@ -204,6 +204,11 @@ def test_device_without_the_hardware_is_one_line(
     assert ("no CUDA GPU" in line) if device == "cuda" else ("'tpu'" in line)
 
 
+def test_gradients_refuses_a_huge_seed(capsys) -> None:
+    code, _, err = run(capsys, "gradients", "lenet5", "--seed", str(2**70))
+    assert code == 2 and "--seed must be in 0..2**63-1" in one_error_line(err)
+
+
 def test_summary_measures_memory_on_the_given_device(capsys) -> None:
     code, out, _ = run(capsys, "summary", "lenet5", "--measure-memory", "--device", "cpu")
     assert code == 0 and "measured forward" in out
@@ -222,6 +227,7 @@ def test_summary_measures_memory_on_the_given_device(capsys) -> None:
         (["--quality", "fc=-1"], "quality must be >= 0"),
         (["--recipe", "paper"], "no per-layer table for"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--seed", str(2**70)], "--seed must be in 0..2**63-1"),
     ],
 )
 def test_compress_checks_every_argument_before_the_baseline(

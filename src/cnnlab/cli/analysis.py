@@ -287,6 +287,8 @@ def run_gradients(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.checkpoint and len(args.models) != 1:
         raise ValueError("--checkpoint holds one model; name only that one")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
     reports = {}
     for name in args.models:
         if args.checkpoint:
