@@ -369,10 +369,14 @@ def test_temp_files_of_killed_writes_are_removed_by_the_next_run(trained: Path, 
              ".last-99.safetensors", ".metrics.csv.q.tmp"]  # fmt: skip
     for name in stale:
         (trained / name).write_bytes(b"half")
-    (trained / "keep.tmp").write_bytes(b"a user's file")
+    stale.append("..last-8.state.pt.x_1.tmp")
+    (trained / stale[-1]).write_bytes(b"half")
+    mine = ["keep.tmp", ".notes.abc.tmp", ".last-x.safetensors", ".best.safetensors.tmp"]
+    for name in mine:
+        (trained / name).write_bytes(b"a user's file")
     assert main([*TRAIN, "--out", str(trained), "--resume", "--epochs", "2"]) == 0
     left = {p.name for p in trained.iterdir()}
-    assert not left & set(stale) and "keep.tmp" in left
+    assert not left & set(stale) and set(mine) <= left
 
 
 def test_bad_arguments_leave_no_out_folder(tmp_path: Path, capsys) -> None:

@@ -67,8 +67,14 @@ STATE_FORMAT = "cnnlab.train-state/1"
 MANIFEST_FORMAT = "cnnlab.checkpoint/1"
 LAST_WEIGHTS, LAST_STATE = "last.safetensors", "last.state.pt"  # what --resume reads
 MANIFEST, LOCK = "last.json", ".lock"
-# What a killed write leaves: atomic_path's ``.NAME.XXXX.tmp`` and uncommitted pairs.
-_STALE = re.compile(r"\..+\.tmp|\.last-\d+\.(safetensors|state\.pt)")
+# What a killed write leaves: atomic_path's ``.NAME.XXXX.tmp`` of the files a run writes, and
+# uncommitted pairs; nothing else (``--out .`` must not cost a user's own temp files).
+_PENDING = r"\.last-\d+\.(?:safetensors|state\.pt)"
+_OURS = (
+    rf"(?:(?:last|best|interrupted)\.safetensors|last\.state\.pt|last\.json|metrics\.csv"
+    rf"|{_PENDING})"
+)
+_STALE = re.compile(rf"\.{_OURS}\.\w+\.tmp|{_PENDING}")
 
 
 def save_state(state: dict[str, Any], path: str | os.PathLike[str]) -> None:

@@ -640,15 +640,15 @@ def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> Non
         )  # fmt: skip
         run.best, run.saved_epoch = best, epoch
         recover_checkpoint(run.out)  # the renames to last.*
+        if writer is not None:
+            for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
+                writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
+            writer.flush()
     except OSError as exc:
         raise CnnlabError(
             f"cannot write the checkpoint of epoch {epoch} in {str(run.out)!r}: "
             f"{exc.strerror or exc}; {_kept(run)}"
         ) from None
-    if writer is not None:
-        for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"):
-            writer.add_scalar(key.replace("_", "/", 1), row[key], epoch)
-        writer.flush()
 
 
 def _state(run: _Run, epoch: int, best: float) -> dict[str, Any]:
