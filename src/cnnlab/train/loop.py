@@ -201,6 +201,13 @@ def train_one_epoch(
     )
 
 
+def _check_labels(y: torch.Tensor, k: int) -> None:
+    if y.numel() and int(y.max()) >= k:
+        raise CnnlabError(
+            f"the data has a class index {int(y.max())} but the model has {k} outputs"
+        )
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -230,10 +237,7 @@ def evaluate(
                 logits, _ = split_outputs(model(x))
             logits = logits.float()
             k = logits.shape[1]
-            if y.numel() and int(y.max()) >= k:
-                raise CnnlabError(
-                    f"the data has a class index {int(y.max())} but the model has {k} outputs"
-                )
+            _check_labels(y, k)
             if confusion is None:
                 confusion = torch.zeros(k, k, dtype=torch.int64, device=device)
             loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double().cpu()
