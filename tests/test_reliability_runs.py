@@ -309,6 +309,15 @@ def test_eval_class_count_mismatch_is_one_line(trained: Path, tmp_path: Path, ca
         _one_error(capsys, "has 10 classes", "has 2")
 
 
+def test_evaluate_refuses_labels_beyond_the_model_outputs() -> None:
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train import evaluate
+
+    loader = [(torch.zeros(2, 3), torch.tensor([0, 5]))]
+    with pytest.raises(CnnlabError, match="class index 5 but the model has 3 outputs"):
+        evaluate(torch.nn.Identity(), loader)
+
+
 def _bad_states(state: dict) -> dict[str, dict]:
     model = TinyNet()
     groups = [{**g, "params": [0]} for g in state["optimizer"]["param_groups"]]
