@@ -415,6 +415,25 @@ def test_small_images_train_at_their_own_size(tmp_path: Path, capsys) -> None:
     assert "near the data's own" not in capsys.readouterr().out
 
 
+def test_a_resumed_run_keeps_its_stored_input_size(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        _images(data / c, 4, size=6)
+    out = tmp_path / "run"
+    args = ["train", "tiny", "--data", str(data), "--val-split", "0.25", "--epochs", "1",
+            "--batch-size", "4", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    args += ["--out", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(trainer_module, "_data_size", lambda data: None)  # a run of an older cnnlab
+        assert main(args) == 0
+    assert "at 16x16x3" in capsys.readouterr().out
+    assert main([*args, "--resume", "--epochs", "2"]) == 0
+    said = capsys.readouterr().out
+    assert "at 16x16x3" in said and "near the data's own" not in said
+
+
 # ------------------------------------------------------------------ 16, 17. devices, progress
 
 

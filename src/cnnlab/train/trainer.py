@@ -421,10 +421,17 @@ def _data_size(data: str) -> int | None:
     return None
 
 
-def _input_size(cfg: TrainConfig, probe: nn.Module, say: Callable[[str], None]) -> int:
+def _input_size(
+    cfg: TrainConfig, probe: nn.Module, say: Callable[[str], None], resume: bool, out: Path
+) -> int:
     """``--img-size``, else the model's native size; but where the data's own images are at
     most half that size, the data's size (at least the model's minimum), said in one line:
-    upscaling 28x28 images to 224x224 costs 64x the compute and adds nothing."""
+    upscaling 28x28 images to 224x224 costs 64x the compute and adds nothing. A resumed run
+    keeps the size its checkpoint records (a run begun before this rule keeps its own)."""
+    if resume and not cfg.img_size:
+        stored = read_meta(out / LAST_WEIGHTS).get("preprocess", {}).get("size")
+        if isinstance(stored, int) and not isinstance(stored, bool) and stored > 0:
+            return stored
     native = int(probe.input_size[-1])
     data = None if cfg.img_size else _data_size(cfg.data)
     if cfg.img_size or data is None or data * 2 > native:
@@ -478,7 +485,7 @@ def _setup(
     with torch.device("meta"):
         probe = build_model(cfg.model, 10, in_chans, **cfg.model_kwargs)  # bad keywords fail here
     frozen_modules(probe, cfg.freeze, cfg.freeze_backbone)  # a bad name fails here
-    img_size = _input_size(cfg, probe, say)
+    img_size = _input_size(cfg, probe, say, resume, out)
     # Resuming reloads every weight from last.safetensors: the source is not needed.
     source = _init_source(cfg, in_chans) if cfg.init_from and not resume else None
     train_loader, val_loader, classes = build_loaders(
