@@ -16,7 +16,7 @@ import cnnlab
 from cnnlab import codec, plots
 from cnnlab.cli.config_options import add_config_options, config_from_args
 from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
-from cnnlab.compress.pipeline import check_config
+from cnnlab.compress.pipeline import check_config, on_device
 from cnnlab.compress.prune import parse_per_layer, prunable_layers
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
@@ -284,7 +284,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     unknown = [n for n in layers if n not in known]
     if unknown:
         raise ValueError(f"unknown layer {unknown[0]!r}; prunable layers: {known}")
-    curves = _sweep(model.to(device), val, fractions, layers, device)
+    curves = _sweep(model, val, fractions, layers, device)
     if args.plot:
         plots.plot_sensitivity(curves, args.plot, args.model)
     if args.json:
@@ -303,12 +303,13 @@ def run_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _sweep(model: Any, val: Any, fractions: list[float], layers: list[str], device: Any) -> dict:
-    """:func:`cnnlab.compress.sensitivity` with one progress line per evaluation."""
+    """:func:`cnnlab.compress.sensitivity` with one progress line per evaluation; the model
+    is pruned on the CPU and each evaluation runs on ``device``."""
     steps = iter([(n, f) for n in layers for f in fractions])
     progress = _Progress(len(layers) * len(fractions), "sensitivity")
 
     def top1(m: Any) -> float:
-        acc = 100 * evaluate(m, val, device=device)["top1"]
+        acc = 100 * evaluate(on_device(m, device), val, device=device)["top1"]
         name, fraction = next(steps)
         progress(f"{name} {100 * fraction:g}% pruned: top-1 {acc:.2f}")
         return acc

@@ -8,9 +8,10 @@ it (see :mod:`cnnlab.compress.prune` and :mod:`cnnlab.compress.quantize`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,6 +279,41 @@ def compress(
     model.to(device)
     teacher = copy.deepcopy(model) if cfg.distill else None  # before anything is pruned
     distill = Distillation(teacher, cfg.distill, cfg.distill_temperature) if teacher else None
+    stages, record = _recorder(model, val_loader, device, log)
+
+    def top1(m: nn.Module) -> float:  # the sensitivity recipe prunes a CPU model
+        return 100 * evaluate(on_device(m, device), val_loader, device=device)["top1"]
+
+    record("baseline")
+    with _on_cpu(model, device):
+        recipe = plan(model, cfg, top1)
+    if log:
+        log(f"    recipe: {recipe.source}, " + ", ".join(
+            f"{n} {1 - s:.0%} kept" for n, s in recipe.sparsity.items()))  # fmt: skip
+    for step, sparsity in enumerate(_ramps(recipe, cfg), 1):
+        with _on_cpu(model, device):
+            prune(model, masks_for_sparsity(model, sparsity))
+        _retrain(model, train_loader, cfg.retrain_epochs, cfg.optimizer, cfg.lr, cfg, device,
+                 distill, progress, f"retrain round {step}/{cfg.prune_steps}")  # fmt: skip
+    record("pruned")
+    with _on_cpu(model, device):
+        share_weights(model, recipe.bits, init=cfg.init)
+    record("quantized")
+    if cfg.finetune_epochs:
+        _retrain(model, train_loader, cfg.finetune_epochs, cfg.finetune_optimizer or cfg.optimizer,
+                 cfg.finetune_lr, cfg, device, distill, progress, "fine-tune")  # fmt: skip
+        record("finetuned")
+    with _on_cpu(model, device):
+        finalize(model, cfg.half_precision_other)
+    record("stored")
+    model.cpu()
+    return {"recipe": recipe.as_dict(), "stages": stages}
+
+
+def _recorder(
+    model: nn.Module, val_loader: Any, device: str, log: Callable[[str], None] | None
+) -> tuple[list[dict[str, Any]], Callable[[str], None]]:
+    """The report's stage rows and the function that evaluates and appends one."""
     stages: list[dict[str, Any]] = []
 
     def record(stage: str) -> None:
@@ -287,26 +323,24 @@ def compress(
             log(f"{stage:>10}: top-1 {s['top1']:.2f}  top-5 {s['top5']:.2f}  "
                 f"weights kept {100 * s['kept']:.1f}%")  # fmt: skip
 
-    record("baseline")
-    recipe = plan(model, cfg, lambda m: 100 * evaluate(m, val_loader, device=device)["top1"])
-    if log:
-        log(f"    recipe: {recipe.source}, " + ", ".join(
-            f"{n} {1 - s:.0%} kept" for n, s in recipe.sparsity.items()))  # fmt: skip
-    for step, sparsity in enumerate(_ramps(recipe, cfg), 1):
-        prune(model, masks_for_sparsity(model, sparsity))
-        _retrain(model, train_loader, cfg.retrain_epochs, cfg.optimizer, cfg.lr, cfg, device,
-                 distill, progress, f"retrain round {step}/{cfg.prune_steps}")  # fmt: skip
-    record("pruned")
-    share_weights(model, recipe.bits, init=cfg.init)
-    record("quantized")
-    if cfg.finetune_epochs:
-        _retrain(model, train_loader, cfg.finetune_epochs, cfg.finetune_optimizer or cfg.optimizer,
-                 cfg.finetune_lr, cfg, device, distill, progress, "fine-tune")  # fmt: skip
-        record("finetuned")
-    finalize(model, cfg.half_precision_other)
+    return stages, record
+
+
+def on_device(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """``model`` itself on the CPU, else a copy of it on ``device`` (for evaluating a model
+    that pruning code keeps on the CPU)."""
+    return model if torch.device(device).type == "cpu" else copy.deepcopy(model).to(device)
+
+
+@contextlib.contextmanager
+def _on_cpu(model: nn.Module, device: str | torch.device) -> Iterator[None]:
+    """The model on the CPU for a while (masks and codebooks are built there), then back on
+    ``device`` with them."""
     model.cpu()
-    record("stored")
-    return {"recipe": recipe.as_dict(), "stages": stages}
+    try:
+        yield
+    finally:
+        model.to(device)
 
 
 def model_bytes(model: nn.Module) -> int:
