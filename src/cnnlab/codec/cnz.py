@@ -66,9 +66,10 @@ MAX_SHARED_CODEBOOK = 1 << 16  # weights with more distinct values are stored ra
 MAX_INDEX_BITS = 16
 MAX_ELEMENTS = 1 << 31  # in all; a tiny sparse file must not claim a giant tensor
 FREE_ELEMENTS = 1 << 24  # elements any file may declare (64 MiB of float32)
-ELEMENTS_PER_BYTE = 256  # beyond those, elements per byte of file (Deep Compression: ~12)
+ELEMENTS_PER_BYTE = 64  # beyond those, elements per byte of file (Deep Compression: ~12)
 MAX_HEADER_BYTES = 1 << 20  # the JSON header (class names of 100k classes fit)
 MAX_FILE_BYTES = 4 << 30  # a .cnz file is read whole; VGG-16 stored raw is 0.55 GB
+CHUNK = 1 << 20  # symbols per step where a whole stream would need a large temporary
 LENGTH_BITS = 5  # Huffman code lengths (<= 20) are stored in 5 bits each
 
 _DTYPES: list[torch.dtype] = [
@@ -373,6 +374,27 @@ def _decode_stream(r: _Reader, alphabet: int, max_count: int) -> np.ndarray:
         raise _Corrupt(f"{r.what}: {exc}") from None
 
 
+def _positions(gaps: np.ndarray, top: int, numel: int, what: str) -> np.ndarray:
+    """Positions (int32) of the non-zero weights from relative indices (``top``: a filler),
+    a chunk at a time: the stream may be tens of millions of symbols long."""
+    out = np.empty(len(gaps), dtype=np.int32)
+    n, last = 0, -1
+    for lo in range(0, len(gaps), CHUNK):
+        chunk = gaps[lo : lo + CHUNK]
+        filler = chunk == top
+        steps = chunk.astype(np.int64) + 1
+        steps[filler] = top
+        np.cumsum(steps, out=steps)
+        steps += last
+        last = int(steps[-1])
+        if last >= numel:  # the last symbol is a weight: every position is below it
+            raise _Corrupt(f"{what}: a sparse index points past the end of the tensor")
+        kept = steps[~filler]
+        out[n : n + len(kept)] = kept
+        n += len(kept)
+    return out[:n]
+
+
 def _decode_shared(r: _Reader, numel: int) -> torch.Tensor:
     k = r.varint(min(numel, MAX_SHARED_CODEBOOK))
     codebook = np.frombuffer(r.take(4 * k), dtype="<i4").astype(np.int32)
@@ -381,19 +403,18 @@ def _decode_shared(r: _Reader, numel: int) -> torch.Tensor:
         raise _Corrupt(f"{r.what}: index width {index_bits} outside 1..{MAX_INDEX_BITS}")
     top = (1 << index_bits) - 1
     gaps = _decode_stream(r, 1 << index_bits, numel + numel // top + 1)
-    filler = gaps == top
-    positions = np.cumsum(np.where(filler, top, gaps + 1)) - 1
-    positions = positions[~filler]
-    del gaps, filler
+    positions = _positions(gaps, top, numel, r.what)
+    del gaps
     weight_idx = _decode_stream(r, max(1, k), numel)
     if len(weight_idx) != len(positions):
         raise _Corrupt(f"{r.what}: {len(positions)} positions but {len(weight_idx)} weights")
-    if len(positions) and (positions[-1] >= numel or k == 0):
+    if len(positions) and k == 0:
         raise _Corrupt(f"{r.what}: a sparse index points past the end of the tensor")
     if len(weight_idx) and weight_idx.max() >= k:
         raise _Corrupt(f"{r.what}: a weight index is outside the codebook")
     flat = np.zeros(numel, dtype=np.int32)
-    flat[positions] = codebook[weight_idx]
+    for lo in range(0, len(positions), CHUNK):  # no full-length temporary
+        flat[positions[lo : lo + CHUNK]] = codebook[weight_idx[lo : lo + CHUNK]]
     return torch.from_numpy(flat).view(torch.float32)
 
 

@@ -32,7 +32,7 @@ __all__ = [
 MAX_CODE_LENGTH = 20  # a 2**20-entry lookup table decodes any code in one step
 BLOCK_SYMBOLS = 1024
 SCALAR_BLOCKS = 4
-GROUP_BITS = 1 << 23
+GROUP_BITS = 1 << 22  # bounds the per-bit arrays of one decoding step (32 MiB each)
 
 
 def code_lengths(counts: np.ndarray, max_length: int = MAX_CODE_LENGTH) -> np.ndarray:
@@ -150,27 +150,36 @@ def decode(data: bytes, lengths: np.ndarray, count: int, block_bits: np.ndarray)
     _check_blocks(len(data), count, block_bits)
     canonical_codes(lengths)  # validates the lengths (Kraft's inequality)
     order, order_len, starts_top, top, filled = _code_ranges(lengths)
-    buf = np.frombuffer(data + b"\0\0\0\0", dtype=np.uint8).astype(np.uint32)
-    windows = (buf[:-3] << 24) | (buf[1:-2] << 16) | (buf[2:-1] << 8) | buf[3:]
+    raw = np.frombuffer(data + b"\0\0\0\0", dtype=np.uint8)
     starts = np.concatenate(([0], np.cumsum(block_bits)[:-1]))
+    out_type = np.uint16 if len(lengths) <= 1 << 16 else np.int64
     if n_blocks <= SCALAR_BLOCKS:  # few blocks: plain Python beats numpy on tiny arrays
-        table = (windows.tolist(), starts_top.tolist(), order.tolist(), order_len.tolist())
+        windows = _windows(raw, np.arange(len(data), dtype=np.int64)).tolist()
+        table = (windows, starts_top.tolist(), order.tolist(), order_len.tolist())
         out_list: list[int] = []
         for b in range(n_blocks):
             n = BLOCK_SYMBOLS if b < n_blocks - 1 else count - BLOCK_SYMBOLS * b
             out_list += _decode_block(table, int(starts[b]), int(block_bits[b]), n, top, filled)
-        return np.array(out_list, dtype=np.int64)
+        return np.array(out_list, dtype=out_type)
     per_block = np.full(n_blocks, BLOCK_SYMBOLS, dtype=np.int64)
     per_block[-1] = count - BLOCK_SYMBOLS * (n_blocks - 1)
     lookup = _Lookup(starts_top, order, order_len, top, filled)
-    out = np.empty(count, dtype=np.int64)
+    out = np.empty(count, dtype=out_type)  # 2 bytes a symbol for any .cnz alphabet
     for blocks in _groups(starts, block_bits):
         symbols = _decode_group(
-            windows, lookup, top, starts[blocks], block_bits[blocks], per_block[blocks]
+            raw, lookup, top, starts[blocks], block_bits[blocks], per_block[blocks]
         )
         first = blocks.start * BLOCK_SYMBOLS
         out[first : first + len(symbols)] = symbols
     return out
+
+
+def _windows(raw: np.ndarray, byte_index: np.ndarray) -> np.ndarray:
+    """The 32 bits starting at each byte of ``byte_index`` (``raw`` is padded by 4 bytes)."""
+    w = raw[byte_index].astype(np.uint64) << np.uint64(24)
+    for k, shift in ((1, 16), (2, 8), (3, 0)):
+        w |= raw[byte_index + k].astype(np.uint64) << np.uint64(shift)
+    return w
 
 
 def _check_blocks(n_bytes: int, count: int, block_bits: np.ndarray) -> None:
@@ -224,7 +233,7 @@ def _groups(starts: np.ndarray, block_bits: np.ndarray) -> Iterator[slice]:
 
 
 def _decode_group(
-    windows: np.ndarray,
+    raw: np.ndarray,
     lookup: _Lookup,
     top: int,
     starts: np.ndarray,
@@ -239,9 +248,13 @@ def _decode_group(
     lo = int(starts[0])
     hi = int(starts[-1] + block_bits[-1])
     bit = np.arange(lo, hi + 1, dtype=np.int64)
-    w = windows[np.minimum(bit >> 3, len(windows) - 1)].astype(np.uint64)
-    peek = ((w << (bit & 7).astype(np.uint64)) & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - top)
-    sym_at, len_at = lookup(peek.astype(np.int64))
+    w = _windows(raw, np.minimum(bit >> 3, len(raw) - 4))
+    w <<= (bit & 7).astype(np.uint64)
+    del bit
+    w &= np.uint64(0xFFFFFFFF)
+    w >>= np.uint64(32 - top)
+    sym_at, len_at = lookup(w.astype(np.int64))
+    del w
     len_at[-1] = 0  # the position after the group's last bit never starts a code
     n_steps = int(counts.max())
     pos = starts - lo
@@ -271,8 +284,8 @@ class _Lookup:
     ) -> None:
         windows = np.arange(1 << top)
         k = np.searchsorted(starts_top, windows, side="right") - 1
-        self.symbol = order[k]
-        self.length = np.where(windows < filled, order_len[k], 0)
+        self.symbol = order[k].astype(np.int32)
+        self.length = np.where(windows < filled, order_len[k], 0).astype(np.int32)
 
     def __call__(self, peek: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.symbol[peek], self.length[peek]
