@@ -321,6 +321,20 @@ def test_huffman_stream_claims_are_checked_against_the_bytes_present(tmp_path: P
     _refused_cheaply(lambda: codec.read(path), "bytes are left", limit_mib=4)
 
 
+def test_decoding_a_bad_stream_costs_memory_bounded_by_its_bytes() -> None:
+    """A 2 MB SHARED tensor of 8M one-bit codes whose last code is broken: refused after at
+    most ~160 bytes allocated per byte present (the Huffman windows are per group, symbols
+    uint16, positions int32 a chunk at a time); it used to take 654 MiB."""
+    data, _ = codec.encode_state_dict(
+        {"w": torch.full((1000, 8000), 0.5)}, header={"model": None}, index_bits={"w": 8}
+    )
+    head, bodies = codec.split_sections(data)
+    bad = codec.join_sections(head, [bodies[0][:-1] + bytes([bodies[0][-1] ^ 0xFF])])
+    peak, raised = _peak_mib(lambda: codec.decode_bytes(bad))
+    assert isinstance(raised, ValueError) and "invalid Huffman code" in str(raised)
+    assert peak < 160 * len(bad) / MiB, f"{peak:.0f} MiB for a {len(bad) / MiB:.1f} MiB file"
+
+
 # --------------------------------------------------------------------------- item 7
 
 
