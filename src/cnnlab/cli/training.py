@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_train)
 
     e = subparsers.add_parser("eval", help="top-1/top-5, per-class accuracy, confusion matrix")
-    e.add_argument("model")
+    e.add_argument("model", help="the model name the weights are for (see `cnnlab models`)")
     source = e.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--checkpoint",
@@ -50,17 +50,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument("--compressed", help="the same as --checkpoint (kept for .cnz files)")
     _data_args(e)
-    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     seed_help = "the training run's --seed, so that --val-split holds out the same images"
     e.add_argument("--seed", type=int, default=0, help=seed_help)
     e.add_argument("--plot", help="save the confusion matrix as an image (PNG, SVG, PDF)")
     _device_arg(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.set_defaults(func=run_eval)
 
     p = subparsers.add_parser("predict", help="top-5 classes of images with probabilities")
-    p.add_argument("model")
+    p.add_argument("model", help="the model name the weights are for (see `cnnlab models`)")
     p.add_argument(
         "--checkpoint", required=True, help="any weights `cnnlab eval --checkpoint` takes"
     )
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     _device_arg(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=run_predict)
 
 
