@@ -479,6 +479,16 @@ def test_refused_pickle_message_is_plain(tmp_path: Path) -> None:
     assert "weights_only=False" not in str(info.value) and not (tmp_path / "ran").exists()
 
 
+def test_a_corrupt_pickle_is_not_called_code(tmp_path: Path) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CnnlabError) as info:
+        cnnlab.load(path, "lenet5")
+    text = str(info.value)
+    assert "is not a readable weights file: Unsupported operand" in text
+    assert "pickled code" not in text and "weights_only" not in text
+
+
 def test_long_torch_errors_are_cut_at_a_word(tmp_path: Path) -> None:
     from cnnlab.saved import _first_line
 

@@ -24,9 +24,12 @@ native input size with ImageNet statistics (RGB) or Fashion-MNIST's (grey).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
+import pickletools
 import stat
 import struct
 import warnings
@@ -484,6 +487,39 @@ def _first_line(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:160].rsplit(" ", 1)[0] + " ..."
 
 
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to turn it off."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line and not line.startswith(_TORCH_ADVICE)]
+    detail = lines[0].removeprefix("WeightsUnpickler error:").strip() if lines else ""
+    return _first_line(ValueError(detail)) if detail else "corrupt pickle"
+
+
+_IMPORTS = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ"}
+
+
+def _imports_something(p: Path) -> bool:
+    """Whether the pickle in ``p`` (a torch zip's ``data.pkl``, or the pickles at the start
+    of a legacy file) names a class or function to import: read as opcodes, never run."""
+    try:
+        with contextlib.ExitStack() as stack:
+            if zipfile.is_zipfile(p):
+                archive = stack.enter_context(zipfile.ZipFile(p))
+                pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                stream = stack.enter_context(archive.open(pkl[0])) if pkl else io.BytesIO()
+            else:
+                stream = stack.enter_context(open(p, "rb"))
+            for _ in range(4):  # a legacy torch file: magic, protocol, system info, object
+                if any(op.name in _IMPORTS for op, _, _ in pickletools.genops(stream)):
+                    return True
+    except Exception:  # unreadable as pickle opcodes: corrupt, not code
+        return False
+    return False
+
+
 def torch_load_weights_only(path: str | os.PathLike[str], what: str = "weights file") -> Any:
     """``torch.load(path, weights_only=True)`` on CPU: pickled code is refused (never run)
     with :func:`refused_pickle`'s line, any other failure is one ``CnnlabError`` line."""
@@ -492,8 +528,12 @@ def torch_load_weights_only(path: str | os.PathLike[str], what: str = "weights f
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
-    except pickle.UnpicklingError:
-        raise CnnlabError(refused_pickle(p)) from None
+    except pickle.UnpicklingError as exc:
+        if "global" in str(exc).lower() or _imports_something(p):
+            raise CnnlabError(refused_pickle(p)) from None
+        raise CnnlabError(
+            f"{str(p)!r} is not a readable {what}: {_unpickler_detail(exc)}"
+        ) from None
     except Exception as exc:  # any failure to parse an untrusted file is a bad file
         raise CnnlabError(f"{str(p)!r} is not a readable {what}: {_first_line(exc)}") from None
 
