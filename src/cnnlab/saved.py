@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import pickle
@@ -512,8 +513,10 @@ def _imports_something(p: Path) -> bool:
                 stream = stack.enter_context(archive.open(pkl[0])) if pkl else io.BytesIO()
             else:
                 stream = stack.enter_context(open(p, "rb"))
+            head = io.BytesIO(stream.read(16 << 20))  # the pickles come first
             for _ in range(4):  # a legacy torch file: magic, protocol, system info, object
-                if any(op.name in _IMPORTS for op, _, _ in pickletools.genops(stream)):
+                ops = itertools.islice(pickletools.genops(head), 1_000_000)
+                if any(op.name in _IMPORTS for op, _, _ in ops):
                     return True
     except Exception:  # unreadable as pickle opcodes: corrupt, not code
         return False
