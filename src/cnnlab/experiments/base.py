@@ -158,7 +158,9 @@ def run_experiment(
         "reason": reason,
         "command": _command(name, scale, folder),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "seconds": round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1),
+        "seconds": round(
+            (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1
+        ),
         "machine": machine(),
         "argv": " ".join(shlex.quote(a) for a in sys.argv),
     }

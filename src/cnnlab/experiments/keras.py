@@ -24,15 +24,16 @@ SIDES = (224, 192, 160, 128, 96)  # the resolutions the MobileNet papers ran
 
 # Seed 004's table: label, model, keywords, rho (None: the model's own input), params in
 # millions, top-1, top-5.
+_V1, _V2 = "mobilenet_v1", "mobilenet_v2"
 SEED_TABLE: list[tuple[str, str, dict[str, float], float | None, float, float, float]] = [
     ("Xception", "xception", {}, None, 22.91, 0.790, 0.945),
     ("VGG16", "vgg16", {}, None, 138.35, 0.715, 0.901),
-    ("MobileNetV1 (alpha=1, rho=1)", "mobilenet_v1", {"alpha": 1.0}, 1.0, 4.20, 0.709, 0.899),
-    ("MobileNetV1 (alpha=0.75, rho=0.85)", "mobilenet_v1", {"alpha": 0.75}, 0.85, 2.59, 0.672, 0.873),
-    ("MobileNetV1 (alpha=0.25, rho=0.57)", "mobilenet_v1", {"alpha": 0.25}, 0.57, 0.47, 0.415, 0.663),
-    ("MobileNetV2 (alpha=1.4, rho=1)", "mobilenet_v2", {"alpha": 1.4}, 1.0, 6.06, 0.750, 0.925),
-    ("MobileNetV2 (alpha=1, rho=1)", "mobilenet_v2", {"alpha": 1.0}, 1.0, 3.47, 0.718, 0.910),
-    ("MobileNetV2 (alpha=0.35, rho=0.43)", "mobilenet_v2", {"alpha": 0.35}, 0.43, 1.66, 0.455, 0.704),
+    ("MobileNetV1 (alpha=1, rho=1)", _V1, {"alpha": 1.0}, 1.0, 4.20, 0.709, 0.899),
+    ("MobileNetV1 (alpha=0.75, rho=0.85)", _V1, {"alpha": 0.75}, 0.85, 2.59, 0.672, 0.873),
+    ("MobileNetV1 (alpha=0.25, rho=0.57)", _V1, {"alpha": 0.25}, 0.57, 0.47, 0.415, 0.663),
+    ("MobileNetV2 (alpha=1.4, rho=1)", _V2, {"alpha": 1.4}, 1.0, 6.06, 0.750, 0.925),
+    ("MobileNetV2 (alpha=1, rho=1)", _V2, {"alpha": 1.0}, 1.0, 3.47, 0.718, 0.910),
+    ("MobileNetV2 (alpha=0.35, rho=0.43)", _V2, {"alpha": 0.35}, 0.43, 1.66, 0.455, 0.704),
 ]  # fmt: skip
 
 CONVENTIONS = {

@@ -109,9 +109,10 @@ def judge_vgg(figures: dict[str, Any]) -> tuple[str, str]:
         f"against 96 MB -> {forward} (24M values x 4 B; with ReLU outputs as separate tensors "
         f"it would be {figures['forward_relu_not_in_place'] / MB:.1f} MB); measured, autograd "
         f"keeps {m['forward_held_per_image'] / MB:.1f} MB per image (max-pool indices "
-        f"included; per image: the slope between batches {m['batches']}); backward peak {m['backward_peak_per_image'] / MB:.1f} MB per image = "
-        f"{ratio:.2f}x the forward -> {backward} (PyTorch frees activations as backward "
-        f"proceeds; weight gradients, 553 MB at any batch, not counted)"
+        f"included; per image = the slope between batches {m['batches']}); the backward "
+        f"peak is {m['backward_peak_per_image'] / MB:.1f} MB per image = {ratio:.2f}x the "
+        f"forward -> {backward} (PyTorch frees each activation once its gradient is done; "
+        f"the weight gradients, {a['param_bytes'] / MB:.0f} MB at any batch, not counted)"
     )
     return combine({"forward": forward, "backward": backward}), reason
 
@@ -170,12 +171,13 @@ def _lrn_held_per_image(batch: int) -> float:
     return (with_lrn - measure_memory(model, size, batch)["forward_held_bytes"]) / batch
 
 
-
 def run_alexnet(scale: str) -> dict[str, Any]:
     analytic = _analytic("alexnet", PAPER_BATCH)
     measured = _measured("alexnet", BATCHES[scale])
     state = 3 * analytic["param_bytes"] + analytic["buffer_bytes"]  # weights, grads, momentum
-    activations = measured["backward_peak_fixed"] + PAPER_BATCH * measured["backward_peak_per_image"]
+    activations = (
+        measured["backward_peak_fixed"] + PAPER_BATCH * measured["backward_peak_per_image"]
+    )
     lrn = PAPER_BATCH * _lrn_held_per_image(BATCHES[scale][0])
     return {
         "analytic": analytic,
@@ -189,7 +191,8 @@ def run_alexnet(scale: str) -> dict[str, Any]:
         },
         "estimates": {
             "analytic": analytic["training_bytes"],
-            "measured forward held, extrapolated": state + measured["forward_held_fixed"]
+            "measured forward held, extrapolated": state
+            + measured["forward_held_fixed"]
             + PAPER_BATCH * measured["forward_held_per_image"],
             "measured backward peak, extrapolated": state + activations,
         },
@@ -204,9 +207,10 @@ def judge_alexnet(figures: dict[str, Any]) -> tuple[str, str]:
     verdict = "holds" if estimates[largest] > figures["gpu_bytes"] else "contradicted"
     parts = figures["parts"]
     text = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in parts.items())
+    side = "x".join(map(str, figures["analytic"]["input"]))
     reason = (
-        f"training AlexNet at batch {figures['batch']} ({'x'.join(map(str, figures['analytic']['input']))}"
-        f", fp32, SGD with momentum): largest estimate {estimates[largest] / 2**30:.2f} GiB "
+        f"training AlexNet at batch {figures['batch']} ({side}, fp32, SGD with momentum): "
+        f"largest estimate {estimates[largest] / 2**30:.2f} GiB "
         f"({largest}) against 3 GiB -> {verdict}; parts: {text}. Not counted: the framework's "
         f"workspaces and buffers, the CUDA context, the input pipeline"
     )
