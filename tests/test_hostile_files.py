@@ -30,7 +30,7 @@ from cnnlab.codec.cnz import _varint
 from cnnlab.compress import save as save_cnz
 from cnnlab.data import ImageFolderDataset, Preprocess, load_image, read_idx
 from cnnlab.errors import CnnlabError
-from cnnlab.saved import save_weights
+from cnnlab.saved import read_cnz, save_weights
 
 MiB = 1 << 20
 
@@ -186,6 +186,10 @@ def test_cnz_declared_shapes_are_checked_against_the_model_before_decoding(
     path = tmp_path / "shapes.cnz"
     path.write_bytes(_lenet_lie(10, 100_000))
     _refused_cheaply(lambda: cnnlab.load(path), "does not fit lenet5", limit_mib=4)
+    _refused_cheaply(lambda: read_cnz(path), "does not fit lenet5", limit_mib=4)
+    plain = tmp_path / "plain.cnz"  # no model named: plain tensors, the element budget only
+    plain.write_bytes(codec.encode_state_dict({"a": torch.ones(3)}, header={"model": None})[0])
+    assert torch.equal(read_cnz(plain)[1]["a"], torch.ones(3))
     out = tmp_path / "d.safetensors"
     assert main(["eval", "lenet5", "--checkpoint", str(path), "--data", "synthetic"]) == 2
     assert main(["decompress", str(path), "--out", str(out)]) == 2 and not out.exists()

@@ -59,6 +59,7 @@ __all__ = [
     "load",
     "load_weights",
     "model_kwargs",
+    "read_cnz",
     "read_meta",
     "read_weights",
     "refused_pickle",
@@ -441,18 +442,34 @@ def _cnz_config(header: dict[str, Any], wanted: str | None, source: str) -> tupl
     return name, sizes | model_kwargs(name, rest or None, repr(source))
 
 
+def _cnz_check(path: str, wanted: str | bool | None, found: dict[str, Any]) -> codec.cnz.Check:
+    """The check :func:`cnnlab.codec.read` runs before decoding: the header's model and its
+    configuration, built on 'meta', must hold exactly the declared tensors (aux heads aside).
+    A header without a model passes when ``wanted`` is ``False`` (plain tensors)."""
+
+    def check(header: dict[str, Any], declared: dict[str, tuple]) -> None:
+        if wanted is False and header.get("model") is None:
+            return
+        name, config = _cnz_config(header, wanted or None, path)
+        shapes = {k: torch.empty(s, dtype=d, device="meta") for k, (d, s) in declared.items()}
+        _check_fit(name, config, shapes, path)
+        found.update(name=name, config=config)
+
+    return check
+
+
+def read_cnz(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(header, tensors) of a .cnz file; where the header names a model, its configuration
+    and every declared tensor shape are checked against that model (on 'meta') before any
+    tensor is decoded (``cnnlab decompress``). ``CnnlabError`` if anything is wrong."""
+    return codec.read(path, _cnz_check(str(path), False, {}))
+
+
 def _read_cnz(p: Path, wanted: str | None) -> Read:
     """A .cnz file's model: the header's model and every declared shape are checked on the
     'meta' device before any tensor is decoded (nothing is allocated for a lie)."""
     found: dict[str, Any] = {}
-
-    def check(header: dict[str, Any], declared: dict[str, tuple]) -> None:
-        name, config = _cnz_config(header, wanted, str(p))
-        shapes = {k: torch.empty(s, dtype=d, device="meta") for k, (d, s) in declared.items()}
-        _check_fit(name, config, shapes, str(p))
-        found.update(name=name, config=config)
-
-    header, tensors = codec.read(p, check)
+    header, tensors = codec.read(p, _cnz_check(str(p), wanted, found))
     extra = header.get("extra") if isinstance(header.get("extra"), dict) else {}
     return found["name"], found["config"], tensors, {**extra, "kind": "cnz"}
 

@@ -21,6 +21,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
 from cnnlab.registry import build_model
 from cnnlab.saved import load as load_saved
+from cnnlab.saved import read_cnz
 
 __all__ = [
     "default_index_bits",
@@ -98,13 +99,15 @@ def save(
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON header of a .cnz file (model name, config, extra); the file is fully verified."""
-    return codec.read(path)[0]
+    """The JSON header of a .cnz file (model name, config, extra); the file is fully verified
+    (:func:`cnnlab.saved.read_cnz`: a named model's shapes are checked before decoding)."""
+    return read_cnz(path)[0]
 
 
 def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The tensors of a .cnz file, bit-identical to those saved; ``CnnlabError`` if invalid."""
-    return codec.read(path)[1]
+    """The tensors of a .cnz file, bit-identical to those saved; ``CnnlabError`` if invalid
+    (a named model's shapes are checked before anything is decoded)."""
+    return read_cnz(path)[1]
 
 
 def load(path: str | os.PathLike[str]) -> nn.Module:
