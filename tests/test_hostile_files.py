@@ -200,6 +200,11 @@ def test_cnz_model_keywords_cannot_build_a_giant_model(tmp_path: Path) -> None:
     path = tmp_path / "alpha.cnz"
     path.write_bytes(_cnz(header, [_shared_zero("x", (4, 4))]))
     _refused_cheaply(lambda: cnnlab.load(path), "would hold")
+    header["config"] = {"num_classes": 10, "in_chans": 3, "act": "x" * 100_000}
+    path.write_bytes(_cnz(header, [_shared_zero("x", (4, 4))]))
+    with pytest.raises(CnnlabError, match="cannot build") as info:
+        cnnlab.load(path)
+    assert len(str(info.value)) < 1000, "a value the file chose is cut short in the message"
     header["config"] = {"num_classes": 10, "in_chans": 3, "alpha": [1]}
     path.write_bytes(_cnz(header, [_shared_zero("x", (4, 4))]))
     _refused_cheaply(lambda: cnnlab.load(path), "model keywords must map")

@@ -322,6 +322,12 @@ def _complete(
 # --------------------------------------------------------------------------- building models
 
 
+def _short(value: Any, limit: int = 200) -> str:
+    """``value`` for an error line: one line, at most ``limit`` characters (a file chose it)."""
+    text = " ".join((str(value) if isinstance(value, BaseException) else repr(value)).split())
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
 def model_kwargs(name: str, stored: Any, source: str) -> dict[str, Any]:
     """``stored`` checked as keywords of model ``name`` (plain JSON scalars) for a file."""
     if stored is None:
@@ -331,7 +337,8 @@ def model_kwargs(name: str, stored: Any, source: str) -> dict[str, Any]:
     ):
         raise CnnlabError(
             f"{source}: model keywords must map {name}'s keywords "
-            f"({', '.join(accepted_keywords(name)) or 'none'}) to plain values, got {stored!r}"
+            f"({', '.join(accepted_keywords(name)) or 'none'}) to plain values, "
+            f"got {_short(stored)}"
         )
     return dict(stored)
 
@@ -353,10 +360,12 @@ def _probe(name: str, config: Mapping[str, Any], source: str) -> nn.Module:
         with torch.device("meta"):
             probe = build_model(name, **config)
     except (ValueError, TypeError) as exc:
-        raise CnnlabError(f"{source!r}: cannot build {name!r} with {dict(config)}: {exc}") from None
+        raise CnnlabError(
+            f"{source!r}: cannot build {name!r} with {_short(config)}: {_short(exc)}"
+        ) from None
     n = sum(v.numel() for v in probe.state_dict().values())
     if n > codec.MAX_ELEMENTS:
-        raise CnnlabError(f"{source!r}: {name} {dict(config)} would hold {n:,} values")
+        raise CnnlabError(f"{source!r}: {name} {_short(config)} would hold {n:,} values")
     return probe
 
 
@@ -366,7 +375,7 @@ def _check_fit(
     """Raise unless ``tensors`` (real or on 'meta') fit ``name`` built with ``config``."""
     problems = _fit_report(_probe(name, config, source).state_dict(), tensors, aux=False)
     if problems:
-        raise CnnlabError(f"{source!r} does not fit {name} {dict(config)}: {problems}")
+        raise CnnlabError(f"{source!r} does not fit {name} {_short(config)}: {problems}")
 
 
 def _in_model_order(
@@ -378,7 +387,9 @@ def _in_model_order(
         with torch.device("meta"):
             order = [k for k in build_model(name, **(kwargs or {})).state_dict() if k in tensors]
     except (ValueError, TypeError) as exc:
-        raise CnnlabError(f"cannot build {name} with {dict(kwargs or {})}: {exc}") from None
+        raise CnnlabError(
+            f"cannot build {name} with {_short(kwargs or {})}: {_short(exc)}"
+        ) from None
     return {k: tensors[k] for k in order + [k for k in tensors if k not in set(order)]}
 
 
