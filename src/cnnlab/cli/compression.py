@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 import cnnlab
-from cnnlab import codec, plots
+from cnnlab import plots
 from cnnlab.cli.config_options import add_config_options, config_from_args
 from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
 from cnnlab.compress.pipeline import check_config, on_device
@@ -21,6 +21,7 @@ from cnnlab.compress.prune import parse_per_layer, prunable_layers
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes, check_output
+from cnnlab.saved import read_cnz
 from cnnlab.saved import save as save_checkpoint
 from cnnlab.tables import format_table, note, print_json
 from cnnlab.train import evaluate, model_and_loaders
@@ -328,7 +329,7 @@ def run_decompress(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise CnnlabError(f"--out must end in .safetensors, got {args.out!r}")
     check_output(args.out)
-    header, state = codec.read(args.file)
+    header, state = read_cnz(args.file)  # shapes checked against the model before decoding
     name = header.get("model")
     if isinstance(name, str):
         model, meta = cnnlab.load(args.file)

@@ -9,6 +9,7 @@
 from cnnlab.data.datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_STATS,
+    IMAGE_SUFFIXES,
     IMAGENET_STATS,
     MAX_IMAGE_PIXELS,
     BadImageError,
@@ -41,6 +42,7 @@ __all__ = [
     "FASHION_MNIST_NAMES",
     "FASHION_MNIST_STATS",
     "IMAGENET_STATS",
+    "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
     "SYNTHETIC_SIZES",
     "BadImageError",

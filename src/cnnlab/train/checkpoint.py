@@ -31,11 +31,8 @@ import io
 import json
 import math
 import os
-import pickle
 import re
 import socket
-import warnings
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +41,7 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
+from cnnlab.saved import torch_load_weights_only
 
 try:
     import fcntl
@@ -90,16 +88,7 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise CnnlabError(f"training state {str(p)!r} does not exist")
-    try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol is not worth a warning
-            warnings.simplefilter("ignore")
-            state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
-            zipfile.BadZipFile, AttributeError, TypeError) as exc:  # fmt: skip
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CnnlabError(
-            f"{str(p)!r} is not a cnnlab training state (refused: {first[:160]})"
-        ) from None
+    state = torch_load_weights_only(p, "cnnlab training state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CnnlabError(f"{str(p)!r} is not a cnnlab training state")
     problem = _state_problem(state)

@@ -16,8 +16,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cnnlab.data import BadImageError, Preprocess, build_loaders, image_transform, load_image
-from cnnlab.data.datasets import IMAGE_SUFFIXES
+from cnnlab.data import (
+    IMAGE_SUFFIXES,
+    BadImageError,
+    Preprocess,
+    build_loaders,
+    image_transform,
+    load_image,
+)
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load

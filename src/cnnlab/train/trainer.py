@@ -41,13 +41,13 @@ from torch import nn
 from cnnlab.config import option
 from cnnlab.data import (
     FASHION_MNIST_NAMES,
+    IMAGE_SUFFIXES,
     build_loaders,
     data_channels,
     fashion_mnist_folder,
     open_image,
     skipped_files,
 )
-from cnnlab.data.datasets import IMAGE_SUFFIXES
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
