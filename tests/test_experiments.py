@@ -93,7 +93,9 @@ def test_combine():
 # --- each rule on synthetic figures -----------------------------------------------------
 
 
-def _googlenet(params_ratio: float, latency_ratio: float, unstable: bool = False) -> dict:
+def _googlenet(
+    params_ratio: float, latency_ratio: float, unstable: bool = False, busy: float = 0.0
+) -> dict:
     return {
         "params_ratio": params_ratio,
         "params_ratio_with_aux": params_ratio / 2,
@@ -101,7 +103,7 @@ def _googlenet(params_ratio: float, latency_ratio: float, unstable: bool = False
         "models": {"alexnet": {"params": 61e6}, "googlenet": {"params": 61e6 / params_ratio}},
         "latency": {"googlenet_over_alexnet": {
             "ratio": latency_ratio, "ratio_unstable": unstable, "ratio_iqr_fraction": 0.05,
-        }},
+        }, "other_load_cores": busy},
     }  # fmt: skip
 
 
@@ -119,6 +121,19 @@ def _googlenet(params_ratio: float, latency_ratio: float, unstable: bool = False
 def test_googlenet_rule(params_ratio, latency_ratio, unstable, verdict):
     judge = get_experiment("googlenet-vs-alexnet").judge
     assert judge(_googlenet(params_ratio, latency_ratio, unstable))[0] == verdict
+
+
+def test_busy_machine_latency_not_judged():
+    """Other processes using more than 0.2 cores while timing: the latency part is
+    not-testable, whatever the ratio says."""
+    verdict, reason = get_experiment("googlenet-vs-alexnet").judge(_googlenet(5.0, 1.5, busy=0.9))
+    assert verdict == "contradicted" and "0.90 cores busy" in reason  # params part alone
+    assert get_experiment("googlenet-vs-alexnet").judge(_googlenet(9.0, 0.8, busy=0.9))[0] == (
+        "partly"
+    )
+    figures = {**_depthwise(0.0, 6.0), "other_load_cores": 0.5}
+    verdict, reason = get_experiment("depthwise-cost").judge(figures)
+    assert verdict == "partly" and "0.50 cores busy" in reason
 
 
 def _depthwise(offset: float, latency: float, unstable: bool = False) -> dict:

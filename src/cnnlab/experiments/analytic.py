@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnlab.analysis import count_macs
 from cnnlab.experiments.base import Experiment, combine, pyplot, register, save_figure
-from cnnlab.experiments.timing import ROUNDS, race, ratio, summary
+from cnnlab.experiments.timing import BUSY, ROUNDS, OtherLoad, race, ratio, summary
 from cnnlab.registry import build_model
 
 PARAMS_RATIO_MIN = 8.0  # "about 10x": within 20% below ten (the paper itself says 12x)
@@ -52,12 +52,14 @@ def _latency(scale: str) -> dict[str, Any]:
     models = {n: build_model(_GOOGLENET[n][0], **_GOOGLENET[n][1]).eval() for n in
               ("alexnet", "googlenet")}  # fmt: skip
     inputs = {n: torch.randn(1, *m.input_size) for n, m in models.items()}
-    samples = race({n: (lambda n=n: models[n](inputs[n])) for n in models}, ROUNDS[scale])
+    with OtherLoad() as load:
+        samples = race({n: (lambda n=n: models[n](inputs[n])) for n in models}, ROUNDS[scale])
     return {
         "alexnet": summary(samples["alexnet"]),
         "googlenet": summary(samples["googlenet"]),
         "googlenet_over_alexnet": ratio(samples["googlenet"], samples["alexnet"]),
         "threads": torch.get_num_threads(),
+        "other_load_cores": load.cores,
     }
 
 
@@ -80,6 +82,9 @@ def _speed_part(figures: dict[str, Any]) -> tuple[str, str]:
     if not lat:
         return "not-testable", "latency not measured"
     r = lat["googlenet_over_alexnet"]
+    busy = _busy(lat)
+    if busy:
+        return "not-testable", busy
     if r["ratio_unstable"]:
         return "not-testable", f"latency ratio unstable (IQR {r['ratio_iqr_fraction']:.0%})"
     text = f"GoogLeNet takes {r['ratio']:.2f}x AlexNet's batch-1 CPU time"
@@ -88,6 +93,14 @@ def _speed_part(figures: dict[str, Any]) -> tuple[str, str]:
     if r["ratio"] >= SPEED_MARGIN:
         return "contradicted", text
     return "partly", text + " (within 10%: no clear difference)"
+
+
+def _busy(timing: dict[str, Any]) -> str:
+    """Why the timing is not trusted on a busy machine, or '' if it is."""
+    cores = timing.get("other_load_cores")
+    if cores is not None and cores > BUSY:
+        return f"other processes kept {cores:.2f} cores busy while timing: not judged"
+    return ""
 
 
 def judge_googlenet(figures: dict[str, Any]) -> tuple[str, str]:
@@ -135,7 +148,8 @@ register(Experiment(
     "(no aux heads; 'about 10x' read as no more than 20% below ten), else contradicted; speed "
     "part holds if GoogLeNet's batch-1 CPU latency is >= 10% below AlexNet's (median of "
     "interleaved per-round ratios), contradicted if >= 10% above, partly in between, "
-    "not-testable if the ratio's IQR exceeds 25% of it; verdict: holds if both hold, "
+    "not-testable if the ratio's IQR exceeds 25% of it or other processes kept more than 0.2 "
+    "cores busy while timing; verdict: holds if both hold, "
     "contradicted if both are contradicted, else partly",
     run=run_googlenet,
     judge=judge_googlenet,
@@ -183,7 +197,8 @@ def run_depthwise(scale: str) -> dict[str, Any]:
         x = torch.randn(1, *shape)
         fns[f"sep{i}"] = lambda sep=sep, x=x: sep(x)
         fns[f"std{i}"] = lambda std=std, x=x: std(x)
-    samples = race(fns, ROUNDS[scale])
+    with OtherLoad() as load:
+        samples = race(fns, ROUNDS[scale])
     for row in layers:
         i = row["block"]
         row["latency_sep_ms"] = summary(samples[f"sep{i}"])["latency_ms"]
@@ -197,6 +212,7 @@ def run_depthwise(scale: str) -> dict[str, Any]:
         / sum(r["separable_macs"] for r in layers),
         "latency_speedup_total": ratio(per_round["std"], per_round["sep"]),
         "threads": torch.get_num_threads(),
+        "other_load_cores": load.cores,
     }
 
 
@@ -207,7 +223,8 @@ def judge_depthwise(figures: dict[str, Any]) -> tuple[str, str]:
     macs = "holds" if worst <= FORMULA_TOLERANCE else "contradicted"
     mac_speedup = figures["mac_speedup_total"]
     lat = figures["latency_speedup_total"]
-    if lat["ratio_unstable"]:
+    busy = _busy(figures)
+    if busy or lat["ratio_unstable"]:
         latency = "not-testable"
     else:
         latency = "holds" if lat["ratio"] >= mac_speedup / 2 else "partly"
@@ -216,6 +233,8 @@ def judge_depthwise(figures: dict[str, Any]) -> tuple[str, str]:
         f"{macs}; the 13 blocks need {mac_speedup:.2f}x fewer MACs but run {lat['ratio']:.2f}x "
         f"faster on this CPU (IQR {lat['ratio_iqr_fraction']:.0%}) -> {latency}"
     )
+    if busy:
+        reason += f" ({busy})"
     if latency == "partly":
         reason += " (a depthwise conv does 9 MACs per input element: memory-bound)"
     verdict = "contradicted" if macs == "contradicted" else combine({"m": macs, "l": latency})
@@ -248,7 +267,8 @@ register(Experiment(
     "separable/standard MACs equal to 1/N + 1/Dk^2 within 1e-9, else contradicted; latency "
     "part holds if the 13 blocks' measured CPU speed-up (standard 3x3 conv of the same shape "
     "vs depthwise + pointwise, batch 1, interleaved rounds) is at least half their MAC "
-    "speed-up, partly below that, not-testable if the ratio's IQR exceeds 25% of it; "
+    "speed-up, partly below that, not-testable if the ratio's IQR exceeds 25% of it or other "
+    "processes kept more than 0.2 cores busy while timing; "
     "verdict: holds if both hold, else partly (contradicted if the MACs fail)",
     run=run_depthwise,
     judge=judge_depthwise,

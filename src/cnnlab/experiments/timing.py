@@ -10,6 +10,7 @@ trusted on a busy machine.
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import time
@@ -20,11 +21,48 @@ import torch
 
 from cnnlab.analysis.compare import spread
 
-__all__ = ["ROUNDS", "UNSTABLE", "race", "ratio", "summary"]
+__all__ = ["BUSY", "ROUNDS", "UNSTABLE", "OtherLoad", "race", "ratio", "summary"]
 
 ROUNDS = {"quick": 5, "default": 25, "full": 60}  # timing rounds per scale
 MIN_SAMPLE_S = 0.02  # a sample repeats the call until it lasts at least this long
 UNSTABLE = 0.25  # a ratio whose IQR exceeds this fraction of its median is not trusted
+BUSY = 0.2  # cores that other processes used on average while we timed: a busy machine
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy (``/proc/stat``: user, nice, system, irq,
+    softirq, steal), or None where there is no ``/proc/stat``."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """``with OtherLoad() as load:`` ... then ``load.cores``: how many cores other processes
+    kept busy on average meanwhile (the machine's busy time less this process's), or None
+    where the OS does not say."""
+
+    cores: float | None = None
+
+    def __enter__(self) -> OtherLoad:
+        self._busy, self._own, self._wall = _busy_seconds(), _own_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy = _busy_seconds()
+        if busy is None or self._busy is None:
+            return
+        others = (busy - self._busy) - (_own_seconds() - self._own)
+        self.cores = max(0.0, others / max(time.perf_counter() - self._wall, 1e-9))
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _calls_per_sample(fn: Callable[[], Any], warmup: int) -> int:
