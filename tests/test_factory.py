@@ -120,3 +120,10 @@ def test_cli_summary_counts_the_switched_model(capsys) -> None:
     option_a = json.loads(capsys.readouterr().out)["params"]
     assert main(["summary", "plain34", "--json"]) == 0
     assert option_a == json.loads(capsys.readouterr().out)["params"] == 21_623_848
+
+
+def test_a_features_only_model_is_not_saved_but_rebuilt(saved_resnet20, tmp_path: Path) -> None:
+    _, path = saved_resnet20
+    features = cnnlab.create_model("resnet20", pretrained=path, features_only=True)
+    with pytest.raises(CnnlabError, match="features_only=True"):
+        cnnlab.save(features, tmp_path / "f.safetensors")

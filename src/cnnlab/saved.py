@@ -129,6 +129,11 @@ def save(
     name = getattr(model, "model_name", None)
     if not isinstance(name, str):
         raise CnnlabError("save() takes a model built by cnnlab.create_model (it has model_name)")
+    if not hasattr(model, "num_classes"):  # a features_only model: no classifier to describe
+        raise CnnlabError(
+            f"save() takes a whole {name}; save that, and rebuild the feature maps with "
+            f"create_model({name!r}, pretrained=PATH, features_only=True)"
+        )
     if isinstance(preprocess, Preprocess):
         preprocess = preprocess.as_dict()
     given = {"class_names": class_names, "preprocess": preprocess}
