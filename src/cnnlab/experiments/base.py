@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shlex
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +161,6 @@ def run_experiment(
             (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(), 1
         ),
         "machine": machine(),
-        "argv": " ".join(shlex.quote(a) for a in sys.argv),
     }
     experiment.plot(figures, folder / f"{name}.png")
     text = json.dumps(result, indent=2, default=str) + "\n"
