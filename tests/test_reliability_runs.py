@@ -502,3 +502,25 @@ def test_a_run_of_few_optimizer_steps_gets_a_note(tmp_path: Path, capsys) -> Non
     assert "--batch-size 8 gives 8" in said
     assert main([*TRAIN, "--out", str(tmp_path / "b"), "--batch-size", "8"]) == 0
     assert "optimizer steps" not in capsys.readouterr().out
+
+
+def test_the_default_batch_follows_the_training_set_size() -> None:
+    from cnnlab.data import auto_batch_size
+
+    assert auto_batch_size(60_000) == 128 and auto_batch_size(12_800) == 128
+    assert auto_batch_size(12_799) == 64 and auto_batch_size(5_000) == 32
+    assert auto_batch_size(1_437) == 16 and auto_batch_size(10) == 16  # never below 16
+    assert auto_batch_size(1_437, world=3) == 18  # divides among the processes
+
+
+def test_small_data_trains_at_the_automatic_batch_and_resumes_with_it(
+    tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    args = ["train", "lenet5", "--data", "synthetic", "--limit", "320", "--epochs", "1",
+            "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "1 epochs of 20 steps" in capsys.readouterr().out  # 320 images at batch 16
+    assert main([*args[:-4], "--epochs", "2", "--resume", "--no-progress", "--no-tensorboard",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "2 epochs of 20 steps" in capsys.readouterr().out

@@ -185,12 +185,27 @@ def _datasets(
     return Subset(train_all, train_idx), Subset(val_all, val_idx), train_all.classes
 
 
+DEFAULT_BATCH = 128
+MIN_AUTO_BATCH = 16
+STEPS_PER_EPOCH = 100  # below this many steps an epoch barely moves a network (small data)
+
+
+def auto_batch_size(images: int, world: int = 1) -> int:
+    """The default global batch: 128, or, on a training set too small for ~100 optimizer steps
+    per epoch at 128, the largest power of two that gives them, but at least 16; rounded up to
+    a multiple of ``world`` (docs/training.md, Small data)."""
+    batch = DEFAULT_BATCH
+    while batch > MIN_AUTO_BATCH and images < STEPS_PER_EPOCH * batch:
+        batch //= 2
+    return -(-batch // world) * world
+
+
 def build_loaders(
     data: str,
     *,
     img_size: int,
     in_chans: int,
-    batch_size: int = 128,
+    batch_size: int | None = DEFAULT_BATCH,
     workers: int = 0,
     augment: bool = False,
     val_split: float | None = None,
@@ -201,18 +216,20 @@ def build_loaders(
     """(train loader, val/test loader, class names) for ``data``.
 
     Under ``torch.distributed`` each process gets its shard and ``batch_size`` is the global
-    batch (it must divide by the number of processes). The train loader shuffles with an
-    :class:`EpochSampler` seeded by ``seed`` and drops a last partial batch; ``limit`` keeps
-    the first ``limit`` images of each split (quick runs). ``strict`` makes a corrupt image in
-    an ImageFolder an error instead of a skipped, counted warning.
+    batch (it must divide by the number of processes); ``None`` is :func:`auto_batch_size`.
+    The train loader shuffles with an :class:`EpochSampler` seeded by ``seed`` and drops a last
+    partial batch; ``limit`` keeps the first ``limit`` images of each split (quick runs).
+    ``strict`` makes a corrupt image in an ImageFolder an error instead of a skipped, counted
+    warning.
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     rank, world = _world()
-    if batch_size % world:
+    if batch_size is not None and batch_size % world:
         raise ValueError(f"batch size {batch_size} does not divide among {world} processes")
     train, val, classes = _datasets(data, img_size, in_chans, augment, val_split, seed, strict)
     train, val = _limit(train, limit), _limit(val, limit)
+    batch_size = batch_size or auto_batch_size(len(train), world)
     local = batch_size // world
     common = {"num_workers": workers, "collate_fn": collate_batch, "persistent_workers": False}
     if workers > 0:

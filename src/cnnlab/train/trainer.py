@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,10 @@ class TrainConfig:
     data: str = option("fashion-mnist", "fashion-mnist, a folder (IDX files or ImageFolder), "
                      "or synthetic")  # fmt: skip
     epochs: int = option(10, "training epochs")
-    batch_size: int = option(128, "global batch (all processes)")
+    batch_size: int | None = option(
+        None, "global batch, all processes (default 128; on a small training set the power of "
+        "two that gives ~100 steps per epoch, at least 16)",
+    )  # fmt: skip
     lr: float | None = option(None, "learning rate (default 0.05 for sgd, 1e-3 for adamw)")
     optimizer: str = option("sgd", "SGD (momentum 0.9, Nesterov) or AdamW", choices=OPTIMIZERS)
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
@@ -131,7 +134,8 @@ class TrainConfig:
         _check(self.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}",
                self.schedule)  # fmt: skip
         _check(_int(self.epochs, 1), "epochs", "an integer >= 1", self.epochs)
-        _check(_int(self.batch_size, 1), "batch_size", "an integer >= 1", self.batch_size)
+        _check(self.batch_size is None or _int(self.batch_size, 1), "batch_size",
+               "an integer >= 1", self.batch_size)  # fmt: skip
         for name in ("lr", "clip_grad_norm"):
             value = getattr(self, name)
             _check(value is None or _real(value, 0, open_low=True), name, "a finite number > 0",
@@ -322,7 +326,9 @@ def _check_resume(state: dict[str, Any], cfg: TrainConfig) -> None:
     diff = [
         f"{k} {saved.get(k, defaults[k])!r} -> {now[k]!r}"
         for k in now
-        if k not in RESUME_FREE | {"epochs"} and saved.get(k, defaults[k]) != now[k]
+        if k not in RESUME_FREE | {"epochs"}
+        and saved.get(k, defaults[k]) != now[k]
+        and not (k == "batch_size" and now[k] is None)  # the default: the run's own
     ]
     if diff:
         raise CnnlabError(
@@ -776,6 +782,8 @@ def _fit(
         if world > 1:
             dist.barrier()  # rank 0 has finished any interrupted commit
         state = _open_state(cfg, out, resume, writes)
+        if state is not None and cfg.batch_size is None:  # resume with the run's batch
+            cfg = replace(cfg, batch_size=state["config"].get("batch_size", 128))
         run = _setup(cfg, out, state is not None, say, writes, device, world)
         if state is not None:
             _resume(run, state)
@@ -844,17 +852,17 @@ def _train(run: _Run, progress: bool, tensorboard: bool) -> dict[str, Any]:
 
 
 def _note_few_steps(run: _Run) -> None:
-    """A run of fewer than MIN_STEPS optimizer steps may barely move (small data at the
-    default batch 128): say so, with a batch size that gives about STEPS_TARGET steps."""
+    """A run of fewer than MIN_STEPS optimizer steps may barely move (few epochs, or a large
+    --batch-size on small data): say so, with a batch size that gives about STEPS_TARGET."""
     cfg, steps = run.cfg, len(run.train_loader)
-    total = steps * cfg.epochs
+    total, used = steps * cfg.epochs, run.train_loader.batch_size * run.world
     images = len(run.train_loader.dataset)
     batch = 2 ** max(3, int(math.log2(max(1, images * cfg.epochs // STEPS_TARGET))))
-    if total >= MIN_STEPS or batch >= cfg.batch_size:
+    if total >= MIN_STEPS or batch >= used:
         return
     more = max(1, images // batch) * cfg.epochs  # the loader drops a last partial batch
     run.say(f"note: only {total} optimizer steps in the whole run ({images:,} images, batch "
-            f"{cfg.batch_size}, {cfg.epochs} epochs): training may barely move; --batch-size "
+            f"{used}, {cfg.epochs} epochs): training may barely move; --batch-size "
             f"{batch} gives {more} (see docs/training.md, small data)")  # fmt: skip
 
 
