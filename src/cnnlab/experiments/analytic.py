@@ -150,7 +150,7 @@ register(Experiment(
     "interleaved per-round ratios), contradicted if >= 10% above, partly in between, "
     "not-testable if the ratio's IQR exceeds 25% of it or other processes kept more than 0.2 "
     "cores busy while timing; verdict: holds if both hold, "
-    "contradicted if both are contradicted, else partly",
+    "contradicted if every part that could be judged is contradicted, else partly",
     run=run_googlenet,
     judge=judge_googlenet,
     plot=plot_googlenet,
