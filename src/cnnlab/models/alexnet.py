@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.layers import check_rate
-from cnnlab.models.base import NO_POOL, ClassifierModel, check_head, replace_linear
+from cnnlab.models.base import FullyConnectedHeadModel
 from cnnlab.registry import register_model
 
 
@@ -124,53 +124,7 @@ def _features(
     return features, info
 
 
-class AlexNetBase(ClassifierModel):
-    """What both AlexNets share: ``forward_features`` runs ``self.features``; the head is an
-    adaptive average pool to 6x6, flatten, then ``self.classifier`` (fc6, fc7, fc8).
-
-    ``num_features`` is the width of the pool5 map (256), ``head_hidden_size`` that of fc7
-    (4096), what ``reset_classifier(0)`` leaves ``forward`` returning. ``reset_classifier(0,
-    "")`` bypasses the whole head (avgpool, flatten, fc6, fc7), keeping its modules: a later
-    ``reset_classifier(n)`` restores it with a fresh fc8.
-    """
-
-    features: nn.Sequential
-    avgpool: nn.AdaptiveAvgPool2d
-    classifier: nn.Sequential
-    bypass_head: bool = False  # True after reset_classifier(0, ""): forward_head is identity
-
-    @property
-    def head_hidden_size(self) -> int:
-        return FC_UNITS
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.bypass_head:
-            return x
-        x = self.avgpool(x).flatten(1)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh fc8 of ``num_classes`` outputs (0: none). ``global_pool=""`` (only with 0
-        classes) bypasses the flattening head; ``None`` keeps the current head, except that
-        ``num_classes > 0`` always restores the flattening head (fc6 and fc7 kept)."""
-        check_head(num_classes, global_pool, NO_POOL)
-        self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
-        self.num_classes = num_classes
-        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
-        self._init_fc8(fc8)
-        self.classifier.fc8 = fc8
-
-    def _init_fc8(self, fc8: nn.Module) -> None:
-        """Initialise a new fc8 (PyTorch's default here)."""
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier.fc8
-
-
-class AlexNet(AlexNetBase):
+class AlexNet(FullyConnectedHeadModel):
     """The 2012 AlexNet (Krizhevsky et al., Sec. 3.5 and Figure 2), 60,965,224 parameters.
 
     conv1 96@11x11/4 -> ReLU -> LRN -> pool; conv2 256@5x5 (two towers) -> ReLU -> LRN ->
@@ -179,7 +133,7 @@ class AlexNet(AlexNetBase):
     pool to 6x6 (identity at 227x227) lets inputs down to 32x32 reach fc6. Initialisation as
     in Sec. 5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6, fc7 and 0 elsewhere.
     ``drop_rate`` is the p of drop6 and drop7 (0.5, Sec. 4.2); the head is
-    :class:`AlexNetBase`'s.
+    :class:`FullyConnectedHeadModel`'s.
     """
 
     def __init__(
@@ -209,14 +163,13 @@ class AlexNet(AlexNetBase):
                 m.weight.normal_(0.0, 0.01)
                 m.bias.fill_(1.0 if name in ones else 0.0)
 
-    def _init_fc8(self, fc8: nn.Module) -> None:
-        if isinstance(fc8, nn.Linear):  # Sec. 5: N(0, 0.01), fc8's bias 0
-            with torch.no_grad():
-                fc8.weight.normal_(0.0, 0.01)
-                fc8.bias.zero_()
+    @torch.no_grad()
+    def _init_fc8(self, fc8: nn.Linear) -> None:
+        fc8.weight.normal_(0.0, 0.01)  # Sec. 5: N(0, 0.01), fc8's bias 0
+        fc8.bias.zero_()
 
 
-class AlexNetTV(AlexNetBase):
+class AlexNetTV(FullyConnectedHeadModel):
     """torchvision's AlexNet (one tower, 64-192-384-256-256, no LRN), 61,100,840 parameters.
 
     Same layers and parameter order as ``torchvision.models.alexnet`` (dropout before fc6 and
@@ -224,7 +177,7 @@ class AlexNetTV(AlexNetBase):
     maps below 3x3 that inputs under 63 px produce (see :class:`OverlappingMaxPool`).
     PyTorch's default initialisation, as in torchvision. ``drop_rate`` is the p of drop6 and
     drop7 (torchvision's 0.5, after Sec. 4.2 of the 2012 paper); the head is
-    :class:`AlexNetBase`'s.
+    :class:`FullyConnectedHeadModel`'s.
     """
 
     def __init__(

@@ -149,3 +149,51 @@ def check_head(
         )
     if global_pool == "" and num_classes:
         raise ValueError("global_pool='' (no pooling) needs num_classes=0 (no classifier)")
+
+
+class FullyConnectedHeadModel(ClassifierModel):
+    """AlexNet's and VGG's shape: ``forward_features`` runs ``self.features``; the head is an
+    adaptive average pool to a fixed map (``self.avgpool``), flatten, then
+    ``self.classifier`` (fc6, fc7 with their ReLUs and dropouts, fc8).
+
+    ``num_features`` is the width of the last conv map, ``head_hidden_size`` that of fc7 (what
+    ``reset_classifier(0)`` leaves ``forward`` returning). ``reset_classifier(0, "")`` bypasses
+    the whole head, keeping its modules: a later ``reset_classifier(n)`` restores it with a
+    fresh fc8.
+    """
+
+    features: nn.Sequential
+    avgpool: nn.AdaptiveAvgPool2d
+    classifier: nn.Sequential
+    bypass_head: bool = False  # True after reset_classifier(0, ""): forward_head is identity
+
+    @property
+    def head_hidden_size(self) -> int:
+        return self.classifier.fc7.out_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.bypass_head:
+            return x
+        x = self.avgpool(x).flatten(1)
+        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh fc8 of ``num_classes`` outputs (0: none). ``global_pool=""`` (only with 0
+        classes) bypasses the flattening head; ``None`` keeps the current head, except that
+        ``num_classes > 0`` always restores the flattening head (fc6 and fc7 kept)."""
+        check_head(num_classes, global_pool, NO_POOL)
+        self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
+        self.num_classes = num_classes
+        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
+        if isinstance(fc8, nn.Linear):
+            self._init_fc8(fc8)
+        self.classifier.fc8 = fc8
+
+    def _init_fc8(self, fc8: nn.Linear) -> None:
+        """Initialise a new fc8 (PyTorch's default unless a subclass says otherwise)."""
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier.fc8

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnlab.layers import check_rate
-from cnnlab.models.base import NO_POOL, ClassifierModel, check_head, replace_linear
+from cnnlab.models.base import FullyConnectedHeadModel
 from cnnlab.registry import register_model
 
 # Table 1, read top to bottom: conv3 output channels, "M" = maxpool 2x2/2.
@@ -66,7 +66,7 @@ def _features(
     return features, info
 
 
-class VGG(ClassifierModel):
+class VGG(FullyConnectedHeadModel):
     """VGG of Table 1 (column ``cfg``), layers named as the paper's ``conv<stage>_<n>`` (their
     ReLUs ``conv<stage>_<n>_relu``, BatchNorms ``bn<stage>_<n>``).
 
@@ -95,7 +95,6 @@ class VGG(ClassifierModel):
         self.num_classes = num_classes
         self.features, self.feature_info = _features(CFGS[cfg], in_chans, batch_norm)
         self.num_features = chans = self.feature_info[-1]["num_chs"]
-        self.bypass_head = False  # True after reset_classifier(0, ""): forward_head is identity
         self.avgpool = nn.AdaptiveAvgPool2d(POOLED_SIDE)
         self.classifier = nn.Sequential()
         self.classifier.add_module("fc6", nn.Linear(chans * POOLED_SIDE**2, FC_UNITS))
@@ -106,10 +105,6 @@ class VGG(ClassifierModel):
         self.classifier.add_module("drop7", nn.Dropout(drop_rate))
         self.classifier.add_module("fc8", nn.Linear(FC_UNITS, num_classes))
         self._init_weights()
-
-    @property
-    def head_hidden_size(self) -> int:
-        return FC_UNITS
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -126,31 +121,10 @@ class VGG(ClassifierModel):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.bypass_head:
-            return x
-        x = self.avgpool(x).flatten(1)
-        return self.classifier[:-1](x) if pre_logits else self.classifier(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh fc8 of ``num_classes`` outputs (0: none). ``global_pool=""`` (only with 0
-        classes) bypasses the flattening head; ``None`` keeps the current head, except that
-        ``num_classes > 0`` always restores the flattening head (fc6 and fc7 kept)."""
-        check_head(num_classes, global_pool, NO_POOL)
-        self.bypass_head = global_pool == "" or (self.bypass_head and not num_classes)
-        self.num_classes = num_classes
-        fc8 = replace_linear(self.classifier.fc8, num_classes).to(self.weights_device)
-        if isinstance(fc8, nn.Linear):
-            with torch.no_grad():
-                nn.init.normal_(fc8.weight, 0.0, 0.01)
-                nn.init.zeros_(fc8.bias)
-        self.classifier.fc8 = fc8
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier.fc8
+    @torch.no_grad()
+    def _init_fc8(self, fc8: nn.Linear) -> None:
+        nn.init.normal_(fc8.weight, 0.0, 0.01)
+        nn.init.zeros_(fc8.bias)
 
 
 _SIMONYAN15 = (
