@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from cnnlab.layers import GLOBAL_POOLS
+from cnnlab.layers import GLOBAL_POOLS, GlobalPool
 
 
 class ClassifierModel(nn.Module, abc.ABC):
@@ -197,3 +197,27 @@ class FullyConnectedHeadModel(ClassifierModel):
 
     def get_classifier(self) -> nn.Module:
         return self.classifier.fc8
+
+
+class PooledHeadModel(ClassifierModel):
+    """The head of GoogLeNet onwards: global pooling (``self.global_pool``, a
+    :class:`~cnnlab.layers.GlobalPool`), dropout (``self.dropout``), one linear layer
+    (``self.fc``); ``reset_classifier`` replaces the pool where told and the linear layer."""
+
+    global_pool: GlobalPool
+    dropout: nn.Dropout
+    fc: nn.Module
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(self.global_pool(x))
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        check_head(num_classes, global_pool)
+        if global_pool is not None:
+            self.global_pool = GlobalPool(global_pool)
+        self.num_classes = num_classes
+        self.fc = replace_linear(self.fc, num_classes)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc

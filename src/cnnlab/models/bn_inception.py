@@ -41,7 +41,12 @@ import torch
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, GlobalPool, check_rate
-from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
+from cnnlab.models.base import (
+    NoClassifier,
+    PooledHeadModel,
+    check_head,
+    replace_linear,
+)
 from cnnlab.registry import register_model
 
 __all__ = ["FIGURE_5", "BNInception", "InceptionBN", "Row"]
@@ -125,7 +130,7 @@ class InceptionBN(nn.Module):
         return torch.cat(branches, dim=1)
 
 
-class BNInception(ClassifierModel):
+class BNInception(PooledHeadModel):
     """The Inception network of the Batch Normalization paper (Sec. 4.1, Figure 5).
 
     Args:
@@ -167,20 +172,6 @@ class BNInception(ClassifierModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool)
-        if global_pool is not None:
-            self.global_pool = GlobalPool(global_pool)
-        self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
 
 def _stem(in_chans: int) -> nn.Sequential:

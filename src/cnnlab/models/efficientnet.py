@@ -24,11 +24,10 @@ from torch import nn
 
 from cnnlab.layers import ConvNormAct, GlobalPool, InvertedResidual, check_rate
 from cnnlab.models.base import (
-    ClassifierModel,
     NoClassifier,
+    PooledHeadModel,
     check_head,
     last_per_reduction,
-    replace_linear,
 )
 from cnnlab.registry import register_model
 
@@ -52,7 +51,7 @@ B0_HEAD = 1280
 SE_RATIO = 0.25  # squeeze width = block input width / 4 (Sec. 4, after MnasNet)
 
 
-class EfficientNet(ClassifierModel):
+class EfficientNet(PooledHeadModel):
     """EfficientNet-B0: stem, 16 MBConv blocks in 7 stages, 1x1 conv, pool, FC (Table 1).
 
     ``drop_rate`` (0.2, Sec. 5.2) is dropout before the FC. ``drop_path_rate`` (0.2, Sec. 5.2:
@@ -90,20 +89,6 @@ class EfficientNet(ClassifierModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool)
-        if global_pool is not None:
-            self.global_pool = GlobalPool(global_pool)
-        self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
 
 def _stages(chans: int, drop_path_rate: float) -> nn.Sequential:

@@ -42,7 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, GlobalPool, check_rate
-from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
+from cnnlab.models.base import (
+    NoClassifier,
+    PooledHeadModel,
+    check_head,
+    replace_linear,
+)
 from cnnlab.registry import register_model
 
 __all__ = ["TABLE_1", "GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "Row"]
@@ -165,7 +170,7 @@ class InceptionAux(nn.Module):
         return self.fc2(x)
 
 
-class GoogLeNet(ClassifierModel):
+class GoogLeNet(PooledHeadModel):
     """GoogLeNet, Szegedy et al. 2015: Table 1 and Figure 3 (``torchvision_layout=False``).
 
     ``torchvision_layout=True`` builds torchvision's variant instead (see the module
@@ -231,10 +236,6 @@ class GoogLeNet(ClassifierModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._trunk(x, with_aux=False)[0]
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | GoogLeNetOutputs:
         """Logits; in training mode with aux heads ``GoogLeNetOutputs(logits, aux1, aux2)``."""
         if not (self.training and self.aux_logits):
@@ -246,11 +247,7 @@ class GoogLeNet(ClassifierModel):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """New main classifier and, where present, new last layers of both aux heads;
         ``global_pool`` replaces the main head's pooling only."""
-        check_head(num_classes, global_pool)
-        if global_pool is not None:
-            self.global_pool = GlobalPool(global_pool)
-        self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes)
+        super().reset_classifier(num_classes, global_pool)
         for head in (self.aux1, self.aux2):
             if head is not None:
                 head.fc2 = replace_linear(head.fc2, num_classes)

@@ -43,11 +43,10 @@ from cnnlab.layers import (
     drop_path_rates,
 )
 from cnnlab.models.base import (
-    ClassifierModel,
     NoClassifier,
+    PooledHeadModel,
     check_head,
     last_per_reduction,
-    replace_linear,
 )
 from cnnlab.registry import register_model
 
@@ -129,7 +128,7 @@ def _native_side(rho: float) -> int:
     return side
 
 
-class MobileNetV1(ClassifierModel):
+class MobileNetV1(PooledHeadModel):
     """MobileNetV1: a standard 3x3 conv, 13 depthwise separable convs, pool, FC (Table 1).
 
     ``alpha`` is the width multiplier of Sec. 3.3: layer widths are ``int(alpha * c)`` (as in
@@ -176,16 +175,6 @@ class MobileNetV1(ClassifierModel):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        _reset_head(self, num_classes, global_pool)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
 
 def _v1_width(alpha: float, chans: int) -> int:
     """``int(alpha * chans)`` (Sec. 3.3, Keras' rounding); no channel left is a ValueError."""
@@ -200,18 +189,7 @@ def _classifier(chans: int, num_classes: int) -> nn.Module:
     return nn.Linear(chans, num_classes) if num_classes else NoClassifier(chans)
 
 
-def _reset_head(
-    model: MobileNetV1 | MobileNetV2, num_classes: int, global_pool: str | None
-) -> None:
-    """``reset_classifier`` of both versions: check, then swap the pool and the FC."""
-    check_head(num_classes, global_pool)
-    if global_pool is not None:
-        model.global_pool = GlobalPool(global_pool)
-    model.num_classes = num_classes
-    model.fc = replace_linear(model.fc, num_classes)
-
-
-class MobileNetV2(ClassifierModel):
+class MobileNetV2(PooledHeadModel):
     """MobileNetV2: conv, 17 inverted residual bottlenecks, 1x1 conv, pool, FC (Table 2).
 
     ``alpha`` is the width multiplier (Sec. 6.1, widths rounded to multiples of 8); ``t``,
@@ -263,16 +241,6 @@ class MobileNetV2(ClassifierModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        _reset_head(self, num_classes, global_pool)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
 
 def _v2_blocks(

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, GlobalPool, check_rate, drop_path_rates, stochastic_depth
-from cnnlab.models.base import ClassifierModel, check_head, replace_linear
+from cnnlab.models.base import PooledHeadModel, check_head
 from cnnlab.registry import register_model
 
 __all__ = [
@@ -252,7 +252,7 @@ def _stage(
     return nn.Sequential(*blocks), chans
 
 
-class ResNet(ClassifierModel):
+class ResNet(PooledHeadModel):
     """A network of Table 1 or of Sec. 4.2, chosen by ``depth``.
 
     Table 1 (ImageNet): conv1 (7x7/2, 64), a 3x3/2 max pool, conv2_x .. conv5_x, average pool,
@@ -337,20 +337,6 @@ class ResNet(ClassifierModel):
         for name in self.trunk:
             x = getattr(self, name)(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool)
-        if global_pool is not None:
-            self.global_pool = GlobalPool(global_pool)
-        self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
 
 # name -> (depth, residual, stride_on_3x3, params, MACs at 224x224 from cnnlab.analysis.count_macs,

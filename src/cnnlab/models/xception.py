@@ -26,7 +26,12 @@ import torch
 from torch import nn
 
 from cnnlab.layers import ConvNormAct, GlobalPool, check_rate, drop_path_rates, stochastic_depth
-from cnnlab.models.base import ClassifierModel, NoClassifier, check_head, replace_linear
+from cnnlab.models.base import (
+    NoClassifier,
+    PooledHeadModel,
+    check_head,
+    replace_linear,
+)
 from cnnlab.registry import register_model
 
 __all__ = [
@@ -130,7 +135,7 @@ FEATURE_LEVELS: tuple[tuple[str, int, int], ...] = (
 )
 
 
-class Xception(ClassifierModel):
+class Xception(PooledHeadModel):
     """Entry flow, middle flow (8 modules), exit flow, global average pool, dropout, fc.
 
     Args:
@@ -187,20 +192,6 @@ class Xception(ClassifierModel):
         x = self.entry_flow(self.stem(x))
         x = self.middle_flow(x)
         return self.exit_convs(self.exit_flow(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.dropout(self.global_pool(x))
-        return x if pre_logits else self.fc(x)
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        check_head(num_classes, global_pool)
-        if global_pool is not None:
-            self.global_pool = GlobalPool(global_pool)
-        self.num_classes = num_classes
-        self.fc = replace_linear(self.fc, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
 
 
 @register_model(
