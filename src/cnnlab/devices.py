@@ -1,12 +1,20 @@
-"""Where to compute: ``resolve_device`` turns ``--device`` into a usable ``torch.device``."""
+"""Where and how to compute: ``resolve_device`` turns ``--device`` into a usable
+``torch.device``, ``autocast_dtype`` turns ``--precision`` into an autocast dtype."""
 
 from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["resolve_device"]
+__all__ = ["PRECISIONS", "autocast", "autocast_dtype", "native_bf16", "resolve_device"]
+
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -28,3 +36,45 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.index is not None and device.index >= count:
         raise CnnlabError(f"--device {name}: this machine has {count} CUDA GPU(s)")
     return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AMX or AVX512-BF16 (elsewhere PyTorch emulates bf16 on the CPU, often many times slower
+    than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--precision`` on ``device``: ``None`` (fp32) or bf16.
+
+    ``"auto"`` is bf16 where ``device`` computes it natively, else fp32; ``None`` (no option
+    given) is bf16 on a GPU and fp32 on a CPU; ``"bf16"`` on a CPU without native bf16 warns.
+    """
+    if precision is None:
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision not in PRECISIONS:
+        raise CnnlabError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    native = native_bf16(device)
+    if precision == "bf16" and not native:
+        warnings.warn(
+            f"bf16 on this {device.type.upper()} is emulated (no AMX / AVX512-BF16): usually "
+            "much slower than fp32",
+            stacklevel=2,
+        )
+    return torch.bfloat16 if precision == "bf16" or native else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -8,7 +8,7 @@ import sys
 
 import cnnlab
 from cnnlab.deploy import BACKENDS, FORMATS, MATMUL_SIZE, benchmark, export_onnx
-from cnnlab.devices import resolve_device
+from cnnlab.devices import PRECISIONS, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.tables import format_table, human, print_json
 
@@ -57,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--device",
         default="cpu",
         help="cpu, cuda or cuda:N (cuda: eager, fused and compile; the peak is the GPU's)",
+    )
+    b.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: eager, fused, compile, torchvision, training and the matmul peak under bf16 "
+        "autocast (onnxruntime stays fp32); auto: bf16 where the device computes it natively",
     )
     b.add_argument("--no-train", action="store_true", help="skip the training throughput")
     b.add_argument(
@@ -131,6 +138,7 @@ def run_bench(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         progress=None if quiet else lambda m: print(f"... {m}", file=sys.stderr),
         device=device,
+        precision=args.precision,
     )
     rows = [r.as_dict() for r in results]
     if args.json:
@@ -168,8 +176,14 @@ def _table(results: list, vs: bool) -> str:
             row += [f"{r.torchvision_latency_ms:.2f}", f"{r.speedup_vs_torchvision:.2f}x"]
         rows.append(row)
     note = (
-        f"\nGFLOP/s = 2 x MACs x batch / latency; peak = fp32 {MATMUL_SIZE}^3 matmul "
+        f"\nGFLOP/s = 2 x MACs x batch / latency; peak = {_peak_precision(results)} "
+        f"{MATMUL_SIZE}^3 matmul "
         f"({results[0].matmul_peak_gflops:.1f} GFLOP/s, measured in the same rounds); "
         f"{results[0].threads} threads; train img/s: the eager model, once per model and batch"
     )
     return format_table(headers, rows) + note
+
+
+def _peak_precision(results: list) -> str:
+    """The matmul peak's precision: bf16 when any backend ran under bf16 autocast."""
+    return "bf16" if any(r.precision == "bf16" for r in results) else "fp32"

@@ -13,7 +13,7 @@ import os
 import sys
 
 from cnnlab.cli.config_options import add_config_options, config_from_args
-from cnnlab.devices import resolve_device
+from cnnlab.devices import PRECISIONS, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import MAX_IMG_SIZE
 from cnnlab.tables import format_table, note, print_json
@@ -55,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0, help=seed_help)
     e.add_argument("--plot", help="save the confusion matrix as an image (PNG, SVG, PDF)")
     _device_arg(e)
+    e.add_argument(
+        "--precision", choices=PRECISIONS, default=None,
+        help="fp32, bf16 or auto (bf16 where native) (default: bf16 on a GPU, fp32 on a CPU)",
+    )  # fmt: skip
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.set_defaults(func=run_eval)
@@ -152,7 +156,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.model, args.data, args.checkpoint or args.compressed, batch_size=args.batch_size,
         workers=args.workers, img_size=args.img_size, val_split=args.val_split,
         limit=args.limit, seed=args.seed, strict=args.strict, log=note, device=args.device,
-        progress=not args.no_progress,
+        precision=args.precision, progress=not args.no_progress,
     )  # fmt: skip
     if args.plot:
         plot_confusion(result["confusion"], result["classes"], args.plot, title=args.model)

@@ -30,6 +30,7 @@ from torch import nn
 from cnnlab.analysis import count_macs, profile
 from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
+from cnnlab.devices import autocast, autocast_dtype
 from cnnlab.errors import CnnlabError
 from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
 from cnnlab.registry import build_model, match_models
@@ -66,8 +67,9 @@ class BenchResult:
     images_per_s: float
     macs: int  # per image, Conv + Linear
     gflops: float  # achieved, 2 * MACs * batch / latency
-    matmul_peak_gflops: float  # fp32 matmul measured in the same rounds
+    matmul_peak_gflops: float  # matmul of the same precision, measured in the same rounds
     peak_fraction: float
+    precision: str = "fp32"  # "bf16": eager, fused, compile and torchvision under autocast
     train_images_per_s: float | None = None
     torchvision_latency_ms: float | None = None
     speedup_vs_torchvision: float | None = None
@@ -139,10 +141,13 @@ def matmul_peak(threads: int | None = None, size: int = MATMUL_SIZE, repeats: in
     return 2 * size**3 / min(timer.samples) / 1e9
 
 
-def _matmul_timer(size: int, device: torch.device | None = None) -> _Timer:
-    device = device or torch.device("cpu")
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    out = torch.empty(size, size, device=device)
+def _matmul_timer(
+    size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> _Timer:
+    device, dtype = device or torch.device("cpu"), dtype or torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
     return _Timer("matmul", lambda: torch.mm(a, b, out=out), sync=_sync(device))
 
 
@@ -219,6 +224,7 @@ def benchmark(
     checkpoint: str | None = None,
     progress: Callable[[str], None] | None = None,
     device: str | torch.device = "cpu",
+    precision: str | None = None,
 ) -> list[BenchResult]:
     """Benchmark every model matching ``patterns`` with each backend and batch size.
 
@@ -231,10 +237,13 @@ def benchmark(
     at unless ``img_size`` says otherwise. ``device``: ``cpu`` or a CUDA GPU (eager, fused and
     compile; the matmul peak is then the GPU's). A batch or image size whose activations and
     weights (:func:`memory_needed`) exceed the device's free memory is refused before anything
-    is allocated.
+    is allocated. ``precision`` (:func:`cnnlab.devices.autocast_dtype`; default fp32 here):
+    ``bf16`` or ``auto`` run eager, fused, compile, torchvision and the training step under
+    bf16 autocast and measure the peak with a bf16 matmul; onnxruntime stays fp32.
     """
     names = match_models(patterns or ["*"])
     device = torch.device(device)
+    dtype = autocast_dtype(precision or "fp32", device)
     if checkpoint is not None and len(names) != 1:
         raise ValueError(f"a checkpoint holds one model; the patterns match {len(names)}")
     _check_options(names, batch_sizes, backends, vs_torchvision, warmup, repeats)
@@ -266,6 +275,7 @@ def benchmark(
                     channels_last,
                     checkpoint,
                     device,
+                    dtype,
                 )
     return results
 
@@ -318,8 +328,10 @@ def _bench_one(
     channels_last: bool,
     checkpoint: str | None,
     device: torch.device,
+    dtype: torch.dtype | None = None,
 ) -> list[BenchResult]:
-    """One result per backend for model ``name`` at batch size ``batch``."""
+    """One result per backend for model ``name`` at batch size ``batch`` (under autocast to
+    ``dtype`` where given)."""
     model, tv = _models(name, vs_torchvision, checkpoint)
     chans, height, width = _size(model.input_size, img_size)
     _check_memory(model, (chans, height, width), batch, train, device)
@@ -327,9 +339,14 @@ def _bench_one(
     tv = tv.to(device) if tv is not None else None
     x = torch.randn(batch, chans, height, width, device=device)
     macs = count_macs(model, (chans, height, width))
-    timers, reference, peak = _race(model, x, tv, backends, threads, warmup, repeats, channels_last)
+    timers, reference, peak = _race(
+        model, x, tv, backends, threads, warmup, repeats, channels_last, dtype
+    )
     peak_gflops = 2 * MATMUL_SIZE**3 / min(peak.samples) / 1e9  # a peak: the best round
-    train_rate = _train_rate(model, x, warmup=1, repeats=max(2, repeats // 3)) if train else None
+    train_rate = None
+    if train:
+        with autocast(device, dtype):
+            train_rate = _train_rate(model, x, warmup=1, repeats=max(2, repeats // 3))
     out = []
     for timer in timers:
         gflops = 2 * macs * batch / timer.median / 1e9
@@ -350,6 +367,7 @@ def _bench_one(
                 train_images_per_s=train_rate,
                 torchvision_latency_ms=reference.median * 1e3 if reference else None,
                 speedup_vs_torchvision=_speedup(reference, timer),
+                precision="bf16" if dtype is not None and timer.name != "onnxruntime" else "fp32",
             )
         )
     return out
@@ -386,6 +404,7 @@ def _race(
     warmup: int,
     repeats: int,
     channels_last: bool,
+    dtype: torch.dtype | None = None,
 ) -> tuple[list[_Timer], _Timer | None, _Timer]:
     """Timers of the backends, of ``tv`` (if given) and of the matmul peak, run interleaved.
 
@@ -394,9 +413,11 @@ def _race(
     """
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
         fast = _fused(model, x, channels_last) if {"fused", "compile"} & set(backends) else None
-        timers = [_backend_timer(b, model, x, fast, threads, Path(tmp)) for b in backends]
-        reference = None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x)))
-        peak = _matmul_timer(MATMUL_SIZE, x.device)
+        timers = [_backend_timer(b, model, x, fast, threads, Path(tmp), dtype) for b in backends]
+        reference = (
+            None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x), x.device, dtype))
+        )
+        peak = _matmul_timer(MATMUL_SIZE, x.device, dtype)
         everyone = [*timers, *([reference] if reference else []), peak]
         for timer in everyone:
             timer.sync = _sync(x.device)
@@ -417,9 +438,13 @@ def _speedup(reference: _Timer | None, timer: _Timer) -> float | None:
     return statistics.median(t / o for t, o in zip(reference.samples, timer.samples, strict=True))
 
 
-def _no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+def _no_grad(
+    fn: Callable[[], Any], device: torch.device, dtype: torch.dtype | None = None
+) -> Callable[[], Any]:
+    """``fn`` in inference mode, under autocast to ``dtype`` on ``device`` where given."""
+
     def run() -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(device, dtype):
             return fn()
 
     return run
@@ -443,10 +468,12 @@ def _backend_timer(
     fast: tuple[nn.Module, torch.Tensor] | None,
     threads: int,
     tmp: Path,
+    dtype: torch.dtype | None = None,
 ) -> _Timer:
-    """``fast``: what :func:`_fused` gave, shared by the ``fused`` and ``compile`` backends."""
+    """``fast``: what :func:`_fused` gave, shared by the ``fused`` and ``compile`` backends;
+    all but onnxruntime run under autocast to ``dtype`` where given."""
     if backend == "eager":
-        return _Timer(backend, _no_grad(lambda: model(x)))
+        return _Timer(backend, _no_grad(lambda: model(x), x.device, dtype))
     if backend == "onnxruntime":
         path = tmp / f"{getattr(model, 'model_name', 'model')}.onnx"
         export_onnx(model, path, img_size=x.shape[-1], dynamic_batch=True)
@@ -455,9 +482,9 @@ def _backend_timer(
         return _Timer(backend, lambda: session.run(None, feed))
     fused, fx = fast
     if backend == "fused":
-        return _Timer(backend, _no_grad(lambda: fused(fx)))
+        return _Timer(backend, _no_grad(lambda: fused(fx), x.device, dtype))
     compiled = _compile(fused)
-    return _Timer(backend, _no_grad(lambda: compiled(fx)))
+    return _Timer(backend, _no_grad(lambda: compiled(fx), x.device, dtype))
 
 
 def _compile(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

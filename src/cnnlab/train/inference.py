@@ -24,7 +24,7 @@ from cnnlab.data import (
     image_transform,
     load_image,
 )
-from cnnlab.devices import resolve_device
+from cnnlab.devices import autocast_dtype, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
 from cnnlab.train.loop import evaluate
@@ -91,6 +91,7 @@ def evaluate_checkpoint(
     limit: int | None = None,
     strict: bool = False,
     device: str | None = "cpu",
+    precision: str | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -98,16 +99,20 @@ def evaluate_checkpoint(
     validation / test split, at the input size the file stores (``seed``: the training run's,
     so ``val_split`` holds out the same images; ``strict``: a corrupt image is an error).
     ``device``: as :func:`cnnlab.devices.resolve_device` takes it (None: CUDA if available),
-    checked before anything is read. ``log`` gets a note when the file lacks class names or
+    checked before anything is read; ``precision`` as :func:`cnnlab.devices.autocast_dtype`
+    takes it. ``log`` gets a note when the file lacks class names or
     preprocessing; with ``progress``, a bar on a terminal, else one line when done."""
     dev = resolve_device(device)
+    dtype = autocast_dtype(precision, dev)
     model, meta, _, loader = model_and_loaders(
         checkpoint, data, model_name, img_size=img_size, batch_size=batch_size, limit=limit,
         seed=seed, workers=workers, val_split=val_split, strict=strict, log=log,
     )  # fmt: skip
     bar = _bar(len(loader.dataset)) if progress and _tty() else None
     try:
-        result = evaluate(model.to(dev), loader, device=dev, on_batch=bar.update if bar else None)
+        result = evaluate(
+            model.to(dev), loader, device=dev, on_batch=bar.update if bar else None, dtype=dtype
+        )
     finally:
         if bar is not None:
             bar.close()

@@ -3,13 +3,13 @@
 A model in training mode may return a tuple (or namedtuple) whose first item is the logits
 and the rest auxiliary logits: GoogLeNet's two auxiliary classifiers, whose losses "were added
 to the total loss of the network with a discount weight (0.3)" (Szegedy et al., 2015,
-section 6). A :class:`Distillation` mixes in a teacher's softened outputs. On CUDA the
-forward pass runs under bf16 autocast with channels_last inputs; on CPU in fp32.
+section 6). A :class:`Distillation` mixes in a teacher's softened outputs. The forward pass
+runs under autocast to ``dtype`` where one is given (bf16: ``cnnlab.devices.autocast_dtype``);
+on CUDA the inputs are channels_last.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cnnlab.devices import autocast
 from cnnlab.errors import CnnlabError
 
 __all__ = ["Distillation", "NonFiniteLossError", "evaluate", "split_outputs", "train_one_epoch"]
@@ -35,12 +36,6 @@ class NonFiniteLossError(CnnlabError):
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # CPU: fp32
 
 
 def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -101,8 +96,10 @@ def run_epoch(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     distill: Distillation | None = None,
     on_batch: Callable[[int, float, int, int], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """:func:`train_one_epoch` with a per-batch hook ``on_batch(n_images, loss, correct, i)``."""
+    """:func:`train_one_epoch` with a per-batch hook ``on_batch(n_images, loss, correct, i)``;
+    the forward pass and loss run under autocast to ``dtype`` (None: fp32)."""
     device = torch.device(device)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.train()
@@ -110,7 +107,7 @@ def run_epoch(
     correct = images = 0
     for i, (x, y) in enumerate(loader):
         x, y = _to(x, device), y.to(device, non_blocking=True)
-        with _autocast(device):
+        with autocast(device, dtype):
             logits, loss = _forward_loss(model, x, y, loss_fn, aux_weight, distill)
         value = loss.item()
         _check_finite(value, i)
@@ -215,13 +212,14 @@ def evaluate(
     *,
     device: str | torch.device = "cpu",
     on_batch: Callable[[int], None] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """Loss, top-1, top-5, per-class accuracy and confusion matrix (rows: true class).
 
     The number of classes is the model's output width; a label outside it is a
     ``CnnlabError``. ``on_batch(n_images)`` is called after each batch (progress). Under
     ``torch.distributed`` the counts of all processes are summed, so every process returns
-    the figures of the whole set.
+    the figures of the whole set. The forward pass runs under autocast to ``dtype``.
     """
     device = torch.device(device)
     was_training = model.training
@@ -233,7 +231,7 @@ def evaluate(
     try:
         for x, y in loader:
             x, y = _to(x, device), y.to(device)
-            with _autocast(device):
+            with autocast(device, dtype):
                 logits, _ = split_outputs(model(x))
             logits = logits.float()
             k = logits.shape[1]

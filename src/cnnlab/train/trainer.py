@@ -48,7 +48,7 @@ from cnnlab.data import (
     open_image,
     skipped_files,
 )
-from cnnlab.devices import resolve_device
+from cnnlab.devices import PRECISIONS, autocast_dtype, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
 from cnnlab.io import atomic_write_bytes
@@ -76,7 +76,7 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 MAX_SEED = 2**63 - 1
 MIN_STEPS, STEPS_TARGET = 300, 500  # below MIN_STEPS optimizer steps in a run: a note
 # Settings that may differ when resuming without changing the result.
-RESUME_FREE = {"workers", "device"}
+RESUME_FREE = {"workers", "device", "precision"}
 
 
 @dataclass
@@ -110,6 +110,11 @@ class TrainConfig:
     workers: int = option(0, "DataLoader worker processes")
     seed: int = option(0, "seed of the weights, the data order and the split")
     device: str | None = option(None, "cpu or cuda (default: cuda if available)")
+    precision: str | None = option(
+        None, "fp32, bf16 (autocast) or auto: bf16 where the device computes it natively (AMX "
+        "or AVX512-BF16 CPUs, GPUs) (default: bf16 on a GPU, fp32 on a CPU)",
+        choices=PRECISIONS,
+    )  # fmt: skip
     init_from: str | None = option(
         None, "start from these weights: a run folder, a .safetensors, a .cnz, or "
         "torchvision:PATH / timm:PATH (a new classifier where the data's classes differ)",
@@ -162,6 +167,8 @@ class TrainConfig:
         _check(isinstance(self.model_kwargs, dict) and all(
             isinstance(k, str) and isinstance(v, SCALARS) for k, v in self.model_kwargs.items()
         ), "model_kwargs", "a dict of names to plain values", self.model_kwargs)  # fmt: skip
+        _check(self.precision in (None, *PRECISIONS), "precision",
+               f"one of {', '.join(PRECISIONS)}", self.precision)  # fmt: skip
         if self.freeze_backbone and self.freeze is not None:
             raise ValueError("freeze_backbone and freeze are mutually exclusive")
 
@@ -350,6 +357,7 @@ class _Run:
     say: Callable[[str], None]
     writes: bool  # rank 0: prints and writes files
     device: torch.device
+    dtype: torch.dtype | None  # autocast (cfg.precision on this device); None: fp32
     world: int
     model: nn.Module
     net: nn.Module  # the model, or its DistributedDataParallel wrapper
@@ -505,6 +513,7 @@ def _setup(
     schedule = LRSchedule(cfg.schedule, steps * cfg.epochs, round(cfg.warmup_epochs * steps))
     return _Run(
         cfg=cfg, out=out, say=say, writes=writes, device=device, world=world, model=model,
+        dtype=autocast_dtype(cfg.precision, device),
         net=model, optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
@@ -601,7 +610,7 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
             run.net, run.train_loader, run.optimizer, device=run.device,
             scheduler=run.scheduler, clip_grad_norm=cfg.clip_grad_norm,
             aux_weight=cfg.aux_weight, loss_fn=run.loss_fn,
-            on_batch=bar.update if bar else None,
+            on_batch=bar.update if bar else None, dtype=run.dtype,
         )  # fmt: skip
     except NonFiniteLossError as exc:
         kept = "no checkpoint was written"
@@ -618,7 +627,7 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
     run.train_time += seconds
     run.train_images += stats["images"]
     run.step += steps
-    val = evaluate(run.net, run.val_loader, device=run.device)
+    val = evaluate(run.net, run.val_loader, device=run.device, dtype=run.dtype)
     row = {
         "epoch": epoch + 1,
         "step": run.step,
