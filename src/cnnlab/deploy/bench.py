@@ -249,13 +249,8 @@ def benchmark(
     _check_options(names, batch_sizes, backends, vs_torchvision, warmup, repeats)
     if device.type != "cpu" and "onnxruntime" in backends:
         raise ValueError(f"the onnxruntime backend runs on the CPU only, not {device}")
-    if checkpoint is None:
-        for name in names:
-            with torch.device("meta"):
-                meta = build_model(name)
-            size = _size(meta.input_size, img_size)
-            for batch in batch_sizes:
-                _check_memory(meta, size, batch, train, device)
+    if checkpoint is None:  # a checkpoint's model is checked once it is loaded
+        _check_every_memory(names, batch_sizes, img_size, train, device)
     results: list[BenchResult] = []
     with _threads(threads) as n_threads:
         for name in names:
@@ -278,6 +273,19 @@ def benchmark(
                     dtype,
                 )
     return results
+
+
+def _check_every_memory(
+    names: Sequence[str], batch_sizes: Sequence[int], img_size: int | None, train: bool,
+    device: torch.device,
+) -> None:  # fmt: skip
+    """Refuse, before anything is allocated, any model and batch size memory cannot hold."""
+    for name in names:
+        with torch.device("meta"):
+            meta = build_model(name)
+        size = _size(meta.input_size, img_size)
+        for batch in batch_sizes:
+            _check_memory(meta, size, batch, train, device)
 
 
 def _size(input_size: Sequence[int], img_size: int | None) -> tuple[int, int, int]:
