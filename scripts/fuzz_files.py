@@ -31,7 +31,7 @@ import torch
 
 import cnnlab
 from cnnlab import codec
-from cnnlab.codec.cnz import _parse_section, _varint
+from cnnlab.codec.cnz import parse_section, varint
 from cnnlab.compress import save as save_cnz
 from cnnlab.data import Preprocess
 from cnnlab.errors import CnnlabError
@@ -80,11 +80,11 @@ def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
 
 def _huge_dims(rng: random.Random, body: bytes, index: int) -> bytes:
     """The section with its dimensions replaced by large declared sizes (payload kept)."""
-    s = _parse_section(body, index)
+    s = parse_section(body, index)
     dims = [rng.choice([d, rng.choice(HUGE)]) for d in s.shape] or [rng.choice(HUGE)]
     name = s.name.encode()
-    head = _varint(len(name)) + name + struct.pack("<BB", _DTYPE[s.dtype], len(dims))
-    return head + b"".join(_varint(d) for d in dims) + bytes([s.encoding]) + s.payload
+    head = varint(len(name)) + name + struct.pack("<BB", _DTYPE[s.dtype], len(dims))
+    return head + b"".join(varint(d) for d in dims) + bytes([s.encoding]) + s.payload
 
 
 _DTYPE = {dt: i for i, dt in enumerate(codec.cnz._DTYPES)}

@@ -26,11 +26,11 @@ import cnnlab
 from cnnlab import codec
 from cnnlab.cli import main
 from cnnlab.codec import huffman
-from cnnlab.codec.cnz import _varint
+from cnnlab.codec.cnz import varint
 from cnnlab.compress import save as save_cnz
 from cnnlab.data import ImageFolderDataset, Preprocess, load_image, read_idx
 from cnnlab.errors import CnnlabError
-from cnnlab.saved import read_cnz, save_weights
+from cnnlab.saved import read_cnz, save_weights, torch_load_weights_only
 
 MiB = 1 << 20
 
@@ -41,9 +41,9 @@ MiB = 1 << 20
 def _shared_zero(name: str, shape: tuple[int, ...], index_bits: int = 8) -> bytes:
     """A SHARED float32 section declaring ``shape`` and holding no non-zero weight: a few
     bytes whatever the shape (the decoder used to allocate the whole tensor for it)."""
-    body = _varint(len(name)) + name.encode() + struct.pack("<BB", 0, len(shape))
-    body += b"".join(_varint(d) for d in shape) + bytes([2])  # encoding SHARED
-    return body + _varint(0) + bytes([index_bits]) + _varint(0) + _varint(0)
+    body = varint(len(name)) + name.encode() + struct.pack("<BB", 0, len(shape))
+    body += b"".join(varint(d) for d in shape) + bytes([2])  # encoding SHARED
+    return body + varint(0) + bytes([index_bits]) + varint(0) + varint(0)
 
 
 def _cnz(header: dict[str, Any], bodies: list[bytes]) -> bytes:
@@ -320,10 +320,10 @@ def test_huffman_stream_claims_are_checked_against_the_bytes_present(tmp_path: P
     """A SHARED section whose index stream claims 16M symbols in a 32 KiB file: refused by
     the stream's own lengths, before the decoder allocates anything per symbol."""
     n_blocks = 16384
-    stream = _varint(1024 * n_blocks) + _varint(2) + bytes([0b00001000, 0b01000000])
-    stream += _varint(n_blocks * 1024) + b"\0\0" * (n_blocks - 1) + b"\0"
-    body = _varint(1) + b"w" + struct.pack("<BB", 0, 2) + _varint(4096) + _varint(4096)
-    body += bytes([2]) + _varint(1) + struct.pack("<i", 0x3F800000) + bytes([8]) + stream
+    stream = varint(1024 * n_blocks) + varint(2) + bytes([0b00001000, 0b01000000])
+    stream += varint(n_blocks * 1024) + b"\0\0" * (n_blocks - 1) + b"\0"
+    body = varint(1) + b"w" + struct.pack("<BB", 0, 2) + varint(4096) + varint(4096)
+    body += bytes([2]) + varint(1) + struct.pack("<i", 0x3F800000) + bytes([8]) + stream
     path = tmp_path / "stream.cnz"
     path.write_bytes(_cnz({"model": None}, [body]))
     assert path.stat().st_size < 40_000
@@ -498,12 +498,20 @@ def test_a_corrupt_pickle_is_not_called_code(tmp_path: Path) -> None:
     assert "pickled code" not in text and "weights_only" not in text
 
 
-def test_long_torch_errors_are_cut_at_a_word(tmp_path: Path) -> None:
-    from cnnlab.saved import _first_line
-
+def test_long_torch_errors_are_cut_at_a_word(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "w.pt"
+    path.write_bytes(b"not a torch file")
     text = " ".join(["word"] * 100)
-    cut = _first_line(ValueError(text + "\nsecond line"))
-    assert cut.endswith("word ...") and len(cut) <= 164
+
+    def fail(*args, **kwargs):
+        raise ValueError(text + "\nsecond line")
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(CnnlabError) as info:
+        torch_load_weights_only(path)
+    message = str(info.value)
+    assert message.endswith("word ...") and "second line" not in message
+    assert len(message.split(": ", 1)[1]) <= 164
 
 
 def test_safetensors_metadata_json_is_bounded(tmp_path: Path, lenet: dict) -> None:

@@ -25,6 +25,12 @@ DEVICE_HELP = "cpu, cuda or cuda:N (default: a GPU if there is one)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_summary(subparsers)
+    _register_compare(subparsers)
+    _register_gradients(subparsers)
+
+
+def _register_summary(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "summary", help="per-layer params, MACs, activations and memory of a model"
     )
@@ -53,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run_summary)
 
+
+def _register_compare(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compare", help="one row per model: params, MACs, memory, latency")
     p.add_argument("patterns", nargs="*", default=["*"], help="model names or wildcards")
     p.add_argument(
@@ -67,6 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=run_compare)
 
+
+def _register_gradients(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "gradients", help="per-layer gradient norms at init and after N training steps"
     )

@@ -45,6 +45,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "CnzReport",
+    "Section",
     "TensorReport",
     "decode_bytes",
     "element_budget",
@@ -52,10 +53,12 @@ __all__ = [
     "is_cnz",
     "join_sections",
     "open_regular",
+    "parse_section",
     "read",
     "read_file_bytes",
     "relative_indices",
     "split_sections",
+    "varint",
 ]
 
 MAGIC = b"\x89CNZ\r\n\x1a\n"
@@ -123,7 +126,8 @@ class CnzReport:
 # --------------------------------------------------------------------------- encoding
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """``n`` >= 0 as the format's unsigned LEB128 integer (7 bits a byte, low bits first)."""
     if n < 0:
         raise ValueError(f"varint must be non-negative, got {n}")
     out = bytearray()
@@ -141,19 +145,19 @@ def _pack_lengths(lengths: np.ndarray) -> bytes:
     """Code lengths up to the last used symbol, ``LENGTH_BITS`` bits each, MSB first."""
     used = int(np.flatnonzero(lengths)[-1]) + 1
     bits = ((lengths[:used, None] >> np.arange(LENGTH_BITS - 1, -1, -1)) & 1).astype(np.uint8)
-    return _varint(used) + np.packbits(bits.reshape(-1)).tobytes()
+    return varint(used) + np.packbits(bits.reshape(-1)).tobytes()
 
 
 def _encode_stream(symbols: np.ndarray, alphabet: int) -> tuple[bytes, int]:
     """One Huffman stream: count, code lengths, total bits, block lengths, bits."""
-    out = bytearray(_varint(len(symbols)))
+    out = bytearray(varint(len(symbols)))
     if len(symbols) == 0:
         return bytes(out), 0
     lengths = huffman.code_lengths(np.bincount(symbols, minlength=alphabet))
     data, block_bits = huffman.encode(symbols, lengths)
     total = int(block_bits.sum())
     out += _pack_lengths(lengths)
-    out += _varint(total)
+    out += varint(total)
     out += block_bits[:-1].astype("<u2").tobytes()
     out += data
     return bytes(out), total
@@ -187,7 +191,7 @@ def _shared_payload(flat_bits: np.ndarray, index_bits: int) -> tuple[bytes, Tens
     if len(codebook) > MAX_SHARED_CODEBOOK:
         return None
     gaps = relative_indices(positions, index_bits)
-    out = bytearray(_varint(len(codebook)))
+    out = bytearray(varint(len(codebook)))
     out += codebook.astype("<i4").tobytes()
     out += struct.pack("<B", index_bits)
     gap_bytes, gap_bits = _encode_stream(gaps, 1 << index_bits)
@@ -228,10 +232,10 @@ def _encode_tensor(name: str, tensor: torch.Tensor, index_bits: int) -> tuple[by
                 options.append((SHARED, *shared))
     encoding, payload, report = min(options, key=lambda o: len(o[1]))
     name_bytes = name.encode("utf-8")
-    body = bytearray(_varint(len(name_bytes)) + name_bytes)
+    body = bytearray(varint(len(name_bytes)) + name_bytes)
     body += struct.pack("<BB", _DTYPE_CODE[tensor.dtype], tensor.dim())
     for d in tensor.shape:
-        body += _varint(int(d))
+        body += varint(int(d))
     body += struct.pack("<B", encoding)
     body += payload
     section = struct.pack("<I", len(body)) + bytes(body) + struct.pack("<I", zlib.crc32(body))
@@ -328,7 +332,7 @@ class _Reader:
 
 
 @dataclass
-class _Section:
+class Section:
     """One tensor as the file declares it; ``payload`` is not decoded yet."""
 
     what: str
@@ -418,7 +422,7 @@ def _decode_shared(r: _Reader, numel: int) -> torch.Tensor:
     return torch.from_numpy(flat).view(torch.float32)
 
 
-def _parse_section(body: bytes, index: int) -> _Section:
+def parse_section(body: bytes, index: int) -> Section:
     """Name, dtype, shape and encoding of a section; RAW and HALF payload sizes checked."""
     r = _Reader(body, f"section {index}")
     try:
@@ -436,7 +440,7 @@ def _parse_section(body: bytes, index: int) -> _Section:
     encoding = r.u8()
     if encoding not in ENCODING_NAMES or (encoding != RAW and dtype != torch.float32):
         raise _Corrupt(f"{r.what}: encoding {encoding} is not valid for {dtype}")
-    section = _Section(r.what, name, dtype, shape, encoding, r.take(r.remaining()))
+    section = Section(r.what, name, dtype, shape, encoding, r.take(r.remaining()))
     itemsize = {RAW: torch.empty(0, dtype=dtype).element_size(), HALF: 2}.get(encoding)
     if itemsize is not None and len(section.payload) != itemsize * section.numel:
         raise _Corrupt(
@@ -446,7 +450,7 @@ def _parse_section(body: bytes, index: int) -> _Section:
     return section
 
 
-def _decode_payload(s: _Section) -> torch.Tensor:
+def _decode_payload(s: Section) -> torch.Tensor:
     """The tensor of a parsed section (its declared size was accepted before)."""
     if s.encoding == SHARED:
         r = _Reader(s.payload, s.what)
@@ -471,7 +475,7 @@ def element_budget(file_bytes: int) -> int:
     return min(MAX_ELEMENTS, max(FREE_ELEMENTS, ELEMENTS_PER_BYTE * file_bytes))
 
 
-def _check_declared(sections: list[_Section], file_bytes: int) -> None:
+def _check_declared(sections: list[Section], file_bytes: int) -> None:
     """Refuse duplicate names and declared sizes the file cannot pay for, before decoding."""
     names: set[str] = set()
     for s in sections:
@@ -504,7 +508,7 @@ def _parse_header(r: _Reader) -> dict[str, Any]:
     return header
 
 
-def _parse(data: bytes) -> tuple[dict[str, Any], list[_Section]]:
+def _parse(data: bytes) -> tuple[dict[str, Any], list[Section]]:
     """The header and the declared sections of a whole file, checksums verified."""
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise _Corrupt("not a .cnz file (bad magic bytes)")
@@ -521,7 +525,7 @@ def _parse(data: bytes) -> tuple[dict[str, Any], list[_Section]]:
         body = r.take(r.u32())
         if zlib.crc32(body) != r.u32():
             raise _Corrupt(f"section {i}: checksum mismatch")
-        sections.append(_parse_section(body, i))
+        sections.append(parse_section(body, i))
     r.done()
     return header, sections
 
