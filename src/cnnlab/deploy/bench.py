@@ -244,13 +244,8 @@ def benchmark(
     names = match_models(patterns or ["*"])
     device = torch.device(device)
     dtype = autocast_dtype(precision or "fp32", device)
-    if checkpoint is not None and len(names) != 1:
-        raise ValueError(f"a checkpoint holds one model; the patterns match {len(names)}")
     _check_options(names, batch_sizes, backends, vs_torchvision, warmup, repeats)
-    if device.type != "cpu" and "onnxruntime" in backends:
-        raise ValueError(f"the onnxruntime backend runs on the CPU only, not {device}")
-    if checkpoint is None:  # a checkpoint's model is checked once it is loaded
-        _check_every_memory(names, batch_sizes, img_size, train, device)
+    _check_placement(names, batch_sizes, backends, img_size, train, checkpoint, device)
     results: list[BenchResult] = []
     with _threads(threads) as n_threads:
         for name in names:
@@ -258,28 +253,25 @@ def benchmark(
                 if progress:
                     progress(f"{name} batch {batch}: {', '.join(backends)}")
                 results += _bench_one(
-                    name,
-                    batch,
-                    backends,
-                    n_threads,
-                    img_size,
-                    vs_torchvision,
-                    train,
-                    warmup,
-                    repeats,
-                    channels_last,
-                    checkpoint,
-                    device,
-                    dtype,
-                )
+                    name, batch, backends, n_threads, img_size, vs_torchvision, train, warmup,
+                    repeats, channels_last, checkpoint, device, dtype,
+                )  # fmt: skip
     return results
 
 
-def _check_every_memory(
-    names: Sequence[str], batch_sizes: Sequence[int], img_size: int | None, train: bool,
-    device: torch.device,
+def _check_placement(
+    names: Sequence[str], batch_sizes: Sequence[int], backends: Sequence[str],
+    img_size: int | None, train: bool, checkpoint: str | None, device: torch.device,
 ) -> None:  # fmt: skip
-    """Refuse, before anything is allocated, any model and batch size memory cannot hold."""
+    """Refuse, before anything is allocated: a checkpoint with several models, onnxruntime off
+    the CPU, any model and batch size the device's memory cannot hold (a checkpoint's model
+    is checked once it is loaded)."""
+    if checkpoint is not None and len(names) != 1:
+        raise ValueError(f"a checkpoint holds one model; the patterns match {len(names)}")
+    if device.type != "cpu" and "onnxruntime" in backends:
+        raise ValueError(f"the onnxruntime backend runs on the CPU only, not {device}")
+    if checkpoint is not None:
+        return
     for name in names:
         with torch.device("meta"):
             meta = build_model(name)
