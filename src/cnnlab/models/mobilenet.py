@@ -295,24 +295,16 @@ _V1_SOURCE = "paper Tables 6-7 (mult-adds, params); Keras trainable count"
 
 
 def mobilenet_v1(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    alpha: float = 1.0,
-    rho: float = 1.0,
-    act: str = "relu",
-    drop_rate: float = 0.0,
-    global_pool: str = "avg",
+    num_classes: int = 1000, in_chans: int = 3, rho: float = 1.0, **kwargs: Any
 ) -> MobileNetV1:
-    """MobileNetV1 with width multiplier ``alpha`` and resolution multiplier ``rho``.
+    """:class:`MobileNetV1` (its keywords: ``alpha``, ``act``, ``drop_rate``, ``global_pool``)
+    with resolution multiplier ``rho``.
 
     ``rho`` in (0, 1] sets ``model.input_size`` to ``round(224 * rho)`` pixels a side
     (Sec. 3.4: 0.857 -> 192, 0.714 -> 160, 0.571 -> 128); the layers do not depend on it.
-    ``drop_rate`` and ``global_pool`` as in :class:`MobileNetV1`.
     """
     side = _native_side(rho)
-    model = MobileNetV1(
-        num_classes, in_chans, alpha=alpha, act=act, drop_rate=drop_rate, global_pool=global_pool
-    )
+    model = MobileNetV1(num_classes, in_chans, **kwargs)
     model.input_size = (in_chans, side, side)
     return model
 
@@ -331,35 +323,17 @@ _V2_RHO_SOURCE = "our count (paper Figure 5 plots the point, prints no figure)"
 
 
 def mobilenet_v2(
-    num_classes: int = 1000,
-    in_chans: int = 3,
-    alpha: float = 1.0,
-    t: float | None = None,
-    rho: float = 1.0,
-    drop_rate: float = 0.2,
-    linear_bottleneck: bool = True,
-    drop_path_rate: float = 0.0,
-    global_pool: str = "avg",
+    num_classes: int = 1000, in_chans: int = 3, rho: float = 1.0, **kwargs: Any
 ) -> MobileNetV2:
-    """MobileNetV2 with width multiplier ``alpha``, resolution multiplier ``rho``, optional
-    global expansion factor ``t`` and the linear-bottleneck switch (Sec. 3.2, 6.4).
+    """:class:`MobileNetV2` (its keywords: ``alpha``, ``t``, ``linear_bottleneck``, the drop
+    rates, ``global_pool``; Sec. 3.2, 6.4) with resolution multiplier ``rho``.
 
     ``rho`` in (0, 1] sets ``model.input_size`` to ``round(224 * rho)`` pixels a side, as for
     V1; Sec. 4 and Figure 5 run every width at 96, 128, 160, 192 and 224 (``rho`` 0.429,
     0.571, 0.714, 0.857, 1). The network is fully convolutional: only the MACs change.
-    ``drop_rate``, ``drop_path_rate`` and ``global_pool`` as in :class:`MobileNetV2`.
     """
     side = _native_side(rho)
-    model = MobileNetV2(
-        num_classes,
-        in_chans,
-        alpha=alpha,
-        t=t,
-        drop_rate=drop_rate,
-        linear_bottleneck=linear_bottleneck,
-        drop_path_rate=drop_path_rate,
-        global_pool=global_pool,
-    )
+    model = MobileNetV2(num_classes, in_chans, **kwargs)
     model.input_size = (in_chans, side, side)
     return model
 
