@@ -7,11 +7,13 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.models.features import FeatureListModel
 from cnnlab.registry import build_model
-from cnnlab.saved import load
+from cnnlab.saved import is_aux_key, load
 
 __all__ = ["create_model", "load_pretrained"]
 
@@ -57,12 +59,25 @@ def load_pretrained(
     that change the network's shapes make the weights not fit: a ``CnnlabError``."""
     if kwargs.get("init") is not None:
         raise ValueError("init re-initialises the weights that pretrained loads; pass one")
-    model, meta = load(source, name)
-    if kwargs:
-        stored = {**meta["model_kwargs"], **kwargs}
-        model = build_model(name, meta["num_classes"], meta["in_chans"], **stored)
-        load(source, model)
+    loaded, meta = load(source, name)
+    if not kwargs:
+        return loaded.train(), meta
+    stored = {**meta["model_kwargs"], **kwargs}
+    model = build_model(name, meta["num_classes"], meta["in_chans"], **stored)
+    _copy_weights(loaded.state_dict(), model, f"{os.fspath(source)!r} does not fit {name} {kwargs}")
     return model.train(), meta
+
+
+def _copy_weights(weights: dict[str, torch.Tensor], model: nn.Module, what: str) -> None:
+    """``weights`` into ``model`` where every tensor but an auxiliary head's fits by name and
+    shape; otherwise a ``CnnlabError`` (``what``: the start of its line), model untouched."""
+    own = model.state_dict()
+    wrong = [k for k in own.keys() | weights.keys() if not is_aux_key(k) and (
+        k not in own or k not in weights or own[k].shape != weights[k].shape
+    )]  # fmt: skip
+    if wrong:
+        raise CnnlabError(f"{what}: {', '.join(sorted(wrong)[:5])} differ")
+    model.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
 
 
 def _pretrained(
