@@ -11,7 +11,7 @@ import torch
 
 import cnnlab
 from cnnlab.analysis.compare import SPREAD_FLAG, compare_models
-from cnnlab.analysis.gradients import batches_for, gradient_norms
+from cnnlab.analysis.gradients import AUX_WEIGHT, batches_for, gradient_norms
 from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
 from cnnlab.cli.config_options import key_value
 from cnnlab.devices import resolve_device
@@ -95,6 +95,14 @@ def _register_gradients(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per step")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate")
     p.add_argument("--clip-grad-norm", type=float, default=None, help="clip the total norm")
+    p.add_argument(
+        "--aux-weight",
+        type=float,
+        default=AUX_WEIGHT,
+        metavar="W",
+        help=f"weight of each auxiliary loss (GoogLeNet's heads; default {AUX_WEIGHT} as in "
+        "training, Szegedy et al. 2015 Sec. 5); 0 leaves them out",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--plot", help="write the per-layer norms to this .png/.svg/.pdf file")
@@ -299,6 +307,8 @@ def run_gradients(args: argparse.Namespace) -> int:
         raise ValueError("--checkpoint holds one model; name only that one")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
+    if not 0 <= args.aux_weight < float("inf"):
+        raise ValueError(f"--aux-weight must be >= 0 and finite, got {args.aux_weight}")
     reports = {}
     for name in args.models:
         if args.checkpoint:
@@ -321,15 +331,25 @@ def run_gradients(args: argparse.Namespace) -> int:
             lr=args.lr,
             clip_grad_norm=args.clip_grad_norm,
             device=device,
+            aux_weight=args.aux_weight,
         )
     if args.plot:
         plot_gradients(reports, args.plot)
     if args.json:
         print_json({name: r.to_dict() for name, r in reports.items()})
         return 0
+    _print_gradients(reports)
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _print_gradients(reports: dict) -> None:
+    """Each model's first third of layers against its last third, at init and after."""
     for name, r in reports.items():
         first, last = _thirds(r.init)
-        print(f"{name}: {len(r.layers)} weight layers, mean ||dL/dW|| at init")
+        aux = f"; {r.aux_outputs} auxiliary losses x {r.aux_weight:g}" if r.aux_outputs else ""
+        print(f"{name}: {len(r.layers)} weight layers, mean ||dL/dW|| at init{aux}")
         rows = [("first third (input side)", f"{first:.3g}"), ("last third", f"{last:.3g}")]
         print(format_table(["layers", "mean grad norm"], rows))
         print(f"  ratio first/last at init: {first / last:.3g}")
@@ -341,6 +361,3 @@ def run_gradients(args: argparse.Namespace) -> int:
                 f"{r.losses[0]:.3f} -> {r.losses[-1]:.3f}; max total norm "
                 f"{max(r.total_norms):.3g}{clipped}"
             )
-    if args.plot:
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
