@@ -25,6 +25,7 @@ from cnnlab.layers import INITS, init_weights
 
 __all__ = [
     "COMMON_KEYWORDS",
+    "TASKS",
     "ModelEntry",
     "accepted_keywords",
     "build_model",
@@ -51,6 +52,7 @@ class ModelEntry:
     reference_params: int | None
     reference_macs: int | None
     source: str
+    task: str = "classification"
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -65,11 +67,15 @@ class ModelEntry:
             "reference_params": self.reference_params,
             "reference_macs": self.reference_macs,
             "source": self.source,
+            "task": self.task,
             "defaults": dict(self.defaults),
         }
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# What a model does: "classification" (forward gives logits; the ClassifierModel interface) or
+# "detection" (forward gives box regressions and class logits per anchor: cnnlab.models.ssd).
+TASKS = ("classification", "detection")
 
 
 def register_model(
@@ -85,6 +91,7 @@ def register_model(
     reference_params: int | None = None,
     reference_macs: int | None = None,
     source: str = "",
+    task: str = "classification",
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``builder(num_classes, in_chans, **kwargs)`` under ``name``.
@@ -93,8 +100,11 @@ def register_model(
     otherwise, and what the reference figures count). ``reference_macs`` is multiply-accumulates
     of Conv and Linear layers at batch 1 and the native ``input_size``; ``defaults`` are
     keyword arguments that make a preset (for example ``alpha=0.75`` for
-    ``mobilenet_v1_075``). Decorators stack, so one builder serves several names.
+    ``mobilenet_v1_075``); ``task`` is one of :data:`TASKS`. Decorators stack, so one builder
+    serves several names.
     """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -111,6 +121,7 @@ def register_model(
             reference_params=reference_params,
             reference_macs=reference_macs,
             source=source,
+            task=task,
             defaults=defaults,
         )
         return builder
@@ -155,6 +166,8 @@ def build_model(
     in_chans = entry.input_size[0] if in_chans is None else in_chans
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+    if num_classes == 0 and entry.task != "classification":
+        raise ValueError(f"{name} is a {entry.task} model: num_classes must be >= 1")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
     if init is not None and init not in INITS:
@@ -215,9 +228,16 @@ def keyword_defaults(name: str) -> dict[str, Any]:
     return dict(sorted((defaults | _entry(name).defaults).items()))
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching the shell-style ``pattern``, sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+def list_models(pattern: str = "*", task: str | None = "classification") -> list[str]:
+    """Registered model names matching the shell-style ``pattern``, sorted: the classifiers
+    by default (what the zoo's tools take), those of another of :data:`TASKS`, or with
+    ``task=None`` every model."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)} or None, got {task!r}")
+    return sorted(
+        n for n, e in _REGISTRY.items()
+        if fnmatch.fnmatchcase(n, pattern) and task in (None, e.task)
+    )  # fmt: skip
 
 
 def match_models(patterns: Iterable[str]) -> list[str]:

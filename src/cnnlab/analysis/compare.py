@@ -123,10 +123,11 @@ def compare_models(
 
 
 def zoo_table(pattern: str = "*") -> list[dict[str, Any]]:
-    """One dict per model: metadata, params and MACs counted on the built model, its own
-    keywords with their defaults and its feature levels."""
+    """One dict per model of any task (classifiers and detectors): metadata, params and MACs
+    counted on the built model, its own keywords with their defaults and its feature levels
+    (a detector's: the maps it predicts from)."""
     rows = []
-    for name in list_models(pattern):
+    for name in list_models(pattern, task=None):
         info = model_info(name)
         with torch.device("meta"):
             model = build_model(name)

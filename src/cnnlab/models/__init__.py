@@ -8,6 +8,7 @@ from cnnlab.models import (  # noqa: F401  (imported for their @register_model s
     lenet,
     mobilenet,
     resnet,
+    ssd,
     vgg,
     xception,
 )
