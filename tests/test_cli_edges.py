@@ -409,13 +409,18 @@ def test_googlenet_inception_modules_and_aux_heads_are_listed(capsys) -> None:
 
 def test_compare_latency_reports_a_spread(capsys, monkeypatch) -> None:
     from cnnlab.analysis import compare
+    from cnnlab.timing import Timing
 
-    times = iter([0.001, 0.001, 0.001, 0.001, 0.1, 0.1, 0.1] * 4)
-    monkeypatch.setattr(compare, "latency_samples", lambda *a, **k: [next(times) for _ in range(7)])
+    spread_out = Timing({"forward": [0.001] * 4 + [0.1] * 3}, repeats=7, rounds=7)
+    monkeypatch.setattr(compare, "latency_timing", lambda *a, **k: spread_out)
     code, out, _ = run(capsys, "compare", "lenet5", "--measure-latency", "--json")
     (row,) = json.loads(out)
     assert code == 0 and row["latency_ms"] == pytest.approx(1.0)
     assert row["latency_max_ms"] == pytest.approx(100) and row["latency_unstable"] is True
+    busy = Timing({"forward": [0.001] * 7}, repeats=7, rounds=21, other_cores=1.0)
+    monkeypatch.setattr(compare, "latency_timing", lambda *a, **k: busy)
+    (row,) = json.loads(run(capsys, "compare", "lenet5", "--measure-latency", "--json")[1])
+    assert row["latency_unstable"] is True and row["latency_rounds_run"] == 21
     code, out, _ = run(capsys, "compare", "lenet5", "--measure-latency")
     assert "±IQR" in out and " !" in out and "spread above 25% of the median (lenet5)" in out
 

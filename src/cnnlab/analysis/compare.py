@@ -7,7 +7,6 @@ takes seconds; ``measure_latency=True`` adds a real CPU forward timing per model
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import torch
@@ -16,14 +15,43 @@ from torch import nn
 from cnnlab.analysis.macs import count_macs
 from cnnlab.analysis.profile import profile
 from cnnlab.registry import build_model, keyword_defaults, list_models, match_models, model_info
+from cnnlab.timing import Contender, Timing, interleave
 
-__all__ = ["compare_models", "latency_samples", "measure_latency", "spread", "zoo_table"]
+__all__ = [
+    "compare_models",
+    "latency_samples",
+    "latency_timing",
+    "measure_latency",
+    "spread",
+    "zoo_table",
+]
 
 
 SPREAD_FLAG = 0.25  # a latency whose interquartile range exceeds this fraction of its median
 
 
 @torch.no_grad()
+def latency_timing(
+    model: nn.Module,
+    input_size: tuple[int, ...],
+    batch_size: int = 1,
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+) -> Timing:
+    """Eval-mode forward passes on CPU (fp32), one per round, ``repeats`` clean rounds after
+    ``warmup`` untimed ones; rounds that other work slowed are run again
+    (:func:`cnnlab.timing.interleave`)."""
+    was_training = model.training
+    model.eval()
+    x = torch.randn((batch_size, *input_size))
+    try:
+        forward = Contender("forward", lambda: model(x))
+        return interleave([forward], repeats, warmup=warmup, min_sample_s=0)
+    finally:
+        model.train(was_training)
+
+
 def latency_samples(
     model: nn.Module,
     input_size: tuple[int, ...],
@@ -32,22 +60,9 @@ def latency_samples(
     repeats: int = 5,
     warmup: int = 1,
 ) -> list[float]:
-    """Wall-clock seconds of ``repeats`` eval-mode forward passes on CPU (fp32), after
-    ``warmup`` untimed ones."""
-    was_training = model.training
-    model.eval()
-    x = torch.randn((batch_size, *input_size))
-    try:
-        for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
-    return times
+    """Seconds of each clean round of :func:`latency_timing`."""
+    timing = latency_timing(model, input_size, batch_size, repeats=repeats, warmup=warmup)
+    return timing.samples["forward"]
 
 
 def measure_latency(
@@ -93,7 +108,8 @@ def compare_models(
     ``param_bytes`` (fp32 size), ``forward_bytes`` and ``training_bytes`` (SGD with momentum,
     batch 1), and with ``latency=True`` the batch-1 latency over ``repeats`` rounds after
     ``warmup`` calls (:func:`spread`: ``latency_ms`` the median, ``latency_iqr_ms``, min, max,
-    ``latency_unstable``) and ``images_per_s`` (at batch ``throughput_batch``), measured on
+    ``latency_unstable``: a wide spread, or a machine that other work kept busy) and
+    ``images_per_s`` (at batch ``throughput_batch``), measured on
     this machine's CPU.
     """
     rows = []
@@ -115,7 +131,10 @@ def compare_models(
             torch.manual_seed(0)
             real = build_model(name)
             size = prof.input_size
-            row |= spread(latency_samples(real, size, 1, repeats=repeats, warmup=warmup))
+            timing = latency_timing(real, size, 1, repeats=repeats, warmup=warmup)
+            row |= spread(timing.samples["forward"])
+            row["latency_rounds_run"] = timing.rounds  # slowed rounds included
+            row["latency_unstable"] = row["latency_unstable"] or timing.contended
             seconds = measure_latency(real, size, throughput_batch, repeats=repeats, warmup=1)
             row["images_per_s"] = throughput_batch / seconds
         rows.append(row)

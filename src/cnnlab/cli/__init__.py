@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()  # imports every command module: Ctrl-C here is common
         _check_command(parser, argv)
         args = parser.parse_args(argv)
+        args.argv = argv  # what a command that re-runs itself (bench --wait-policy) passes on
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130

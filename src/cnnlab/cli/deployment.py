@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
+import subprocess
 import sys
 
 import cnnlab
@@ -11,6 +13,7 @@ from cnnlab.deploy import BACKENDS, FORMATS, MATMUL_SIZE, benchmark, export_onnx
 from cnnlab.devices import PRECISIONS, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.tables import format_table, human, print_json
+from cnnlab.timing import WAIT_POLICIES, wait_policy
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN", help="model names")
     b.add_argument("--batch-size", default="1", help="comma-separated, e.g. 1,16")
     b.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    b.add_argument(
+        "--wait-policy",
+        choices=WAIT_POLICIES,
+        help="OpenMP threads spin (active) or sleep (passive) while they wait; sets "
+        "OMP_WAIT_POLICY for a fresh process (default: the environment's)",
+    )
     b.add_argument(
         "--backend",
         default="eager",
@@ -121,6 +130,10 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.wait_policy and wait_policy() != args.wait_policy:
+        # OpenMP reads the policy once, when torch loads: the benchmark runs in a new process
+        env = {**os.environ, "OMP_WAIT_POLICY": args.wait_policy.upper()}
+        return subprocess.run([sys.executable, "-m", "cnnlab", *args.argv], env=env).returncode
     device = resolve_device(args.device)
     backends = list(BACKENDS) if args.backend == "all" else args.backend.split(",")
     quiet = args.json or args.csv
@@ -149,11 +162,30 @@ def run_bench(args: argparse.Namespace) -> int:
         writer.writerows(rows)
     else:
         print(_table(results, args.vs == "torchvision"))
+        print(_contention_note(results), end="")
     return 0
 
 
+def _contention_note(results: list) -> str:
+    """Lines on the results that contention may have slowed (none on a quiet machine)."""
+    lines = []
+    for r in results:
+        if r.contended:
+            load = (
+                "" if r.other_cores is None else f", other processes used {r.other_cores:.2f} cores"
+            )
+            lines.append(f"* {r.model} {r.backend} batch {r.batch_size}: {r.clean_rounds} clean "
+                         f"rounds of {r.rounds}{load}")  # fmt: skip
+    if not lines:
+        return ""
+    return ("\n".join(["", "* contended: other work slowed this machine while it was timed; "
+                        "these figures may be too slow. Re-run when it is quiet (see "
+                        "docs/performance.md on --threads and --wait-policy under load):",
+                        *lines]) + "\n")  # fmt: skip
+
+
 def _table(results: list, vs: bool) -> str:
-    headers = ["model", "backend", "batch", "ms/batch", "±IQR", "img/s", "train img/s"]
+    headers = ["model", "backend", "batch", "ms/batch", "±IQR", "rounds", "img/s", "train img/s"]
     headers += ["GFLOP/s", "of peak"] + (["tv ms", "speedup"] if vs else [])
     rows = []
     shown = set()  # the training figure (eager, once per model and batch): on its first row
@@ -167,6 +199,7 @@ def _table(results: list, vs: bool) -> str:
             r.batch_size,
             f"{r.latency_ms:.2f}",
             f"{r.latency_iqr_ms:.2f}",
+            f"{r.clean_rounds}/{r.rounds}" + ("*" if r.contended else ""),
             f"{r.images_per_s:.1f}",
             train if isinstance(train, str) else f"{train:.1f}",
             f"{r.gflops:.1f}",
@@ -179,7 +212,8 @@ def _table(results: list, vs: bool) -> str:
         f"\nGFLOP/s = 2 x MACs x batch / latency; peak = {_peak_precision(results)} "
         f"{MATMUL_SIZE}^3 matmul "
         f"({results[0].matmul_peak_gflops:.1f} GFLOP/s, measured in the same rounds); "
-        f"{results[0].threads} threads; train img/s: the eager model, once per model and batch"
+        f"{results[0].threads} threads, wait policy {results[0].wait_policy}; rounds: clean / run; "
+        f"train img/s: the eager model, once per model and batch"
     )
     return format_table(headers, rows) + note
 

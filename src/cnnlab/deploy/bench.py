@@ -4,6 +4,9 @@ Method. Everything measured for one model and batch size (each backend, torchvis
 of the same architecture, and an fp32 matrix multiply that stands for this machine's peak) is
 timed *interleaved*: one sample of each per round, ``repeats`` rounds after a warm-up. Other
 processes that share the CPU then slow all of them alike, and the ratios stay meaningful.
+A round that a probe shows was slowed by other work is dropped and run again, and a result
+that could not get enough clean rounds, or ran while other processes kept the CPU busy, is
+flagged ``contended`` (:mod:`cnnlab.timing`).
 Reported: median latency and its spread (interquartile range), images/s, achieved GFLOP/s
 from our MAC count (FLOPs = 2 x MACs, Conv + Linear only) and its fraction of the matmul
 GFLOP/s measured in the same rounds (its best round), and the training throughput
@@ -13,12 +16,9 @@ GFLOP/s measured in the same rounds (its best round), and the training throughpu
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import random
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
 from cnnlab.registry import build_model, match_models
 from cnnlab.saved import load
+from cnnlab.timing import Contender, Timing, interleave, wait_policy
 
 __all__ = [
     "BACKENDS",
@@ -49,7 +50,6 @@ __all__ = [
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
 MATMUL_SIZE = 1024  # n of the n x n x n fp32 matmul that measures the peak
-MIN_SAMPLE_S = 0.05  # a timed sample repeats the call until it lasts at least this long
 GIB = 2**30
 
 
@@ -73,47 +73,14 @@ class BenchResult:
     train_images_per_s: float | None = None
     torchvision_latency_ms: float | None = None
     speedup_vs_torchvision: float | None = None
+    clean_rounds: int = 0  # rounds the figures come from
+    rounds: int = 0  # rounds run, those dropped as slowed by other load included
+    other_cores: float | None = None  # cores other processes kept busy meanwhile
+    contended: bool = False  # too few clean rounds or a busy machine: figures may be slow
+    wait_policy: str = "default"  # OMP_WAIT_POLICY of this process
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class _Timer:
-    name: str
-    run: Callable[[], Any]
-    number: int = 1  # calls per sample
-    samples: list[float] | None = None
-    sync: Callable[[], Any] = lambda: None  # waits for the device (CUDA runs asynchronously)
-
-    def calibrate(self, warmup: int) -> None:
-        for _ in range(warmup):
-            self.run()
-        self.sync()
-        start = time.perf_counter()
-        self.run()
-        self.sync()
-        once = max(time.perf_counter() - start, 1e-6)
-        self.number = max(1, min(100, math.ceil(MIN_SAMPLE_S / once)))
-        self.samples = []
-
-    def sample(self) -> None:
-        start = time.perf_counter()
-        for _ in range(self.number):
-            self.run()
-        self.sync()
-        self.samples.append((time.perf_counter() - start) / self.number)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def iqr(self) -> float:
-        if len(self.samples) < 2:
-            return 0.0
-        q = statistics.quantiles(self.samples, n=4)
-        return q[2] - q[0]
 
 
 def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
@@ -132,23 +99,21 @@ def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
 
 
 def matmul_peak(threads: int | None = None, size: int = MATMUL_SIZE, repeats: int = 10) -> float:
-    """GFLOP/s of an fp32 ``size`` x ``size`` matmul on this machine (best of ``repeats``)."""
+    """GFLOP/s of an fp32 ``size`` x ``size`` matmul on this machine (best clean round of
+    ``repeats``)."""
     with _threads(threads):
-        timer = _matmul_timer(size)
-        timer.calibrate(warmup=2)
-        for _ in range(repeats):
-            timer.sample()
-    return 2 * size**3 / min(timer.samples) / 1e9
+        timing = interleave([_matmul(size)], repeats, warmup=2)
+    return 2 * size**3 / min(timing.samples["matmul"]) / 1e9
 
 
-def _matmul_timer(
+def _matmul(
     size: int, device: torch.device | None = None, dtype: torch.dtype | None = None
-) -> _Timer:
+) -> Contender:
     device, dtype = device or torch.device("cpu"), dtype or torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
-    return _Timer("matmul", lambda: torch.mm(a, b, out=out), sync=_sync(device))
+    return Contender("matmul", lambda: torch.mm(a, b, out=out), sync=_sync(device))
 
 
 def _sync(device: torch.device) -> Callable[[], Any]:
@@ -339,37 +304,31 @@ def _bench_one(
     tv = tv.to(device) if tv is not None else None
     x = torch.randn(batch, chans, height, width, device=device)
     macs = count_macs(model, (chans, height, width))
-    timers, reference, peak = _race(
-        model, x, tv, backends, threads, warmup, repeats, channels_last, dtype
-    )
-    peak_gflops = 2 * MATMUL_SIZE**3 / min(peak.samples) / 1e9  # a peak: the best round
+    timing = _race(model, x, tv, backends, threads, warmup, repeats, channels_last, dtype)
+    peak_gflops = 2 * MATMUL_SIZE**3 / min(timing.samples["matmul"]) / 1e9  # the best round
     train_rate = None
     if train:
         with autocast(device, dtype):
             train_rate = _train_rate(model, x, warmup=1, repeats=max(2, repeats // 3))
     out = []
-    for timer in timers:
-        gflops = 2 * macs * batch / timer.median / 1e9
+    for backend in backends:
+        seconds = timing.median(backend)
+        gflops = 2 * macs * batch / seconds / 1e9
         out.append(
             BenchResult(
-                model=name,
-                backend=timer.name,
-                batch_size=batch,
-                img_size=height,
-                threads=threads,
-                latency_ms=timer.median * 1e3,
-                latency_iqr_ms=timer.iqr * 1e3,
-                images_per_s=batch / timer.median,
-                macs=macs,
-                gflops=gflops,
-                matmul_peak_gflops=peak_gflops,
-                peak_fraction=gflops / peak_gflops,
+                model=name, backend=backend, batch_size=batch, img_size=height, threads=threads,
+                latency_ms=seconds * 1e3, latency_iqr_ms=timing.iqr(backend) * 1e3,
+                images_per_s=batch / seconds, macs=macs, gflops=gflops,
+                matmul_peak_gflops=peak_gflops, peak_fraction=gflops / peak_gflops,
                 train_images_per_s=train_rate,
-                torchvision_latency_ms=reference.median * 1e3 if reference else None,
-                speedup_vs_torchvision=_speedup(reference, timer),
-                precision="bf16" if dtype is not None and timer.name != "onnxruntime" else "fp32",
+                torchvision_latency_ms=timing.median("torchvision") * 1e3 if tv else None,
+                speedup_vs_torchvision=_speedup(timing, backend) if tv else None,
+                precision="bf16" if dtype is not None and backend != "onnxruntime" else "fp32",
+                clean_rounds=timing.kept, rounds=timing.rounds,
+                other_cores=timing.other_cores, contended=timing.contended,
+                wait_policy=wait_policy(),
             )
-        )
+        )  # fmt: skip
     return out
 
 
@@ -405,37 +364,25 @@ def _race(
     repeats: int,
     channels_last: bool,
     dtype: torch.dtype | None = None,
-) -> tuple[list[_Timer], _Timer | None, _Timer]:
-    """Timers of the backends, of ``tv`` (if given) and of the matmul peak, run interleaved.
-
-    Each is calibrated after ``warmup`` calls, then sampled once per round for ``repeats``
-    rounds (see the module docstring).
-    """
+) -> Timing:
+    """The backends, ``tv`` (as "torchvision", if given) and the matmul peak ("matmul"),
+    timed interleaved, slow rounds dropped and re-run (:func:`cnnlab.timing.interleave`)."""
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
         fast = _fused(model, x, channels_last) if {"fused", "compile"} & set(backends) else None
-        timers = [_backend_timer(b, model, x, fast, threads, Path(tmp), dtype) for b in backends]
-        reference = (
-            None if tv is None else _Timer("torchvision", _no_grad(lambda: tv(x), x.device, dtype))
-        )
-        peak = _matmul_timer(MATMUL_SIZE, x.device, dtype)
-        everyone = [*timers, *([reference] if reference else []), peak]
-        for timer in everyone:
-            timer.sync = _sync(x.device)
-        for timer in everyone:
-            timer.calibrate(warmup)
-        order = random.Random(0)
-        for _ in range(repeats):  # a fresh order each round: no one always follows the same one
-            for timer in order.sample(everyone, len(everyone)):
-                timer.sample()
-    return timers, reference, peak
+        everyone = [_backend(b, model, x, fast, threads, Path(tmp), dtype) for b in backends]
+        if tv is not None:
+            everyone.append(Contender("torchvision", _no_grad(lambda: tv(x), x.device, dtype)))
+        everyone.append(_matmul(MATMUL_SIZE, x.device, dtype))
+        for contender in everyone:
+            contender.sync = _sync(x.device)
+        return interleave(everyone, repeats, warmup=warmup)
 
 
-def _speedup(reference: _Timer | None, timer: _Timer) -> float | None:
-    """The median of per-round ratios reference / ours: each pair ran back to back under the
-    same load. None without a reference."""
-    if reference is None:
-        return None
-    return statistics.median(t / o for t, o in zip(reference.samples, timer.samples, strict=True))
+def _speedup(timing: Timing, backend: str) -> float:
+    """The median of per-round ratios torchvision / ``backend``: each pair ran back to back
+    under the same load."""
+    pairs = zip(timing.samples["torchvision"], timing.samples[backend], strict=True)
+    return statistics.median(t / o for t, o in pairs)
 
 
 def _no_grad(
@@ -461,7 +408,7 @@ def _fused(
     return fused, x
 
 
-def _backend_timer(
+def _backend(
     backend: str,
     model: nn.Module,
     x: torch.Tensor,
@@ -469,22 +416,22 @@ def _backend_timer(
     threads: int,
     tmp: Path,
     dtype: torch.dtype | None = None,
-) -> _Timer:
+) -> Contender:
     """``fast``: what :func:`_fused` gave, shared by the ``fused`` and ``compile`` backends;
     all but onnxruntime run under autocast to ``dtype`` where given."""
     if backend == "eager":
-        return _Timer(backend, _no_grad(lambda: model(x), x.device, dtype))
+        return Contender(backend, _no_grad(lambda: model(x), x.device, dtype))
     if backend == "onnxruntime":
         path = tmp / f"{getattr(model, 'model_name', 'model')}.onnx"
         export_onnx(model, path, img_size=x.shape[-1], dynamic_batch=True)
         session = onnxruntime_session(path, threads=threads)
         feed = {session.get_inputs()[0].name: x.numpy()}
-        return _Timer(backend, lambda: session.run(None, feed))
+        return Contender(backend, lambda: session.run(None, feed))
     fused, fx = fast
     if backend == "fused":
-        return _Timer(backend, _no_grad(lambda: fused(fx), x.device, dtype))
+        return Contender(backend, _no_grad(lambda: fused(fx), x.device, dtype))
     compiled = _compile(fused)
-    return _Timer(backend, _no_grad(lambda: compiled(fx), x.device, dtype))
+    return Contender(backend, _no_grad(lambda: compiled(fx), x.device, dtype))
 
 
 def _compile(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -516,14 +463,12 @@ def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def _train_rate(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float | None:
-    """Training images/s of :func:`training_step` on a copy of ``model``."""
+    """Training images/s of :func:`training_step` on a copy of ``model`` (clean rounds)."""
     import copy
 
     try:
-        timer = _Timer("train", training_step(copy.deepcopy(model), x), sync=_sync(x.device))
-        timer.calibrate(warmup)
-        for _ in range(repeats):
-            timer.sample()
+        step = Contender("train", training_step(copy.deepcopy(model), x), sync=_sync(x.device))
+        timing = interleave([step], repeats, warmup=warmup)
     except ValueError:  # BatchNorm cannot train on one value per channel (batch 1, 1x1 maps)
         return None
-    return x.shape[0] / timer.median
+    return x.shape[0] / timing.median("train")
