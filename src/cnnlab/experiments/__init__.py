@@ -9,7 +9,15 @@ explains the framework; ``docs/claims.md`` lists the verdicts.
 One module per theme; importing it registers its experiments.
 """
 
-from cnnlab.experiments import analytic, compression, keras, memory, optimisation, regularisation  # noqa: F401
+from cnnlab.experiments import (  # noqa: F401 (registers)
+    analytic,
+    compression,
+    keras,
+    memory,
+    mobile,
+    optimisation,
+    regularisation,
+)
 from cnnlab.experiments.base import (
     SCALES,
     VERDICTS,
