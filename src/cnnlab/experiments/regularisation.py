@@ -395,8 +395,9 @@ def plot_lrn(figures: dict[str, Any], path: Path) -> None:
 
 register(Experiment(
     name="lrn",
-    claim="AlexNet used Local Response Normalisation, later replaced by batch normalisation "
-    "(seed 001); the paper: LRN lowers the top-1 error by 1.4 points",
+    claim="AlexNet used Local Response Normalisation, which batch normalisation later "
+    "replaced (seed 001: 'Local Response Norm - ... batch-normalization', the middle of the "
+    "sentence is lost); the paper: LRN lowers the top-1 error by 1.4 points",
     seed="001",
     source="Krizhevsky, Sutskever, Hinton 2012, Sec. 3.3 (LRN, k=2, n=5, alpha=1e-4, "
     "beta=0.75); Ioffe & Szegedy 2015, Sec. 3.2 (BN before the non-linearity)",
@@ -465,9 +466,9 @@ def judge_dropout(figures: dict[str, Any]) -> tuple[str, str]:
 
 register(Experiment(
     name="dropout",
-    claim="dropout in the large fully connected layers reduces overfitting (seed 001, on "
-    "AlexNet's FC-4096 layers; Krizhevsky et al.: 'without dropout, our network exhibits "
-    "substantial overfitting')",
+    claim="dropout in AlexNet's large fully connected layers reduces overfitting (seed 001, "
+    "whose list of AlexNet's features survives only in part: the words on dropout are lost; "
+    "Krizhevsky et al.: 'without dropout, our network exhibits substantial overfitting')",
     seed="001",
     source="Krizhevsky, Sutskever, Hinton 2012, Sec. 4.2; Srivastava et al. 2014 (JMLR), "
     "Sec. 6",
@@ -501,7 +502,9 @@ def judge_augmentation(figures: dict[str, Any]) -> tuple[str, str]:
 register(Experiment(
     name="augmentation",
     claim="data augmentation (random crops, horizontal reflections) reduces overfitting "
-    "(seed 001, on AlexNet)",
+    "(seed 001 on AlexNet, whose list of AlexNet's features survives only in part: the words "
+    "on augmentation are lost; Krizhevsky et al.: 'without this scheme, our network suffers "
+    "from substantial overfitting')",
     seed="001",
     source="Krizhevsky, Sutskever, Hinton 2012, Sec. 4.1",
     rule="an AlexNet-style net without dropout trained on a small subset (same images, order, "
