@@ -74,6 +74,13 @@ def test_aux_rule(gains, gaps, verdict):
     assert get_experiment("aux-heads").judge(figures)[0] == verdict
 
 
+def test_aux_rule_without_a_finite_run():
+    figures = _aux(1.5, 1.3, 3.0, 6.0)
+    figures["no_aux"]["nonfinite_step"] = 12
+    verdict, reason = get_experiment("aux-heads").judge(figures)
+    assert verdict == "partly" and "non-finite" in reason  # the gradient part holds alone
+
+
 # --- exploding-gradients -------------------------------------------------------------------
 
 

@@ -160,15 +160,22 @@ def judge_aux(figures: dict[str, Any]) -> tuple[str, str]:
     gains = (aux["probe_init"]["lower_median_ratio"], aux["probe_trained"]["lower_median_ratio"])
     lo, hi = GRADIENT_GAIN
     gradient = "holds" if min(gains) >= hi else "contradicted" if max(gains) < lo else "partly"
-    shrink = no_aux["gap"] - aux["gap"]
-    regular = "holds" if shrink >= GAP_POINTS else "contradicted" if shrink <= 0 else "partly"
     reason = (
         f"the aux losses (x {AUX_WEIGHT}) multiply the lower layers' gradient norm (median over "
         f"the stem to inception 4a) by {gains[0]:.2f} at init and {gains[1]:.2f} after training "
-        f"-> {gradient}; train-test top-1 gap {aux['gap']:.1f} points with aux heads, "
-        f"{no_aux['gap']:.1f} without (test top-1 {aux['test_top1']:.1f}% vs "
-        f"{no_aux['test_top1']:.1f}%): shrinks by {shrink:.1f} -> {regular}"
+        f"-> {gradient}; "
     )
+    if aux.get("nonfinite_step") is not None or no_aux.get("nonfinite_step") is not None:
+        regular = "not-testable"
+        reason += "a training run's loss became non-finite: no train-test gap -> not-testable"
+    else:
+        shrink = no_aux["gap"] - aux["gap"]
+        regular = "holds" if shrink >= GAP_POINTS else "contradicted" if shrink <= 0 else "partly"
+        reason += (
+            f"train-test top-1 gap {aux['gap']:.1f} points with aux heads, {no_aux['gap']:.1f} "
+            f"without (test top-1 {aux['test_top1']:.1f}% vs {no_aux['test_top1']:.1f}%): "
+            f"shrinks by {shrink:.1f} -> {regular}"
+        )
     return combine({"gradient": gradient, "regularisation": regular}), reason
 
 
