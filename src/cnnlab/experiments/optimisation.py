@@ -314,7 +314,7 @@ register(Experiment(
     "learning rates, each once without and once with clipping the total gradient norm to "
     "1.0, from the same init on the same batches; not-testable if no unclipped run's loss "
     "becomes non-finite; else holds if the clipped run stays finite at every learning rate "
-    "where the unclipped one did not, contradicted if at none of them, partly otherwise",
+    "where the unclipped one went non-finite, contradicted if at none of them, else partly",
     run=run_explode,
     judge=judge_explode,
     plot=plot_explode,
