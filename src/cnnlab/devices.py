@@ -1,9 +1,12 @@
 """Where and how to compute: ``resolve_device`` turns ``--device`` into a usable
-``torch.device``, ``autocast_dtype`` turns ``--precision`` into an autocast dtype."""
+``torch.device``, ``autocast_dtype`` turns ``--precision`` into an autocast dtype,
+``compiled`` is ``torch.compile`` with its one common failure explained."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,14 @@ import torch
 
 from cnnlab.errors import CnnlabError
 
-__all__ = ["PRECISIONS", "autocast", "autocast_dtype", "native_bf16", "resolve_device"]
+__all__ = [
+    "PRECISIONS",
+    "autocast",
+    "autocast_dtype",
+    "compiled",
+    "native_bf16",
+    "resolve_device",
+]
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -78,3 +88,21 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def compiled(model: torch.nn.Module, *, freeze: bool = False) -> Any:
+    """``torch.compile(model)`` with inductor. ``freeze``: fold the weights into the graph as
+    constants (inductor does this for inference only). Inductor writes and builds C++ on the
+    CPU: without a C++ compiler this is a ``CnnlabError`` now rather than at the first call."""
+    if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
+        raise CnnlabError("torch.compile needs a C++ compiler (c++, g++ or clang++) on PATH")
+    # torch's C++ build helper warns on every CPU-only machine that it found no CUDA runtime
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    if freeze:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+    try:
+        return torch.compile(model, backend="inductor")
+    except Exception as exc:  # an unsupported model or platform
+        raise CnnlabError(f"torch.compile failed: {type(exc).__name__}: {exc}") from None

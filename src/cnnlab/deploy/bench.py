@@ -31,6 +31,7 @@ from cnnlab.analysis import count_macs, profile
 from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
 from cnnlab.devices import autocast, autocast_dtype
+from cnnlab.devices import compiled as compile_model
 from cnnlab.errors import CnnlabError
 from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
 from cnnlab.registry import build_model, match_models
@@ -430,19 +431,8 @@ def _backend(
     fused, fx = fast
     if backend == "fused":
         return Contender(backend, _no_grad(lambda: fused(fx), x.device, dtype))
-    compiled = _compile(fused)
+    compiled = compile_model(fused, freeze=True)
     return Contender(backend, _no_grad(lambda: compiled(fx), x.device, dtype))
-
-
-def _compile(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``torch.compile`` with inductor, weights frozen as constants (CPU inference settings)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    try:
-        return torch.compile(model, backend="inductor", dynamic=False)
-    except Exception as exc:  # a missing C++ compiler or an unsupported op
-        raise CnnlabError(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
 
 
 def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:

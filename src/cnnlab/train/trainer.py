@@ -48,7 +48,7 @@ from cnnlab.data import (
     open_image,
     skipped_files,
 )
-from cnnlab.devices import PRECISIONS, autocast_dtype, resolve_device
+from cnnlab.devices import PRECISIONS, autocast_dtype, compiled, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
 from cnnlab.io import atomic_write_bytes
@@ -76,7 +76,7 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 MAX_SEED = 2**63 - 1
 MIN_STEPS, STEPS_TARGET = 300, 500  # below MIN_STEPS optimizer steps in a run: a note
 # Settings that may differ when resuming without changing the result.
-RESUME_FREE = {"workers", "device", "precision"}
+RESUME_FREE = {"workers", "device", "precision", "channels_last", "compile"}
 
 
 @dataclass
@@ -114,6 +114,14 @@ class TrainConfig:
         None, "fp32, bf16 (autocast) or auto: bf16 where the device computes it natively (AMX "
         "or AVX512-BF16 CPUs, GPUs) (default: bf16 on a GPU, fp32 on a CPU)",
         choices=PRECISIONS,
+    )  # fmt: skip
+    channels_last: bool = option(
+        False, "keep the weights channels-last (NHWC), the layout oneDNN's convolutions "
+        "prefer (always on a GPU)",
+    )  # fmt: skip
+    compile: bool = option(
+        False, "torch.compile the model (inductor; the first steps of training and of "
+        "validation compile it)",
     )  # fmt: skip
     init_from: str | None = option(
         None, "start from these weights: a run folder, a .safetensors, a .cnz, or "
@@ -514,7 +522,7 @@ def _setup(
     return _Run(
         cfg=cfg, out=out, say=say, writes=writes, device=device, world=world, model=model,
         dtype=autocast_dtype(cfg.precision, device),
-        net=model, optimizer=optimizer,
+        net=compiled(model) if cfg.compile else model, optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
         train_loader=train_loader, val_loader=val_loader,
@@ -536,7 +544,7 @@ def _prepared_model(
         say(f"frozen: {len(frozen)} of {total} parameter tensors (training the other "
             f"{total - len(frozen)})")  # fmt: skip
     model = model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" or cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -833,7 +841,8 @@ def _train(run: _Run, progress: bool, tensorboard: bool) -> dict[str, Any]:
     cfg, out, world, device = run.cfg, run.out, run.world, run.device
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        run.net = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+        ddp = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+        run.net = compiled(ddp) if cfg.compile else ddp
     writer = None
     if run.writes and tensorboard:
         from torch.utils.tensorboard import SummaryWriter

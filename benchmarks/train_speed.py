@@ -1,0 +1,100 @@
+"""Training-step speed of cnnlab's options against torchvision's eager model, interleaved.
+
+For each case (model, image size, batch 64) the contenders hold the same weights and compute
+the same thing: torchvision's model (eager, NCHW, fp32) and cnnlab's with the options of
+``cnnlab train``: as built, ``--channels-last``, ``--compile`` (``torch.compile`` of the model;
+compilation happens in the warm-up, outside the timing) and, where the CPU computes bf16
+natively, ``--precision bf16``. A step is forward, cross-entropy, backward, SGD with
+momentum (``cnnlab.deploy.training_step``). All are timed by ``cnnlab.timing.interleave``:
+one sample of each per round, rounds that other work slowed dropped and re-run. Printed: the
+median ms per step, images/s and the median of the per-round ratios torchvision / contender
+(> 1: faster than torchvision).
+
+    .venv/bin/python benchmarks/train_speed.py [--repeats 5] [--models resnet18,mobilenet_v2]
+        [--sizes 32,224] [--no-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from collections.abc import Callable
+
+import torch
+
+import cnnlab
+from cnnlab.deploy import torchvision_model, training_step
+from cnnlab.devices import native_bf16
+from cnnlab.interop import from_torchvision
+from cnnlab.tables import format_table
+from cnnlab.timing import Contender, interleave
+
+BATCH = 64
+
+
+def step(model: torch.nn.Module, x: torch.Tensor, layout: bool, bf16: bool,
+         compile_: bool) -> Callable[[], None]:  # fmt: skip
+    """One training step of a copy of ``model`` with the given options."""
+    model = copy.deepcopy(model)
+    if layout:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_:
+        model = torch.compile(model)
+    run = training_step(model, x)
+
+    def timed() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            run()
+
+    return timed
+
+
+def contenders(name: str, size: int, use_compile: bool) -> list[Contender]:
+    torch.manual_seed(0)
+    tv = torchvision_model(name, num_classes=10)
+    ours = cnnlab.create_model(name, num_classes=10)
+    ours.load_state_dict(from_torchvision(name, tv.state_dict()))
+    x = torch.randn(BATCH, 3, size, size)
+    options = {"cnnlab": (False, False, False), "channels-last": (True, False, False)}
+    if use_compile:
+        options["channels-last + compile"] = (True, False, True)
+    if native_bf16(torch.device("cpu")):
+        options["channels-last + bf16"] = (True, True, False)
+        if use_compile:
+            options["channels-last + bf16 + compile"] = (True, True, True)
+    found = [Contender("torchvision", step(tv, x, False, False, False))]
+    found += [Contender(label, step(ours, x, *opts)) for label, opts in options.items()]
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default="resnet18,mobilenet_v2")
+    parser.add_argument("--sizes", default="32,224")
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    for name in args.models.split(","):
+        for size in map(int, args.sizes.split(",")):
+            print(f"... {name} at {size} px, batch {BATCH}", file=sys.stderr, flush=True)
+            timing = interleave(contenders(name, size, not args.no_compile), args.repeats,
+                                warmup=3, min_sample_s=0)  # fmt: skip
+            tv = timing.samples["torchvision"]
+            for label, samples in timing.samples.items():
+                ratio = statistics.median(t / s for t, s in zip(tv, samples, strict=True))
+                rows.append((name, size, label, f"{timing.median(label) * 1e3:,.0f}",
+                             f"{BATCH / timing.median(label):,.0f}", f"{ratio:.2f}x",
+                             f"{timing.kept}/{timing.rounds}",
+                             f"{timing.other_cores or 0:.2f}"))  # fmt: skip
+    headers = ["model", "px", "options", "ms/step", "img/s", "vs torchvision", "rounds",
+               "other cores"]  # fmt: skip
+    print(format_table(headers, rows))
+    print(f"batch {BATCH}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
