@@ -325,7 +325,7 @@ register(Experiment(
 
 VANISH_SCALES = {
     "quick": {"depth": 8, "n_train": 256, "n_test": 128, "epochs": 1, "probe": 32},
-    "default": {"depth": 20, "n_train": 3000, "n_test": 1000, "epochs": 2, "probe": 128},
+    "default": {"depth": 20, "n_train": 6000, "n_test": 1000, "epochs": 5, "probe": 128},
     "full": {"depth": 30, "n_train": 60000, "n_test": 10000, "epochs": 10, "probe": 256},
 }
 VANISH_LR = 0.02
@@ -414,7 +414,7 @@ register(Experiment(
 
 INIT_SCALES = {
     "quick": {"depth": 8, "n_train": 256, "n_test": 128, "epochs": 1},
-    "default": {"depth": 30, "n_train": 3000, "n_test": 1000, "epochs": 3},
+    "default": {"depth": 30, "n_train": 6000, "n_test": 1000, "epochs": 5},
     "full": {"depth": 30, "n_train": 60000, "n_test": 10000, "epochs": 20},
 }
 INIT_LR = 0.01
