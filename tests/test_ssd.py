@@ -31,6 +31,7 @@ from cnnlab.models.ssd import (
     default_boxes,
     encode_boxes,
 )
+from cnnlab.registry import match_models
 
 DETECTORS = ["ssd300_vgg16", "ssdlite_mobilenet_v1", "ssdlite_mobilenet_v2"]
 M, B = 10**6, 10**9
@@ -250,6 +251,17 @@ def test_fx_and_export_compute_what_the_model_does():
         torch.testing.assert_close(got, expected)
 
 
+def test_save_and_load_rebuild_the_same_detector(tmp_path):
+    model = _small().eval()
+    cnnlab.save(model, tmp_path / "ssd.safetensors")
+    loaded, meta = cnnlab.load(tmp_path / "ssd.safetensors")
+    assert meta["num_classes"] == 3 and meta["model_kwargs"] == {"image_size": 96}
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        for got, expected in zip(loaded.eval()(x), model(x), strict=True):
+            assert torch.equal(got, expected)
+
+
 def test_features_only_gives_the_maps_it_predicts_from():
     with torch.device("meta"):
         model = cnnlab.create_model("ssd300_vgg16", features_only=True).eval()
@@ -264,6 +276,8 @@ def test_registry_lists_detectors_apart_from_classifiers(capsys):
     assert set(DETECTORS) < set(cnnlab.list_models(task=None))
     with pytest.raises(ValueError, match="task"):
         cnnlab.list_models(task="segmentation")
+    with pytest.raises(ValueError, match="matches no classifier, only ssdlite_mobilenet_v1"):
+        match_models(["ssdlite*"])  # compare / bench take classifiers
     assert main(["models", "ssd*"]) == 0
     out = capsys.readouterr().out
     assert all(n in out for n in DETECTORS) and "4,337,013" in out

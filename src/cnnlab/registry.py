@@ -241,13 +241,16 @@ def list_models(pattern: str = "*", task: str | None = "classification") -> list
 
 
 def match_models(patterns: Iterable[str]) -> list[str]:
-    """The models matching any of ``patterns``, in pattern order, each once.
+    """The classifiers matching any of ``patterns``, in pattern order, each once.
 
     A pattern that matches nothing is a ``ValueError`` (a typo should not silently shrink a
     comparison or a benchmark)."""
     names: list[str] = []
     for pattern in patterns:
         found = list_models(pattern)
+        others = list_models(pattern, task=None)
+        if not found and others:
+            raise ValueError(f"{pattern!r} matches no classifier, only {', '.join(others)}")
         if not found:
             raise ValueError(f"no model matches {pattern!r}; see `cnnlab models`")
         names += [n for n in found if n not in names]

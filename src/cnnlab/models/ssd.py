@@ -332,7 +332,7 @@ def _detections(
 def _flatten(x: torch.Tensor, per_box: int) -> torch.Tensor:
     """(N, boxes * per_box, H, W) to (N, H * W * boxes, per_box): row, column, box order."""
     n, _, h, w = x.shape
-    return x.view(n, -1, per_box, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, per_box)
+    return x.reshape(n, -1, per_box, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, per_box)
 
 
 @torch.no_grad()
