@@ -119,12 +119,12 @@ def _aux_probe(model: nn.Module, batch: list) -> dict[str, Any]:
         torch.manual_seed(1)  # the same dropout masks: only the loss differs
         reports[key] = gradient_norms(model, batch, aux_weight=weight)
     layers = reports["with_aux"].layers
-    ratio = [
-        w / wo if wo > 0 else math.inf
+    ratio = [  # None for the aux heads' own layers (no gradient without their losses)
+        w / wo if wo > 0 else None
         for w, wo in zip(reports["with_aux"].init, reports["without_aux"].init, strict=True)
     ]
-    lower = [r for n, r in zip(layers, ratio, strict=True) if n.startswith(LOWER)]
-    middle = [r for n, r in zip(layers, ratio, strict=True) if n.startswith(MIDDLE)]
+    lower = [r for n, r in zip(layers, ratio, strict=True) if n.startswith(LOWER) and r]
+    middle = [r for n, r in zip(layers, ratio, strict=True) if n.startswith(MIDDLE) and r]
     return {
         "layers": layers, "with_aux": reports["with_aux"].init,
         "without_aux": reports["without_aux"].init, "ratio": ratio,
@@ -183,10 +183,10 @@ def plot_aux(figures: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     for key, label in (("probe_init", "at init"), ("probe_trained", "after training")):
-        probe = figures["aux"][key]
-        left.plot(range(1, len(probe["ratio"]) + 1), probe["ratio"], ".-", label=label)
+        ratio = [math.nan if r is None else r for r in figures["aux"][key]["ratio"]]
+        left.plot(range(1, len(ratio) + 1), ratio, ".-", label=label)
     left.axhline(1, color="grey", lw=0.8)
-    left.set(yscale="log", xlabel="weight layer (input -> output; aux heads last)",
+    left.set(yscale="log", xlabel="weight layer (input -> output; gaps: the aux heads)",
              ylabel="||grad|| with / without aux losses")  # fmt: skip
     left.legend()
     for arm, colour in (("aux", "tab:blue"), ("no_aux", "tab:orange")):
