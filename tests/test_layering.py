@@ -14,7 +14,7 @@ FLOORS = {
     "timing": 0,
     "tables": 0,
     "models": 1, "data": 1, "analysis": 1, "interop": 1, "saved": 1, "plots": 1,
-    "train": 2, "deploy": 2, "factory": 2,
+    "train": 2, "deploy": 2, "factory": 2, "detect": 2,
     "compress": 3, "experiments": 3,
     "cli": 4, "__main__": 4, "__init__": 4,
 }  # fmt: skip

@@ -18,7 +18,7 @@ import sys
 import cnnlab
 from cnnlab.errors import CnnlabError
 
-COMMAND_MODULES = ["zoo", "analysis", "training", "compression", "deployment", "experiment"]
+COMMAND_MODULES = ["zoo", "analysis", "training", "compression", "deployment", "experiment", "data"]
 # A full disk, a quota or a read-only file system: what the machine says, as one line.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 _INPUT_ERRORS = (CnnlabError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError)

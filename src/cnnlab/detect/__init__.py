@@ -1,0 +1,41 @@
+"""Detection: COCO-style data, a Fashion-MNIST detection set, box matching, the SSD loss and
+box-keeping augmentation (Liu et al. 2016, SSD, Sec. 2.2). The detectors themselves are
+:mod:`cnnlab.models.ssd`; docs/detection.md says what is built and what is not yet.
+"""
+
+from cnnlab.detect.augment import DetectionAugment, hflip, random_crop, zoom_out
+from cnnlab.detect.boxes import IOU_THRESHOLD, anchor_targets, match_anchors
+from cnnlab.detect.data import (
+    MAX_ANNOTATION_BYTES,
+    Annotations,
+    DetectionDataset,
+    annotation_path,
+    collate_detection,
+    is_detection_folder,
+    read_annotations,
+    resize_with_boxes,
+)
+from cnnlab.detect.generate import make_detection
+from cnnlab.detect.loss import NEG_POS_RATIO, hard_negatives, multibox_loss
+
+__all__ = [
+    "IOU_THRESHOLD",
+    "MAX_ANNOTATION_BYTES",
+    "NEG_POS_RATIO",
+    "Annotations",
+    "DetectionAugment",
+    "DetectionDataset",
+    "anchor_targets",
+    "annotation_path",
+    "collate_detection",
+    "hard_negatives",
+    "hflip",
+    "is_detection_folder",
+    "make_detection",
+    "match_anchors",
+    "multibox_loss",
+    "random_crop",
+    "read_annotations",
+    "resize_with_boxes",
+    "zoom_out",
+]
