@@ -58,5 +58,5 @@ def multibox_loss(
     kept = positive | hard_negatives(ce, positive, neg_pos_ratio)
     conf = ce[kept].sum()
     scale = 1.0 / max(num_pos, 1)  # N = 0: both sums are 0 (no positive, no negative kept)
-    parts = {"loc": float(loc) * scale, "conf": float(conf) * scale, "positives": num_pos}
+    parts = {"loc": loc.item() * scale, "conf": conf.item() * scale, "positives": num_pos}
     return (loc + conf) * scale, parts

@@ -1,0 +1,126 @@
+"""SSD matching and the MultiBox loss (Liu et al. 2016, Sec. 2.2) on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cnnlab.detect import anchor_targets, hard_negatives, match_anchors, multibox_loss
+from cnnlab.models.ssd import decode_boxes, ssdlite_mobilenet_v2
+
+
+def _ce(logits: list[float], target: int) -> float:
+    """Softmax cross-entropy written out: log(sum exp) - logit of the target."""
+    return math.log(sum(math.exp(v) for v in logits)) - logits[target]
+
+
+def _smooth_l1(d: float) -> float:
+    return 0.5 * d * d if abs(d) < 1 else abs(d) - 0.5
+
+
+def test_match_best_anchor_then_threshold() -> None:
+    anchors = torch.tensor(
+        [[0, 0, 1, 1], [0, 0, 2, 2], [5, 5, 6, 6], [0.1, 0, 1.1, 1]], dtype=torch.float32
+    )
+    # g0 = a0 exactly (IoU 1); a3 overlaps it 0.9 / 1.1 = 0.82 >= 0.5; a1 only 0.25.
+    # g1's best anchor a2 has IoU 1 / 4 = 0.25 < 0.5: matched anyway (each ground truth first).
+    gt = torch.tensor([[0, 0, 1, 1], [5, 5, 7, 7]], dtype=torch.float32)
+    assert match_anchors(gt, anchors).tolist() == [0, -1, 1, 0]
+    # Without the best-anchor rule g1 would have no anchor.
+    assert match_anchors(gt, anchors, iou_threshold=0.3).tolist() == [0, -1, 1, 0]
+    assert match_anchors(gt, anchors, iou_threshold=0.9).tolist() == [0, -1, 1, -1]
+
+
+def test_match_threshold_is_inclusive_and_anchor_goes_to_best_overlap() -> None:
+    anchors = torch.tensor([[0, 0, 2, 1], [10, 10, 11, 11]], dtype=torch.float32)
+    # g0 = left half of a0: IoU 0.5 exactly; g1 = a0 itself: IoU 1 -> a0 goes to g1.
+    gt = torch.tensor([[0, 0, 1, 1], [0, 0, 2, 1]], dtype=torch.float32)
+    assert match_anchors(gt, anchors).tolist() == [1, -1]
+    assert match_anchors(gt[:1], anchors).tolist() == [0, -1]  # 0.5 >= 0.5
+    assert match_anchors(torch.zeros(0, 4), anchors).tolist() == [-1, -1]
+
+
+def test_anchor_targets_offsets_by_hand() -> None:
+    # One anchor at the centre, 0.2 wide; the image is 100 pixels.
+    anchors = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]])
+    boxes = torch.tensor([[45.0, 40.0, 65.0, 70.0]])  # cx 0.55, cy 0.55, w 0.2, h 0.3
+    offsets, classes = anchor_targets(boxes, torch.tensor([7]), anchors, image_size=100)
+    assert classes.tolist() == [7, 0]
+    # (0.55 - 0.5) / 0.2 / 0.1 = 2.5 for x and y; log(0.2 / 0.2) / 0.2 = 0; log(1.5) / 0.2.
+    expected = [2.5, 2.5, 0.0, math.log(1.5) / 0.2]
+    assert offsets[0].tolist() == pytest.approx(expected, abs=1e-5)
+    assert offsets[1].tolist() == [0, 0, 0, 0]
+    back = decode_boxes(offsets[:1], anchors[:1]) * 100
+    assert back[0].tolist() == pytest.approx(boxes[0].tolist(), abs=1e-4)
+
+
+def test_hard_negatives_keep_three_per_positive_per_image() -> None:
+    ce = torch.tensor([[9.0, 1.0, 5.0, 2.0, 4.0, 3.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    positive = torch.tensor([[True, False, False, False, False, False], [False] * 6])
+    kept = hard_negatives(ce, positive)
+    # Image 0: 1 positive -> its 3 hardest negatives (5, 4, 3); image 1: none (no positive).
+    assert kept.tolist() == [[False, False, True, False, True, True], [False] * 6]
+    assert hard_negatives(ce, positive, ratio=10)[0].tolist() == [False] + [True] * 5
+
+
+def test_multibox_loss_by_hand() -> None:
+    logits = [[0.0, 0.5, 2.0], [0.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    classes = torch.tensor([[2, 0, 0, 0, 0]])
+    pred = torch.tensor([[[0.5, -2.0, 0.0, 0.0]] + [[9.0, 9.0, 9.0, 9.0]] * 4])
+    target = torch.zeros(1, 5, 4)
+    loss, parts = multibox_loss(pred, torch.tensor([logits]), target, classes)
+    loc = _smooth_l1(0.5) + _smooth_l1(-2.0)  # the negatives' offsets do not count
+    negatives = sorted((_ce(logits[k], 0) for k in range(1, 5)), reverse=True)[:3]
+    conf = _ce(logits[0], 2) + sum(negatives)
+    assert parts["positives"] == 1
+    assert parts["loc"] == pytest.approx(loc, rel=1e-5)
+    assert parts["conf"] == pytest.approx(conf, rel=1e-5)
+    assert float(loss) == pytest.approx(loc + conf, rel=1e-5)
+
+
+def test_multibox_loss_divides_by_positives_and_is_zero_without() -> None:
+    logits = torch.randn(2, 8, 4, requires_grad=True)
+    pred = torch.randn(2, 8, 4, requires_grad=True)
+    none = torch.zeros(2, 8, dtype=torch.long)
+    loss, parts = multibox_loss(pred, logits, torch.zeros(2, 8, 4), none)
+    loss.backward()
+    assert loss.item() == 0 and parts["positives"] == 0
+    assert float(logits.grad.abs().sum()) == 0  # SSD: "if N = 0, we set the loss to 0"
+    classes = torch.zeros(2, 8, dtype=torch.long)
+    classes[0, 0] = classes[1, 3] = 2
+    both, parts = multibox_loss(pred, logits, torch.zeros(2, 8, 4), classes)
+    assert parts["positives"] == 2
+    # Each image has 1 positive: its own loss is divided by 1, the batch's by N = 2.
+    one, _ = multibox_loss(pred[:1], logits[:1], torch.zeros(1, 8, 4), classes[:1])
+    two, _ = multibox_loss(pred[1:], logits[1:], torch.zeros(1, 8, 4), classes[1:])
+    assert both.item() == pytest.approx((one.item() + two.item()) / 2, rel=1e-6)
+
+
+def test_multibox_loss_refuses_shapes_that_do_not_fit() -> None:
+    with pytest.raises(ValueError, match="do not fit"):
+        multibox_loss(torch.zeros(1, 4, 4), torch.zeros(1, 4, 3), torch.zeros(1, 5, 4),
+                      torch.zeros(1, 4, dtype=torch.long))  # fmt: skip
+
+
+def test_ssdlite_trains_on_matched_targets() -> None:
+    """The pieces together: targets from the model's own anchors, the loss falls on one batch."""
+    model = ssdlite_mobilenet_v2(num_classes=3, image_size=128)
+    images = torch.randn(2, 3, 128, 128)
+    boxes = [torch.tensor([[10.0, 20.0, 60.0, 90.0]]), torch.tensor([[64, 64, 120, 100.0]])]
+    labels = [torch.tensor([1]), torch.tensor([3])]
+    pairs = [anchor_targets(b, y, model.anchors, 128) for b, y in zip(boxes, labels, strict=True)]
+    offsets = torch.stack([o for o, _ in pairs])
+    classes = torch.stack([c for _, c in pairs])
+    assert int((classes > 0).sum()) >= 2  # each box has at least its best anchor
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(6):
+        loss, _ = multibox_loss(*model(images), offsets, classes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0]
