@@ -3,6 +3,7 @@ a timing that cannot get clean rounds flagged, and bench / compare passing the f
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -112,3 +113,15 @@ def test_wait_policy_reads_the_environment(monkeypatch) -> None:
     assert timing.wait_policy() == "default"
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     assert timing.wait_policy() == "passive"
+
+
+@pytest.mark.slow
+def test_bench_wait_policy_runs_in_a_fresh_process(capfd, monkeypatch) -> None:
+    from cnnlab.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    args = ["bench", "lenet5", "--wait-policy", "passive", "--no-train", "--repeats", "2",
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    rows = json.loads(capfd.readouterr().out)
+    assert rows[0]["wait_policy"] == "passive" and rows[0]["rounds"] >= rows[0]["clean_rounds"] >= 1
