@@ -202,7 +202,10 @@ def _compare(arms: dict[str, list[dict]], better: str, worse: str, key: str) -> 
     else:
         verdict = "partly"
     text = ", ".join(f"{d:+.2f}" for d in diffs)
-    noise = "" if verdict != "partly" else ", within the seed noise"
+    noise = ""
+    if verdict == "partly":
+        inside = all(abs(d) <= margin for d in diffs)
+        noise = ", within the seed noise" if inside else ", beyond it in some seeds only"
     return verdict, f"{better} - {worse} {key}: {text} per seed (margin {margin:.2f}{noise})"
 
 
