@@ -192,7 +192,8 @@ def _noise(arms: dict[str, list[dict]], names: tuple[str, ...], key: str) -> flo
 def _compare(arms: dict[str, list[dict]], better: str, worse: str, key: str) -> tuple[str, str]:
     """Part verdict on ``key(better) - key(worse)`` per seed: holds if every seed's
     difference exceeds the margin (the larger of MIN_MARGIN and the seed noise),
-    contradicted if every one is below minus the margin, else partly (within the noise)."""
+    contradicted if every one is below minus the margin, else partly (within the noise, or
+    beyond it in some seeds only)."""
     diffs = [b[key] - w[key] for b, w in zip(arms[better], arms[worse], strict=True)]
     margin = max(MIN_MARGIN, _noise(arms, (better, worse), key))
     if all(d > margin for d in diffs):
