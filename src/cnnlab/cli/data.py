@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from cnnlab.cli import HelpFormatter
 from cnnlab.detect import make_detection
 from cnnlab.tables import print_json
 
@@ -14,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     make = sub.add_parser(
         "make-detection",
         help="1-5 Fashion-MNIST articles per canvas, COCO JSON (docs/detection.md)",
+        formatter_class=HelpFormatter,
     )
     make.add_argument("out", metavar="OUT", help="new or empty folder to write")
     make.add_argument("--n-train", type=int, default=1000, help="training canvases")
