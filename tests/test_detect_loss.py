@@ -1,13 +1,24 @@
-"""SSD matching and the MultiBox loss (Liu et al. 2016, Sec. 2.2) on hand-computed cases."""
+"""SSD matching and the MultiBox loss (Liu et al. 2016, Sec. 2.2) on hand-computed cases; the
+training loop on a small COCO folder the test writes."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from cnnlab.detect import anchor_targets, hard_negatives, match_anchors, multibox_loss
+from cnnlab.detect import (
+    DetectionConfig,
+    anchor_targets,
+    fit,
+    hard_negatives,
+    match_anchors,
+    multibox_loss,
+)
 from cnnlab.models.ssd import decode_boxes, ssdlite_mobilenet_v2
 
 
@@ -124,3 +135,45 @@ def test_ssdlite_trains_on_matched_targets() -> None:
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
+
+
+def _squares_folder(root: Path, n_train: int = 4, n_val: int = 2) -> Path:
+    """Grey 64x64 images, each with a bright square (class 1) and a wide bar (class 2)."""
+    (root / "annotations").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir()
+        images, anns = [], []
+        for k in range(1, n + 1):
+            canvas = torch.zeros(64, 64, dtype=torch.uint8)
+            x, y = (int(v) for v in torch.randint(0, 20, (2,), generator=g))
+            canvas[y : y + 20, x : x + 20] = 255
+            canvas[50:58, 8:56] = 180
+            Image.fromarray(canvas.numpy(), mode="L").save(root / split / f"{k}.png")
+            images.append({"id": k, "file_name": f"{k}.png", "width": 64, "height": 64})
+            for cat, box in ((1, [x, y, 20, 20]), (2, [8, 50, 48, 8])):
+                anns.append({"id": len(anns) + 1, "image_id": k, "category_id": cat,
+                             "bbox": box, "iscrowd": 0})  # fmt: skip
+        cats = [{"id": 1, "name": "square"}, {"id": 2, "name": "bar"}]
+        doc = {"images": images, "annotations": anns, "categories": cats}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
+    return root
+
+
+def test_fit_trains_a_detector_on_a_coco_folder(tmp_path: Path) -> None:
+    root = _squares_folder(tmp_path / "data")
+    model = ssdlite_mobilenet_v2(num_classes=2, image_size=64)
+    config = DetectionConfig(epochs=4, batch_size=2, lr=0.05, augment=False)
+    rows: list[dict] = []
+    history = fit(model, root, config, log=rows.append)
+    assert rows == history and [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["val"]["loss"]) for r in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert set(history[0]["val"]) == {"loss", "loc", "conf"}
+
+
+def test_detection_config_checks_its_fields() -> None:
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        DetectionConfig(epochs=0)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        DetectionConfig(lr=float("nan"))

@@ -1,6 +1,6 @@
-"""Detection: COCO-style data, a Fashion-MNIST detection set, box matching, the SSD loss and
-box-keeping augmentation (Liu et al. 2016, SSD, Sec. 2.2). The detectors themselves are
-:mod:`cnnlab.models.ssd`; docs/detection.md says what is built and what is not yet.
+"""Detection: COCO-style data, a Fashion-MNIST detection set, box matching, the SSD loss,
+box-keeping augmentation (Liu et al. 2016, SSD, Sec. 2.2) and a plain training loop. The
+detectors are :mod:`cnnlab.models.ssd`; docs/detection.md says what is built and what is not.
 """
 
 from cnnlab.detect.augment import DetectionAugment, hflip, random_crop, zoom_out
@@ -17,6 +17,13 @@ from cnnlab.detect.data import (
 )
 from cnnlab.detect.generate import make_detection
 from cnnlab.detect.loss import NEG_POS_RATIO, hard_negatives, multibox_loss
+from cnnlab.detect.train import (
+    DetectionConfig,
+    batch_targets,
+    detection_loaders,
+    evaluate_loss,
+    fit,
+)
 
 __all__ = [
     "IOU_THRESHOLD",
@@ -24,10 +31,15 @@ __all__ = [
     "NEG_POS_RATIO",
     "Annotations",
     "DetectionAugment",
+    "DetectionConfig",
     "DetectionDataset",
     "anchor_targets",
     "annotation_path",
+    "batch_targets",
     "collate_detection",
+    "detection_loaders",
+    "evaluate_loss",
+    "fit",
     "hard_negatives",
     "hflip",
     "is_detection_folder",
