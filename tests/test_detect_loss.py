@@ -11,14 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
+import cnnlab
 from cnnlab.detect import (
     DetectionConfig,
     anchor_targets,
     fit,
     hard_negatives,
+    init_backbone,
     match_anchors,
     multibox_loss,
 )
+from cnnlab.errors import CnnlabError
 from cnnlab.models.ssd import decode_boxes, ssdlite_mobilenet_v2
 
 
@@ -177,3 +180,29 @@ def test_detection_config_checks_its_fields() -> None:
         DetectionConfig(epochs=0)
     with pytest.raises(ValueError, match="lr must be a finite number"):
         DetectionConfig(lr=float("nan"))
+
+
+def test_init_backbone_copies_a_saved_classifier(tmp_path: Path) -> None:
+    classifier = cnnlab.create_model("mobilenet_v2", num_classes=10, in_chans=1)
+    cnnlab.save(classifier, tmp_path / "fmnist.safetensors")
+    detector = ssdlite_mobilenet_v2(num_classes=10, in_chans=1, image_size=64)
+    extras = {k: v.clone() for k, v in detector.features.extras.state_dict().items()}
+    meta = init_backbone(detector, tmp_path / "fmnist.safetensors")
+    assert meta["model"] == "mobilenet_v2"
+    own = detector.features.backbone.graph_module.state_dict()
+    weights = classifier.state_dict()
+    assert len(own) > 100 and all(torch.equal(v, weights[k]) for k, v in own.items())
+    after = detector.features.extras.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in extras.items())  # the rest stays as built
+
+
+def test_init_backbone_refuses_a_classifier_that_does_not_fit(tmp_path: Path) -> None:
+    cnnlab.save(cnnlab.create_model("mobilenet_v2", num_classes=10), tmp_path / "rgb.safetensors")
+    cnnlab.save(cnnlab.create_model("lenet5"), tmp_path / "lenet.safetensors")
+    detector = ssdlite_mobilenet_v2(num_classes=10, in_chans=1, image_size=64)
+    before = {k: v.clone() for k, v in detector.state_dict().items()}
+    with pytest.raises(CnnlabError, match=r"3 channel\(s\)\) does not fit .* \(1 channel\(s\)\)"):
+        init_backbone(detector, tmp_path / "rgb.safetensors")
+    with pytest.raises(CnnlabError, match="lenet5"):
+        init_backbone(detector, tmp_path / "lenet.safetensors")
+    assert all(torch.equal(v, detector.state_dict()[k]) for k, v in before.items())

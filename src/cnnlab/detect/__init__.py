@@ -23,6 +23,7 @@ from cnnlab.detect.train import (
     detection_loaders,
     evaluate_loss,
     fit,
+    init_backbone,
 )
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "fit",
     "hard_negatives",
     "hflip",
+    "init_backbone",
     "is_detection_folder",
     "make_detection",
     "match_anchors",

@@ -25,8 +25,17 @@ from cnnlab.data import IMAGENET_STATS, Preprocess
 from cnnlab.detect.boxes import anchor_targets
 from cnnlab.detect.data import DetectionDataset, collate_detection
 from cnnlab.detect.loss import multibox_loss
+from cnnlab.errors import CnnlabError
+from cnnlab.saved import load
 
-__all__ = ["DetectionConfig", "batch_targets", "detection_loaders", "evaluate_loss", "fit"]
+__all__ = [
+    "DetectionConfig",
+    "batch_targets",
+    "detection_loaders",
+    "evaluate_loss",
+    "fit",
+    "init_backbone",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,26 @@ class DetectionConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def init_backbone(detector: nn.Module, source: str | os.PathLike[str]) -> dict[str, Any]:
+    """Copy the saved classifier ``source`` (any file :func:`cnnlab.load` takes) into the
+    detector's backbone: every layer the detector keeps, by name and shape; the extra layers
+    and predictors stay as built. Returns the file's metadata. A file of another model, or one
+    whose layers do not fit (another ``in_chans`` or width), is one ``CnnlabError``, with the
+    detector untouched."""
+    trunk = detector.features.backbone
+    classifier, meta = load(source, trunk.model_name)
+    weights, own = classifier.state_dict(), trunk.graph_module.state_dict()
+    wrong = sorted(k for k, v in own.items() if k not in weights or weights[k].shape != v.shape)
+    if wrong:
+        raise CnnlabError(
+            f"{os.fspath(source)!r} ({meta['model']}, {meta['in_chans']} channel(s)) does not "
+            f"fit the backbone of {getattr(detector, 'model_name', 'the detector')} "
+            f"({trunk.input_size[0]} channel(s)): {', '.join(wrong[:5])} differ"
+        )
+    trunk.graph_module.load_state_dict({k: weights[k] for k in own})
+    return meta
 
 
 def batch_targets(
