@@ -12,14 +12,18 @@ import torch
 from PIL import Image
 
 import cnnlab
+from cnnlab.data import Preprocess
 from cnnlab.detect import (
     DetectionConfig,
     anchor_targets,
+    coco_results,
     fit,
     hard_negatives,
     init_backbone,
     match_anchors,
     multibox_loss,
+    predict_images,
+    to_image_pixels,
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.models.ssd import decode_boxes, ssdlite_mobilenet_v2
@@ -206,3 +210,31 @@ def test_init_backbone_refuses_a_classifier_that_does_not_fit(tmp_path: Path) ->
     with pytest.raises(CnnlabError, match="lenet5"):
         init_backbone(detector, tmp_path / "lenet.safetensors")
     assert all(torch.equal(v, detector.state_dict()[k]) for k, v in before.items())
+
+
+def test_boxes_back_in_image_pixels_and_coco_results_by_hand() -> None:
+    # A 200x50 image stretched to 100x100: x by 2, y by 0.5 on the way back.
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    assert to_image_pixels(boxes, 200, 50, 100).tolist() == [[20, 10, 60, 20]]
+    det = {"boxes": boxes, "labels": torch.tensor([1]), "scores": torch.tensor([0.75])}
+    rows = coco_results([det], [7], [(200, 50)], category_ids=[3, 9], size=100)
+    assert rows == [{"image_id": 7, "category_id": 9, "bbox": [20, 10, 40, 10], "score": 0.75}]
+
+
+def test_predict_images_names_classes_in_image_pixels(tmp_path: Path, monkeypatch) -> None:
+    Image.new("L", (100, 50), 90).save(tmp_path / "wide.png")
+    model = ssdlite_mobilenet_v2(num_classes=2, in_chans=1, image_size=64)
+    seen = []
+
+    def postprocess(boxes, logits, score_thresh):
+        seen.append((tuple(boxes.shape), score_thresh))
+        return [{"boxes": torch.tensor([[0.0, 0.0, 64.0, 32.0]]), "labels": torch.tensor([1]),
+                 "scores": torch.tensor([0.625])}]  # fmt: skip
+
+    monkeypatch.setattr(model, "postprocess", postprocess)
+    pre = Preprocess(64, 1, (0.5,), (0.5,))
+    out = predict_images(model, [tmp_path / "wide.png"], pre, ["square", "bar"], 0.4)
+    assert out == [[{"box": [0.0, 0.0, 100.0, 25.0], "label": "bar", "score": 0.625}]]
+    assert seen == [((1, model.anchors.shape[0], 4), 0.4)]  # the model ran on one 64x64 image
+    with pytest.raises(ValueError, match="1 class names for 2 classes"):
+        predict_images(model, [tmp_path / "wide.png"], pre, ["square"])

@@ -12,11 +12,13 @@ from cnnlab.detect.data import (
     annotation_path,
     collate_detection,
     is_detection_folder,
+    normalise,
     read_annotations,
     resize_with_boxes,
 )
 from cnnlab.detect.generate import make_detection
 from cnnlab.detect.loss import NEG_POS_RATIO, hard_negatives, multibox_loss
+from cnnlab.detect.predict import coco_results, predict_images, to_image_pixels
 from cnnlab.detect.train import (
     DetectionConfig,
     batch_targets,
@@ -37,6 +39,7 @@ __all__ = [
     "anchor_targets",
     "annotation_path",
     "batch_targets",
+    "coco_results",
     "collate_detection",
     "detection_loaders",
     "evaluate_loss",
@@ -48,8 +51,11 @@ __all__ = [
     "make_detection",
     "match_anchors",
     "multibox_loss",
+    "normalise",
+    "predict_images",
     "random_crop",
     "read_annotations",
     "resize_with_boxes",
+    "to_image_pixels",
     "zoom_out",
 ]

@@ -44,6 +44,7 @@ __all__ = [
     "annotation_path",
     "collate_detection",
     "is_detection_folder",
+    "normalise",
     "read_annotations",
     "resize_with_boxes",
 ]
@@ -248,6 +249,13 @@ def resize_with_boxes(
     return resized, boxes * boxes.new_tensor([size / w, size / h, size / w, size / h])
 
 
+def normalise(image: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """A uint8 (C, H, W) image as floats in [0, 1], less ``pre``'s mean, over its std."""
+    mean, std = pre.channel_stats()
+    x = image.float().div_(255).sub_(torch.tensor(mean).view(-1, 1, 1))
+    return x.div_(torch.tensor(std).view(-1, 1, 1))
+
+
 class DetectionDataset(Dataset):
     """One split of a COCO-style folder as ``(image, target)`` pairs: the image a normalised
     float (in_chans, size, size) by ``pre``, the target ``{"boxes": (K, 4) x1 y1 x2 y2 in
@@ -283,9 +291,7 @@ class DetectionDataset(Dataset):
         if self.augment is not None:
             image, boxes, labels = self.augment(image, boxes, labels)
         image, boxes = resize_with_boxes(image, boxes, self.pre.size)
-        mean, std = self.pre.channel_stats()
-        x = image.float().div_(255).sub_(torch.tensor(mean).view(-1, 1, 1))
-        return x.div_(torch.tensor(std).view(-1, 1, 1)), {"boxes": boxes, "labels": labels}
+        return normalise(image, self.pre), {"boxes": boxes, "labels": labels}
 
 
 def collate_detection(
