@@ -19,6 +19,7 @@ from cnnlab.detect.data import (
 from cnnlab.detect.generate import make_detection
 from cnnlab.detect.loss import NEG_POS_RATIO, hard_negatives, multibox_loss
 from cnnlab.detect.predict import coco_results, predict_images, to_image_pixels
+from cnnlab.detect.run import RunSetup, is_detector, train_detector
 from cnnlab.detect.train import (
     DetectionConfig,
     batch_targets,
@@ -36,6 +37,7 @@ __all__ = [
     "DetectionAugment",
     "DetectionConfig",
     "DetectionDataset",
+    "RunSetup",
     "anchor_targets",
     "annotation_path",
     "batch_targets",
@@ -48,6 +50,7 @@ __all__ = [
     "hflip",
     "init_backbone",
     "is_detection_folder",
+    "is_detector",
     "make_detection",
     "match_anchors",
     "multibox_loss",
@@ -57,5 +60,6 @@ __all__ = [
     "read_annotations",
     "resize_with_boxes",
     "to_image_pixels",
+    "train_detector",
     "zoom_out",
 ]

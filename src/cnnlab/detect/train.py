@@ -1,12 +1,19 @@
-"""A plain training loop for the SSD detectors on a COCO-style folder (no checkpoints yet).
+"""Training the SSD detectors on a COCO-style folder: a plain loop (:func:`fit`) and a whole
+run with checkpoints and resume (:func:`train_detector`, what ``cnnlab train`` calls).
 
 The recipe follows SSD (Liu et al. 2016, Sec. 3): SGD with momentum 0.9 and weight decay
 5e-4, the MultiBox loss (:mod:`cnnlab.detect.loss`) on targets matched to the model's default
 boxes (:mod:`cnnlab.detect.boxes`), training images augmented with
 :class:`~cnnlab.detect.augment.DetectionAugment`. Our choices: a cosine learning-rate schedule
 over all steps (the paper steps it down by 10x) and the validation figure is the same loss on
-the val split. COCO mAP (pycocotools), checkpoints, resume and the ``cnnlab train`` wiring
-are not built yet (docs/detection.md).
+the val split (COCO mAP is :mod:`cnnlab.detect.evaluate`).
+
+A run folder is a classifier run's (:mod:`cnnlab.train.checkpoint`): locked while the run
+writes, ``last.*`` committed as one unit at the end of every epoch (weights, optimizer,
+schedule, RNG states), ``best.safetensors`` at the lowest validation loss, ``metrics.csv``.
+The data order of an epoch depends on (seed, epoch) only and the augmentation draws from
+torch's RNG, whose state the checkpoint keeps, so a resumed CPU run ends where an
+uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -125,6 +132,36 @@ def evaluate_loss(model: nn.Module, loader: DataLoader) -> dict[str, float]:
             "conf": total["conf"] / n}  # fmt: skip
 
 
+def _train_epoch(
+    model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: Any, step: int
+) -> dict[str, float]:
+    """One pass over ``loader``: the mean loss and its parts. A NaN or infinite loss is a
+    ``CnnlabError`` naming the step (``step``: the steps done before this epoch)."""
+    model.train()
+    side = model.input_size[1]
+    sums, steps = {"loss": 0.0, "loc": 0.0, "conf": 0.0}, 0
+    for images, targets in loader:
+        offsets, classes = batch_targets(targets, model.anchors, side)
+        loss, parts = multibox_loss(*model(images), offsets, classes)
+        if not math.isfinite(loss.item()):
+            raise CnnlabError(f"loss is {loss.item()} at step {step + steps + 1}; stopped")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        sums["loss"] += loss.item()
+        sums["loc"] += parts["loc"]
+        sums["conf"] += parts["conf"]
+        steps += 1
+    return {k: v / max(steps, 1) for k, v in sums.items()}
+
+
+def _optimizer(model: nn.Module, config: DetectionConfig, steps: int) -> tuple[Any, Any]:
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          weight_decay=config.weight_decay)  # fmt: skip
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+
+
 def fit(
     model: nn.Module,
     root: str | os.PathLike[str],
@@ -132,29 +169,14 @@ def fit(
     log: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` (an :class:`~cnnlab.models.ssd.SSD`) on ``root``'s train split for
-    ``config.epochs``; returns one row per epoch (train loss parts, val loss), each also
-    passed to ``log``."""
+    ``config.epochs``, writing nothing; returns one row per epoch (train loss parts, val
+    loss), each also passed to ``log``. :func:`train_detector` is the run with checkpoints."""
     torch.manual_seed(config.seed)
     train, val = detection_loaders(model, root, config)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)  # fmt: skip
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs * len(train))
-    side, history = model.input_size[1], []
+    opt, sched = _optimizer(model, config, config.epochs * len(train))
+    history = []
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        sums, steps = {"loss": 0.0, "loc": 0.0, "conf": 0.0}, 0
-        for images, targets in train:
-            offsets, classes = batch_targets(targets, model.anchors, side)
-            loss, parts = multibox_loss(*model(images), offsets, classes)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums["loss"] += loss.item()
-            sums["loc"] += parts["loc"]
-            sums["conf"] += parts["conf"]
-            steps += 1
-        row = {"epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()}}
+        row = {"epoch": epoch, **_train_epoch(model, train, opt, sched, (epoch - 1) * len(train))}
         row["val"] = evaluate_loss(model, val)
         history.append(row)
         if log is not None:
