@@ -145,7 +145,7 @@ def test_vanishing_rule(sigmoid, tanh, verdict):
 )
 def test_init_rule(train, test, verdict):
     arms = {
-        k: {"train_top1": a, "test_top1": b, "first_over_last": 1.0, "nonfinite_step": None}
+        k: {"train_top1": a, "test_top1": b, "norms": [0.1, 0.2], "nonfinite_step": None}
         for k, a, b in zip(("he", "xavier", "normal"), train, test, strict=True)
     }
     figures = {"setup": {"model": "plain"}, "arms": arms}

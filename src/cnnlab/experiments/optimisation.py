@@ -459,8 +459,9 @@ def judge_init(figures: dict[str, Any]) -> tuple[str, str]:
     else:
         verdict = "partly"
     notes = "; ".join(
-        f"{k}: train top-1 {train[k]:.1f}%, test {test[k]:.1f}%, gradient first/last at init "
-        f"{a['first_over_last']:.2g}" + ("" if a["nonfinite_step"] is None else ", non-finite")
+        f"{k}: train top-1 {train[k]:.1f}%, test {test[k]:.1f}%, gradient norm at init "
+        f"{a['norms'][0]:.2g} (first layer) to {a['norms'][-1]:.2g} (last)"
+        + ("" if a["nonfinite_step"] is None else ", non-finite")
         for k, a in arms.items()
     )
     return verdict, f"{figures['setup']['model']}: {notes} -> {verdict}"
