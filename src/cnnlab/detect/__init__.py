@@ -16,9 +16,10 @@ from cnnlab.detect.data import (
     read_annotations,
     resize_with_boxes,
 )
+from cnnlab.detect.evaluate import coco_map, evaluate_detector, load_detector, score_results
 from cnnlab.detect.generate import make_detection
 from cnnlab.detect.loss import NEG_POS_RATIO, hard_negatives, multibox_loss
-from cnnlab.detect.predict import coco_results, predict_images, to_image_pixels
+from cnnlab.detect.predict import coco_results, draw_detections, predict_images, to_image_pixels
 from cnnlab.detect.run import RunSetup, is_detector, train_detector
 from cnnlab.detect.train import (
     DetectionConfig,
@@ -41,9 +42,12 @@ __all__ = [
     "anchor_targets",
     "annotation_path",
     "batch_targets",
+    "coco_map",
     "coco_results",
     "collate_detection",
     "detection_loaders",
+    "draw_detections",
+    "evaluate_detector",
     "evaluate_loss",
     "fit",
     "hard_negatives",
@@ -51,6 +55,7 @@ __all__ = [
     "init_backbone",
     "is_detection_folder",
     "is_detector",
+    "load_detector",
     "make_detection",
     "match_anchors",
     "multibox_loss",
@@ -59,6 +64,7 @@ __all__ = [
     "random_crop",
     "read_annotations",
     "resize_with_boxes",
+    "score_results",
     "to_image_pixels",
     "train_detector",
     "zoom_out",

@@ -14,13 +14,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import ImageDraw
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from cnnlab.data import Preprocess, load_image
 from cnnlab.detect.data import normalise, resize_with_boxes
+from cnnlab.io import atomic_path
 
-__all__ = ["coco_results", "predict_images", "to_image_pixels"]
+__all__ = ["coco_results", "draw_detections", "predict_images", "to_image_pixels"]
 
 
 def to_image_pixels(boxes: torch.Tensor, width: int, height: int, size: int) -> torch.Tensor:
@@ -81,3 +83,22 @@ def coco_results(
             rows.append({"image_id": image_id, "category_id": category_ids[label],
                          "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})  # fmt: skip
     return rows
+
+
+def draw_detections(
+    image: str | os.PathLike[str], detections: Sequence[dict[str, Any]], out: str | os.PathLike[str]
+) -> None:
+    """Write ``image`` (in colour) with ``detections`` (:func:`predict_images`' rows for it)
+    drawn on it, box and "label score" each, to the PNG file ``out`` (atomically)."""
+    canvas = load_image(image, 3)
+    draw = ImageDraw.Draw(canvas)
+    for k, det in enumerate(detections):
+        colour = _PALETTE[k % len(_PALETTE)]
+        x1, y1, x2, y2 = det["box"]
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
+        draw.text((x1 + 2, y1 + 1), f"{det['label']} {det['score']:.2f}", fill=colour)
+    with atomic_path(out) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+_PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0"]
