@@ -12,6 +12,7 @@ import dataclasses
 import os
 import sys
 
+from cnnlab.cli import detection
 from cnnlab.cli.config_options import add_config_options, config_from_args
 from cnnlab.devices import PRECISIONS, resolve_device
 from cnnlab.errors import CnnlabError
@@ -75,6 +76,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     _device_arg(p)
+    p.add_argument(
+        "--draw", metavar="OUT.png",
+        help="detectors: draw the boxes on the image into this PNG (several images: "
+        "OUT-<image name>.png each)",
+    )  # fmt: skip
+    p.add_argument(
+        "--score-thresh", type=float, default=0.3, help="detectors: the lowest score shown"
+    )
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=run_predict)
 
@@ -120,6 +129,8 @@ def run_train(args: argparse.Namespace) -> int:
     from cnnlab.train import fit
 
     cfg = config_from_args(TrainConfig, args)
+    if detection.wants_detection(cfg.model, cfg.data):
+        return detection.run_train(cfg, args)
     resolve_device(cfg.device)  # before a --download, not after it
     cfg = dataclasses.replace(cfg, data=resolve_data(cfg.data, download=args.download))
     stream = sys.stderr if args.json else sys.stdout
@@ -150,6 +161,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from cnnlab.train import evaluate_checkpoint
 
     _check_numbers(args)
+    if detection.wants_detection(args.model, args.data):
+        return detection.run_eval(args)
     if args.plot:
         check_plot_path(args.plot)  # before the work, not after it
     result = evaluate_checkpoint(
@@ -178,6 +191,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from cnnlab.train import predict
 
     _check_numbers(args)
+    if detection.wants_detection(args.model, None):
+        return detection.run_predict(args)
+    if args.draw:
+        raise CnnlabError("--draw is for detectors (it draws boxes)")
     results = predict(
         args.model, args.checkpoint, args.images, top=args.top, log=note, device=args.device
     )
