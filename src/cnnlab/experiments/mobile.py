@@ -404,7 +404,7 @@ register(Experiment(
 
 T_VALUES = (1, 2, 4, 6, 10)
 T_RANGE = (5, 10)  # Sandler Sec. 4: "a constant expansion rate between 5 and 10"
-EXPANSION_DEFAULT = Budget(2000, 1000, 3, (0, 1))
+EXPANSION_DEFAULT = Budget(3000, 1000, 4, (0, 1))  # as linear-bottleneck: t=6 is its arm
 
 
 def run_expansion(scale: str) -> dict[str, Any]:
