@@ -291,7 +291,7 @@ def plot_width(figures: dict[str, Any], path: Path) -> None:
         ax.set(xlabel=xl, ylabel=yl)
     axes[0].legend(fontsize=8)
     fig.suptitle("MobileNetV1 width (alpha) and resolution (rho) multipliers: Fashion-MNIST "
-                 "top-1 vs cost (as Howard et al. Fig. 4-5; seed 004)")  # fmt: skip
+                 "top-1 vs cost (as Howard et al. Fig. 4-5; seed 004)", y=1.03)  # fmt: skip
     save_figure(fig, path)
 
 
@@ -567,7 +567,7 @@ def plot_versions(figures: dict[str, Any], path: Path) -> None:
     for i, n in enumerate(_VERSIONS):
         axes[3].plot([i] * len(arms[n]["top1"]), arms[n]["top1"], "k.")
     axes[3].set_ylim(min(min(arms[n]["top1"]) for n in _VERSIONS) - 5, 100)
-    fig.suptitle("MobileNetV2 vs V1 (Sandler Table 4; seed 004)")
+    fig.suptitle("MobileNetV2 vs V1 (Sandler Table 4; seed 004)", y=1.03)
     save_figure(fig, path)
 
 
