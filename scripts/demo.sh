@@ -11,15 +11,7 @@ cd "$(dirname "$0")/.."
 py=.venv/bin/python
 out="${1:-runs/demo-lenet5}"
 
-# Fashion-MNIST: $CNNLAB_DATA, else the Debian package (installed here when we can).
-system=/usr/share/datasets/fashion-mnist
-if [ -z "${CNNLAB_DATA:-}" ] && [ ! -e "$system/t10k-labels-idx1-ubyte.gz" ]; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && apt-get install -y -q dataset-fashion-mnist) || true
-  elif command -v apt-get >/dev/null && command -v sudo >/dev/null; then
-    (sudo -n apt-get update -qq && sudo -n apt-get install -y -q dataset-fashion-mnist) || true
-  fi
-fi
+scripts/get-fashion-mnist.sh
 
 echo "== the zoo: every model built once, its parameters and MACs counted"
 "$py" -m cnnlab models
