@@ -4,6 +4,12 @@ The file is written in a private temporary folder beside the destination, checke
 running onnxruntime on a random batch and comparing with PyTorch, and only then moved into
 place with ``os.replace`` (weights file first, then the graph). A failed export or
 verification leaves no file behind and any older file untouched.
+
+A detector (a model with ``decode``, :class:`cnnlab.models.ssd.SSD`) is exported with two
+outputs, ``boxes`` (N, A, 4) x1, y1, x2, y2 in input pixels and ``scores`` (N, A, K) class
+probabilities: its default boxes decoded, NMS left to the caller (``SSD.postprocess`` does
+it: a score threshold, per-class NMS at IoU 0.45, the best 200), as ONNX's NonMaxSuppression
+is slow and unevenly supported across runtimes.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def _input_shape(model: nn.Module, img_size: int | None, batch_size: int) -> tup
     if native is None:
         raise ValueError("the model has no input_size (C, H, W); build it with create_model")
     chans, height, width = native
-    if img_size is not None:
+    if img_size is not None and (img_size, img_size) != (height, width):
         if img_size < 1:
             raise ValueError(f"--img-size must be positive, got {img_size}")
         if getattr(model, "fixed_input_size", False) and (img_size, img_size) != (height, width):
@@ -99,6 +105,24 @@ def _input_shape(model: nn.Module, img_size: int | None, batch_size: int) -> tup
 
 def _name(model: nn.Module) -> str:
     return getattr(model, "model_name", type(model).__name__)
+
+
+class _Decoded(nn.Module):
+    """A detector's graph for ONNX: decoded boxes and class probabilities, no NMS."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.detector.decode(*self.detector(x))
+
+
+def _graph(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """What the ONNX graph computes, and its output names."""
+    if callable(getattr(model, "decode", None)):
+        return _Decoded(model).eval(), ["boxes", "scores"]
+    return model, ["logits"]
 
 
 @torch.no_grad()
@@ -125,14 +149,14 @@ def export_onnx(
     require_onnx()
     target, folder = _destination(path)
     shape = _input_shape(model, img_size, batch_size=2 if dynamic_batch else 1)
-    reference = model.eval()
-    exported = fuse(reference) if fold_batchnorm else reference
+    reference, names = _graph(model.eval())
+    exported, _ = _graph(fuse(model.eval())) if fold_batchnorm else (reference, names)
     example = torch.randn(shape)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder))
     try:
         staged = tmp / target.name
-        program = _torch_export(exported, example, dynamic_batch, opset_version)
+        program = _torch_export(exported, example, dynamic_batch, opset_version, names)
         try:
             program.save(staged, external_data=external_data)
         except Exception as exc:
@@ -182,7 +206,11 @@ def _publish(tmp: Path, target: Path) -> tuple[Path | None, int]:
 
 
 def _torch_export(
-    model: nn.Module, example: torch.Tensor, dynamic_batch: bool, opset_version: int | None
+    model: nn.Module,
+    example: torch.Tensor,
+    dynamic_batch: bool,
+    opset_version: int | None,
+    output_names: list[str],
 ) -> Any:
     dynamic = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     chatter = io.StringIO()
@@ -195,7 +223,7 @@ def _torch_export(
                 dynamo=True,
                 dynamic_shapes=dynamic,
                 input_names=["input"],
-                output_names=["logits"],
+                output_names=output_names,
                 opset_version=opset_version,
                 verbose=False,
             )
@@ -204,7 +232,8 @@ def _torch_export(
 
 
 def _verify(path: Path, model: nn.Module, batch_shape: tuple[int, ...], atol: float) -> float:
-    """Max |onnxruntime - PyTorch| on a random batch; CnnlabError above ``atol``."""
+    """Max |onnxruntime - PyTorch| over the outputs on a random batch; CnnlabError above
+    ``atol`` (times the largest |output| where that exceeds 1)."""
     try:
         session = onnxruntime_session(path)
     except Exception as exc:
@@ -213,12 +242,16 @@ def _verify(path: Path, model: nn.Module, batch_shape: tuple[int, ...], atol: fl
         ) from None
     x = torch.randn(batch_shape, generator=torch.Generator().manual_seed(0))
     expected = model(x)
-    if isinstance(expected, tuple):
-        expected = expected[0]
+    expected = list(expected) if isinstance(expected, tuple) else [expected]
     try:
-        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     except Exception as exc:
         raise CnnlabError(f"onnxruntime cannot run the exported file: {_first_line(exc)}") from None
+    expected = expected[: len(got)]  # a classifier's auxiliary outputs are not exported
+    return max(_compare(g, e, atol) for g, e in zip(got, expected, strict=True))
+
+
+def _compare(got: np.ndarray, expected: torch.Tensor, atol: float) -> float:
     if got.shape != tuple(expected.shape):
         raise CnnlabError(
             f"export failed verification: onnxruntime gives shape {got.shape}, "
@@ -231,7 +264,7 @@ def _verify(path: Path, model: nn.Module, batch_shape: tuple[int, ...], atol: fl
     if not np.isfinite(diff) or diff > atol * scale:
         raise CnnlabError(
             f"export failed verification: onnxruntime and PyTorch differ by {diff:.3g} "
-            f"(tolerance {atol:g} x max(1, |logits| {scale:.3g}))"
+            f"(tolerance {atol:g} x max(1, |output| {scale:.3g}))"
         )
     return diff
 

@@ -227,6 +227,8 @@ class SSD(nn.Module):
     ``feature_info``: one dict per map (module, channels, reduction = image / map side).
     """
 
+    fixed_input_size = True  # the default boxes are laid out for image_size
+
     def __init__(
         self,
         features: FeaturePyramid,
@@ -276,6 +278,17 @@ class SSD(nn.Module):
         ]
         return torch.cat(boxes, 1), torch.cat(scores, 1)
 
+    def decode(
+        self, box_regression: torch.Tensor, class_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(boxes (N, A, 4) x1, y1, x2, y2 in pixels of the input, clipped to it; scores
+        (N, A, num_classes) softmax probabilities, background left out)``: :meth:`forward`'s
+        outputs decoded on the default boxes (SSD eq. 2), before thresholds and NMS (what an
+        exported detector computes)."""
+        side = self.input_size[1]
+        boxes = clip_boxes_to_image(decode_boxes(box_regression, self.anchors) * side, (side,) * 2)
+        return boxes, class_logits.softmax(-1)[..., 1:]
+
     @torch.no_grad()
     def postprocess(
         self,
@@ -299,9 +312,7 @@ class SSD(nn.Module):
                 f"expected outputs (N, {expected[0]}, 4) and (N, {expected[0]}, {expected[1]}), "
                 f"got {tuple(box_regression.shape)} and {tuple(class_logits.shape)}"
             )
-        side = self.input_size[1]
-        boxes = clip_boxes_to_image(decode_boxes(box_regression, self.anchors) * side, (side,) * 2)
-        scores = class_logits.softmax(-1)[..., 1:]
+        boxes, scores = self.decode(box_regression, class_logits)
         return [
             _detections(b, s, score_thresh, nms_thresh, max_detections)
             for b, s in zip(boxes, scores, strict=True)
