@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnlab.data.datasets import FASHION_MNIST_STATS, find_fashion_mnist, load_fashion_mnist
 from cnnlab.data.transforms import augment_batch
+from cnnlab.devices import resolve_device
 from cnnlab.train.loop import split_outputs
 
 __all__ = ["FashionSubset", "fashion_subset", "train_curve"]
@@ -81,13 +82,16 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_weight: float)
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> tuple:
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, batch: int = 500
+) -> tuple:
     model.eval()
     loss, correct = 0.0, 0
     for i in range(0, len(y), batch):
-        logits = split_outputs(model(x[i : i + batch]))[0]
-        loss += float(F.cross_entropy(logits, y[i : i + batch], reduction="sum"))
-        correct += int((logits.argmax(1) == y[i : i + batch]).sum())
+        part = y[i : i + batch].to(device)
+        logits = split_outputs(model(x[i : i + batch].to(device)))[0]
+        loss += float(F.cross_entropy(logits, part, reduction="sum"))
+        correct += int((logits.argmax(1) == part).sum())
     return loss / len(y), 100.0 * correct / len(y)
 
 
@@ -111,15 +115,19 @@ def train_curve(
     augment: bool = False,
     aux_weight: float = 0.3,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``data`` (SGD with momentum 0.9, or AdamW); return per-epoch
     figures (``history``: train/test loss and top-1, seconds), the total gradient norm of
     every step (before clipping) and ``nonfinite_step``: the first step whose loss was NaN or
-    infinite (the run stops there), else None."""
+    infinite (the run stops there), else None. ``device``: where to train (default: a CUDA
+    GPU if there is one, else the CPU; the ``--full`` scale is meant for a GPU)."""
     if optimizer not in ("sgd", "adamw") or schedule not in ("cosine", "constant"):
         raise ValueError(f"optimizer sgd|adamw and schedule cosine|constant, got "
                          f"{optimizer!r}, {schedule!r}")  # fmt: skip
     torch.manual_seed(seed)
+    device = resolve_device(None if device is None else str(device))
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt: torch.optim.Optimizer = (
         torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
@@ -135,7 +143,8 @@ def train_curve(
         for i in range(per_epoch):
             idx = order[i * batch_size : (i + 1) * batch_size]
             x, y = data.train_x[idx], data.train_y[idx]
-            x = _augment(x) if augment else x
+            x = (_augment(x) if augment else x).to(device)
+            y = y.to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(lr, schedule, step, epochs * per_epoch)
             loss, logits = _loss(model, x, y, aux_weight)
@@ -152,7 +161,7 @@ def train_curve(
             correct += int((logits.argmax(1) == y).sum())
         if nonfinite is not None:
             break
-        test_loss, test_top1 = _evaluate(model, data.test_x, data.test_y)
+        test_loss, test_top1 = _evaluate(model, data.test_x, data.test_y, device)
         history.append({
             "epoch": epoch + 1, "train_loss": total_loss / seen,
             "train_top1": 100.0 * correct / seen, "test_loss": test_loss,
