@@ -275,24 +275,30 @@ def plot_width(figures: dict[str, Any], path: Path) -> None:
     points = figures["points"]
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
     panels = (
-        ("train_macs", "mean_top1", "MACs (trained net)", "test top-1 (%)"),
-        ("params", "mean_top1", "parameters (1000 classes)", "test top-1 (%)"),
-        ("macs", "latency", "MACs at 224*rho", "batch-1 CPU latency (ms)"),
-        ("macs", "memory_bytes", "MACs at 224*rho", "weights + forward peak (MiB)"),
+        ("train_macs", "mean_top1", "MACs of the trained net (M)", "test top-1 (%)"),
+        ("params", "mean_top1", "parameters, 1000 classes (M)", "test top-1 (%)"),
+        ("macs", "latency", "MACs at 224*rho px (M)", "batch-1 CPU latency (ms)"),
+        ("macs", "memory_bytes", "MACs at 224*rho px (M)", "weights + forward peak (MiB)"),
     )
     for ax, (xk, yk, xl, yl) in zip(axes, panels, strict=True):
         for axis, marker in (("alpha", "o-"), ("rho", "s--")):
             rows = [points[k] for k in figures["axes"][axis]]
             ys = [_plot_value(r, yk) for r in rows]
-            ax.plot([r[xk] for r in rows], ys, marker, label=f"{axis} axis")
+            ax.plot([r[xk] / 1e6 for r in rows], ys, marker, label=f"{axis} axis")
             for r, y in zip(rows, ys, strict=True):
-                ax.annotate(f"{r[axis]:.2g}", (r[xk], y), fontsize=7)
-        ax.set_xscale("log")
+                ax.annotate(f"{r[axis]:.2g}", (r[xk] / 1e6, y), fontsize=7)
         ax.set(xlabel=xl, ylabel=yl)
     axes[0].legend(fontsize=8)
+    axes[2].set_title(_busy_note(figures), fontsize=8)
     fig.suptitle("MobileNetV1 width (alpha) and resolution (rho) multipliers: Fashion-MNIST "
                  "top-1 vs cost (as Howard et al. Fig. 4-5; seed 004)", y=1.03)  # fmt: skip
     save_figure(fig, path)
+
+
+def _busy_note(figures: dict[str, Any]) -> str:
+    """A latency panel's warning when other processes kept the machine busy, else ''."""
+    cores = figures.get("other_load_cores")
+    return f"measured while others kept {cores:.2f} cores busy" if cores and cores > BUSY else ""
 
 
 def _plot_value(point: dict[str, Any], key: str) -> float:
@@ -564,6 +570,7 @@ def plot_versions(figures: dict[str, Any], path: Path) -> None:
     for ax, (title, ys, err) in zip(axes, values, strict=True):
         ax.bar(names, ys, yerr=err, color=["tab:blue", "tab:orange"])
         ax.set_title(title, fontsize=9)
+    axes[2].set_xlabel(_busy_note(figures), fontsize=8)
     for i, n in enumerate(_VERSIONS):
         axes[3].plot([i] * len(arms[n]["top1"]), arms[n]["top1"], "k.")
     axes[3].set_ylim(min(min(arms[n]["top1"]) for n in _VERSIONS) - 5, 100)
