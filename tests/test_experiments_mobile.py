@@ -76,9 +76,9 @@ def test_expansion_six_is_the_default_network():
 # --- width-resolution on synthetic figures ----------------------------------------------
 
 
-def _ratio(slow: float, fast: float, unstable: bool = False) -> dict:
+def _ratio(slow: float, fast: float, unstable: bool = False, rounds: int = 25) -> dict:
     return {"ratio": slow / fast, "ratio_iqr_fraction": 0.4 if unstable else 0.05,
-            "ratio_unstable": unstable}  # fmt: skip
+            "ratio_unstable": unstable, "rounds": rounds}  # fmt: skip
 
 
 def _width(acc: dict, lat: dict, mem: dict, busy: float = 0.0, unstable: bool = False) -> dict:
@@ -100,7 +100,7 @@ def _width(acc: dict, lat: dict, mem: dict, busy: float = 0.0, unstable: bool = 
         whole[axis] = _ratio(ms[0], ms[-1], unstable)
     return {
         "points": points, "axes": axes, "latency_steps": steps, "latency_whole": whole,
-        "other_load_cores": busy, "margin": 1.5,
+        "other_load_cores": busy, "latency_rounds_wanted": 25, "margin": 1.5,
     }  # fmt: skip
 
 
@@ -141,6 +141,15 @@ def test_width_rule(acc, lat, mem, busy, unstable, verdict, text):
     assert got == verdict, reason
     assert text in reason
     assert "margin 1.5 points" in reason
+
+
+def test_width_rule_needs_every_timing_round_clean():
+    figures = _width(FALLING, FAST, SMALL)
+    figures["latency_steps"]["rho"][1]["rounds"] = 7  # other work slowed 18 of 25 rounds
+    verdict, reason = get_experiment("width-resolution").judge(figures)
+    assert verdict == "partly"
+    assert "only 7 of 25 timing rounds were clean: not judged -> not-testable" in reason
+    assert "1.60x, 1.67x, 1.80x) -> holds" in reason  # the alpha axis is still judged
 
 
 def test_width_rule_speed_contradicted_alone():
@@ -193,15 +202,16 @@ def test_expansion_rule(top1, margin, verdict, text):
 
 
 def _versions(macs_ratio: float, v1_over_v2: float, v1: tuple, v2: tuple, busy: float = 0.0,
-              unstable: bool = False) -> dict:  # fmt: skip
+              unstable: bool = False, rounds: int = 25) -> dict:  # fmt: skip
     def arm(top1: tuple, macs: float, ms: float) -> dict:
         return _arm(*top1, macs=macs, params=4e6, latency={"latency_ms": ms})
 
     return {
         "arms": {"mobilenet_v1": arm(v1, 569e6, 24.0),
                  "mobilenet_v2": arm(v2, 569e6 * macs_ratio, 24.0 / v1_over_v2)},
-        "macs_v2_over_v1": macs_ratio, "v1_over_v2": _ratio(v1_over_v2, 1.0, unstable),
-        "other_load_cores": busy, "margin": 1.0, "budget": {"epochs": 4},
+        "macs_v2_over_v1": macs_ratio, "v1_over_v2": _ratio(v1_over_v2, 1.0, unstable, rounds),
+        "other_load_cores": busy, "latency_rounds_wanted": 25, "margin": 1.0,
+        "budget": {"epochs": 4},
     }  # fmt: skip
 
 
@@ -215,6 +225,11 @@ def _versions(macs_ratio: float, v1_over_v2: float, v1: tuple, v2: tuple, busy: 
         (_versions(0.53, 1.5, (80.0, 80.5), (78.0, 78.5)), "partly", "-2.0 points"),
         (_versions(0.53, 1.5, (80.0, 80.5), (80.0, 80.0), busy=0.4), "partly", "cores busy"),
         (_versions(0.53, 1.5, (80.0, 80.5), (80.0, 80.0), unstable=True), "partly", "IQR"),
+        (
+            _versions(0.53, 1.5, (80.0, 80.5), (80.0, 80.0), rounds=3),
+            "partly",
+            "(only 3 of 25 timing rounds were clean: not judged) -> not-testable",
+        ),
         (_versions(0.95, 0.8, (80.0, 80.5), (75.0, 75.0)), "contradicted", "0.95"),
         (_versions(0.95, 1.5, (80.0, 80.5), (75.0, 75.0), busy=0.4), "contradicted", "busy"),
     ],

@@ -136,13 +136,19 @@ def _latency(models: dict[str, nn.Module], scale: str) -> dict[str, Any]:
         "models": {n: summary(s) for n, s in samples.items()},
         "threads": torch.get_num_threads(),
         "other_load_cores": load.cores,
+        "rounds_wanted": ROUNDS[scale],
     }
 
 
-def _untrusted(cores: float | None, ratios: list[dict[str, Any]]) -> str:
-    """Why these latency ratios are not judged (a busy machine, a wide spread), or ''."""
+def _untrusted(figures: dict[str, Any], ratios: list[dict[str, Any]]) -> str:
+    """Why these latency ratios are not judged (a busy machine, rounds that other work
+    slowed and that could not all be replaced by clean ones, a wide spread), or ''."""
+    cores, wanted = figures["other_load_cores"], figures["latency_rounds_wanted"]
     if cores is not None and cores > BUSY:
         return f"other processes kept {cores:.2f} cores busy while timing: not judged"
+    clean = min(r["rounds"] for r in ratios)
+    if clean < wanted:
+        return f"only {clean} of {wanted} timing rounds were clean: not judged"
     wide = [r["ratio_iqr_fraction"] for r in ratios if r["ratio_unstable"]]
     return f"a latency ratio's IQR is {max(wide):.0%} of it: not judged" if wide else ""
 
@@ -197,6 +203,7 @@ def run_width(scale: str) -> dict[str, Any]:
         "latency_whole": {a: ratio(s[ks[0]], s[ks[-1]]) for a, ks in axes.items()},
         "threads": lat["threads"],
         "other_load_cores": lat["other_load_cores"],
+        "latency_rounds_wanted": lat["rounds_wanted"],
         "margin": _margin(list(points.values())),
         "budget": asdict(budget),
         "device": device,
@@ -231,7 +238,7 @@ def _speed_axis(figures: dict[str, Any], axis: str) -> tuple[str, str]:
     each = ", ".join(f"{r['ratio']:.2f}x" for r in steps)
     text = f"batch-1 latency {ms[0]:.1f} -> {ms[-1]:.1f} ms ({whole['ratio']:.2f}x faster; "
     text += f"steps {each})"
-    why = _untrusted(figures["other_load_cores"], [*steps, whole])
+    why = _untrusted(figures, [*steps, whole])
     if why:
         return "not-testable", f"{text}: {why}"
     if whole["ratio"] < SPEED_STEP:
@@ -325,8 +332,9 @@ register(Experiment(
     "by more than the noise, not-testable within the noise. Speed (batch-1 CPU latency at "
     "224 * rho px, medians of interleaved per-round ratios): holds if every step down is "
     ">= 5% faster, contradicted if the smallest is not >= 5% faster than the largest, partly "
-    "otherwise, not-testable if a ratio's IQR exceeds 25% of it or other processes kept more "
-    "than 0.2 cores busy while timing. Memory (fp32 weights + measured forward peak, batch "
+    "otherwise, not-testable if a ratio's IQR exceeds 25% of it, if fewer than the rounds asked "
+    "for were clean (not slowed by other work) or if other processes kept more than 0.2 cores "
+    "busy while timing. Memory (fp32 weights + measured forward peak, batch "
     "1): holds if every step down needs less, contradicted if the smallest needs no less than "
     "the largest, partly otherwise. Verdict: the six parts combined (holds if all hold, "
     "contradicted if every testable part is, else partly)",
@@ -514,6 +522,7 @@ def run_versions(scale: str) -> dict[str, Any]:
         "macs_v2_over_v1": arms[v2]["macs"] / arms[v1]["macs"],
         "threads": lat["threads"],
         "other_load_cores": lat["other_load_cores"],
+        "latency_rounds_wanted": lat["rounds_wanted"],
         "margin": _margin(list(arms.values())),
         "train_side": TRAIN_SIDE,
         "budget": asdict(budget),
@@ -525,7 +534,7 @@ def _versions_speed(figures: dict[str, Any]) -> tuple[str, str]:
     r = figures["v1_over_v2"]
     v1, v2 = (figures["arms"][n]["latency"]["latency_ms"] for n in _VERSIONS)
     text = f"batch-1 CPU latency V1 {v1:.1f} ms, V2 {v2:.1f} ms: V1/V2 {r['ratio']:.2f}x"
-    why = _untrusted(figures["other_load_cores"], [r])
+    why = _untrusted(figures, [r])
     if why:
         return "not-testable", f"{text} ({why})"
     if r["ratio"] >= SPEED_MARGIN:
@@ -589,8 +598,9 @@ register(Experiment(
     rule="MobileNetV1 and V2 at alpha 1; MAC part (224 px) holds if V2 has >= 10% fewer MACs, "
     "else contradicted; speed part holds if V2's batch-1 CPU latency at 224 px is >= 10% "
     "below V1's (median of interleaved per-round ratios), contradicted if >= 10% above, "
-    "partly in between, not-testable if the ratio's IQR exceeds 25% of it or other processes "
-    "kept more than 0.2 cores busy while timing; accuracy part (Fashion-MNIST at 32 px, equal "
+    "partly in between, not-testable if the ratio's IQR exceeds 25% of it, if fewer than the "
+    "rounds asked for were clean or if other processes kept more than 0.2 cores busy while "
+    "timing; accuracy part (Fashion-MNIST at 32 px, equal "
     "epochs, same seeds and images, mean over seeds) holds if V2's test top-1 is not below "
     "V1's by more than the seed noise (the largest gap between two seeds of one arm, at least "
     "1 point), else contradicted; verdict: holds if all three hold, contradicted if every "
