@@ -88,14 +88,14 @@ def test_resume_ends_where_an_uninterrupted_run_does(data: Path, tmp_path) -> No
             raise KeyboardInterrupt
 
     resumed = tmp_path / "resumed"
-    config = DetectionConfig(epochs=2, batch_size=4, seed=3, augment=False)
+    config = DetectionConfig(epochs=2, batch_size=4, seed=3, augment=True)
     with pytest.raises(KeyboardInterrupt):
         train_detector(MODEL, data, resumed, config, RunSetup(in_chans=1, image_size=SIZE),
                        log=stop_after_epoch_1)  # fmt: skip
     assert json.loads((resumed / "last.json").read_text())["step"] == 2
-    assert _train(data, resumed, "--epochs", "2", "--resume") == 0
+    assert _train(data, resumed, "--epochs", "2", "--augment", "--resume") == 0
     straight = tmp_path / "straight"
-    assert _train(data, straight, "--epochs", "2") == 0
+    assert _train(data, straight, "--epochs", "2", "--augment") == 0
     a, _ = read_weights(resumed / "last.safetensors")
     b, _ = read_weights(straight / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
