@@ -156,7 +156,7 @@ def _plain(value: Any) -> Any:
 def _resolve(config: DetectionConfig, setup: RunSetup) -> tuple[DetectionConfig, RunSetup]:
     """A new run's channels and normalisation: the ``init_from`` classifier's (its backbone
     expects them), else 3 channels and ImageNet's statistics (Fashion-MNIST's for grey)."""
-    source = read_meta_of(setup.init_from) if setup.init_from else None
+    source = _source_meta(setup.init_from) if setup.init_from else None
     in_chans = setup.in_chans or (source["in_chans"] if source else 3)
     if source is not None:
         mean, std = source["preprocess"]["mean"], source["preprocess"]["std"]
@@ -190,7 +190,7 @@ def _build(
     return _Run(name, out, config, setup, model, train, val, opt, sched, meta, say)
 
 
-def read_meta_of(source: str) -> dict[str, Any]:
+def _source_meta(source: str) -> dict[str, Any]:
     """The metadata of the saved model ``source`` (any file or run folder ``cnnlab.load``
     takes), read by loading it once (a bad file is one ``CnnlabError``)."""
     return load(source)[1]
