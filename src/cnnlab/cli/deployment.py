@@ -39,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt.add_argument("--json", action="store_true", help="machine-readable output")
     fmt.add_argument("--csv", action="store_true", help="one comma-separated row")
     p.set_defaults(func=run_export)
+    _register_bench(subparsers)
 
+
+def _register_bench(subparsers: argparse._SubParsersAction) -> None:
     b = subparsers.add_parser("bench", help="inference / training speed, vs torchvision and peak")
     b.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN", help="model names")
     b.add_argument("--batch-size", default="1", help="comma-separated, e.g. 1,16")

@@ -40,7 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--download", action="store_true", help="fetch Fashion-MNIST if missing")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.set_defaults(func=run_train)
+    _register_eval(subparsers)
+    _register_predict(subparsers)
 
+
+def _register_eval(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("eval", help="top-1/top-5, per-class accuracy, confusion matrix")
     e.add_argument("model", help="the model name the weights are for (see `cnnlab models`)")
     source = e.add_mutually_exclusive_group(required=True)
@@ -64,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print the results as JSON")
     e.set_defaults(func=run_eval)
 
+
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="top-5 classes of images with probabilities")
     p.add_argument("model", help="the model name the weights are for (see `cnnlab models`)")
     p.add_argument(

@@ -101,6 +101,32 @@ def _lr_at(lr: float, schedule: str, step: int, total: int) -> float:
     return 0.5 * lr * (1 + math.cos(math.pi * step / total))  # cosine to 0
 
 
+def _optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> Any:
+    """SGD with momentum 0.9, or AdamW, over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _step(
+    model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    aux_weight: float, clip_grad_norm: float | None,
+) -> tuple[float, int, float] | None:  # fmt: skip
+    """One optimizer step: (loss, correct predictions, total gradient norm before clipping),
+    or None, with no step taken, when the loss is not finite."""
+    loss, logits = _loss(model, x, y, aux_weight)
+    if not torch.isfinite(loss):
+        return None
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    limit = clip_grad_norm if clip_grad_norm is not None else math.inf
+    norm = float(nn.utils.clip_grad_norm_(params, limit))
+    opt.step()
+    return float(loss.detach()), int((logits.argmax(1) == y).sum()), norm
+
+
 def train_curve(
     model: nn.Module,
     data: FashionSubset,
@@ -128,11 +154,7 @@ def train_curve(
     torch.manual_seed(seed)
     device = resolve_device(None if device is None else str(device))
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt: torch.optim.Optimizer = (
-        torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-        if optimizer == "sgd" else torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    )  # fmt: skip
+    opt = _optimizer(model, optimizer, lr, weight_decay)
     n = len(data.train_y)
     per_epoch = max(1, n // batch_size)
     history, norms, nonfinite, step = [], [], None, 0
@@ -147,18 +169,14 @@ def train_curve(
             y = y.to(device)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(lr, schedule, step, epochs * per_epoch)
-            loss, logits = _loss(model, x, y, aux_weight)
-            if not torch.isfinite(loss):
+            result = _step(model, opt, x, y, aux_weight, clip_grad_norm)
+            if result is None:
                 nonfinite = step
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            limit = clip_grad_norm if clip_grad_norm is not None else math.inf
-            norms.append(float(nn.utils.clip_grad_norm_(params, limit)))
-            opt.step()
+            loss, hits, norm = result
+            norms.append(norm)
             step, seen = step + 1, seen + len(y)
-            total_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            total_loss, correct = total_loss + loss * len(y), correct + hits
         if nonfinite is not None:
             break
         test_loss, test_top1 = _evaluate(model, data.test_x, data.test_y, device)
