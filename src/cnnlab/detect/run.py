@@ -16,17 +16,13 @@ the CPU a resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +36,6 @@ from cnnlab.detect.train import (
     init_backbone,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.io import atomic_write_bytes
 from cnnlab.registry import build_model, model_info
 from cnnlab.saved import load, read_meta, save_weights
 from cnnlab.train.checkpoint import (
@@ -52,6 +47,9 @@ from cnnlab.train.checkpoint import (
     load_state,
     recover_checkpoint,
     remove_stale_files,
+    rng_state,
+    set_rng_state,
+    write_metrics_csv,
 )
 
 __all__ = ["RunSetup", "is_detector", "train_detector"]
@@ -74,30 +72,6 @@ class RunSetup:
     init_from: str | None = None
     strict: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG state, in the plain form :func:`cnnlab.train.checkpoint.load_state` checks."""
-    kind, keys, pos, gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "cuda": [],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, gauss, cached],
-            "python": random.getstate()}  # fmt: skip
-
-
-def _set_rng_state(rng: dict[str, Any]) -> None:
-    torch.set_rng_state(rng["torch"])
-    kind, keys, *rest = rng["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    version, inner, gauss = rng["python"]
-    random.setstate((version, tuple(inner), gauss))
-
-
-def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[-1]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 @dataclass
@@ -207,7 +181,7 @@ def _resume(run: _Run, state: dict[str, Any]) -> None:
     try:
         run.opt.load_state_dict(state["optimizer"])
         run.sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         raise CnnlabError(f"{str(run.out / LAST_STATE)!r} does not fit this run "
                           f"({' '.join(str(exc).split())[:160]})") from None  # fmt: skip
@@ -240,13 +214,13 @@ def _checkpoint(run: _Run, row: dict[str, Any]) -> None:
     best = min(run.best, row["val_loss"])
     state = {"config": {**asdict(run.config), "setup": asdict(run.setup)},
              "epoch": row["epoch"], "step": run.step, "optimizer": run.opt.state_dict(),
-             "scheduler": run.sched.state_dict(), "rng": _rng_state(), "history": run.history,
+             "scheduler": run.sched.state_dict(), "rng": rng_state(), "history": run.history,
              "best_top1": 0.0,  # the classifier state's field; a detector keeps best_val_loss
              "best_val_loss": best}  # fmt: skip
     try:
         if row["val_loss"] < run.best:
             save_weights(run.model, run.out / "best.safetensors", {**meta, "val_loss": best})
-        _write_csv(run.out / "metrics.csv", run.history)
+        write_metrics_csv(run.out / "metrics.csv", run.history)
         commit_checkpoint(run.out, run.step, lambda p: save_weights(run.model, p, meta), state)
         recover_checkpoint(run.out)
     except OSError as exc:

@@ -27,16 +27,19 @@ refuses any pickled code; :func:`load_state` also checks the state's structure.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import math
 import os
+import random
 import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
@@ -58,7 +61,10 @@ __all__ = [
     "load_state",
     "recover_checkpoint",
     "remove_stale_files",
+    "rng_state",
     "save_state",
+    "set_rng_state",
+    "write_metrics_csv",
 ]
 
 STATE_FORMAT = "cnnlab.train-state/1"
@@ -256,3 +262,40 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random-number state (torch, CUDA, NumPy, Python) as tensors and plain data, the
+    form :func:`load_state` checks and ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate(_tuples(state["python"]))
+
+
+def _tuples(x: Any) -> Any:
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.csv``, one row per epoch, written atomically."""
+    buf = io.StringIO()
+    if history:  # the newest row's columns (a resumed state's older rows may lack some)
+        writer = csv.DictWriter(buf, fieldnames=list(history[-1]), restval="",
+                                extrasaction="ignore")  # fmt: skip
+        writer.writeheader()
+        writer.writerows(history)
+    atomic_write_bytes(path, buf.getvalue().encode())

@@ -21,8 +21,6 @@ epoch depends only on (seed, epoch), and the schedule is a function of the step.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import random
@@ -51,7 +49,6 @@ from cnnlab.data import (
 from cnnlab.devices import PRECISIONS, autocast_dtype, compiled, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
-from cnnlab.io import atomic_write_bytes
 from cnnlab.registry import build_model
 from cnnlab.saved import MAX_IMG_SIZE, SCALARS, load_weights, read_meta, save_weights
 from cnnlab.train.checkpoint import (
@@ -63,6 +60,9 @@ from cnnlab.train.checkpoint import (
     load_state,
     recover_checkpoint,
     remove_stale_files,
+    rng_state,
+    set_rng_state,
+    write_metrics_csv,
 )
 from cnnlab.train.finetune import freeze, frozen_modules
 from cnnlab.train.loop import NonFiniteLossError, evaluate, run_epoch
@@ -283,29 +283,6 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    random.setstate(_tuples(state["python"]))
-
-
-def _tuples(x: Any) -> Any:
-    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
-
-
 def _setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
     """(device, rank, world size); ``device`` is checked by :func:`resolve_device` first (a
     missing GPU or an unknown device is one error line). Under torchrun each process on CUDA
@@ -321,16 +298,6 @@ def _setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
         torch.cuda.set_device(local)
         return torch.device("cuda", local), rank, world
     return resolved, rank, world
-
-
-def _write_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    if history:  # the newest row's columns (a resumed state's older rows may lack some)
-        writer = csv.DictWriter(buf, fieldnames=list(history[-1]), restval="",
-                                extrasaction="ignore")  # fmt: skip
-        writer.writeheader()
-        writer.writerows(history)
-    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _check_resume(state: dict[str, Any], cfg: TrainConfig) -> None:
@@ -574,7 +541,7 @@ def _resume(run: _Run, state: dict[str, Any]) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
         _check_optimizer_state(run.optimizer)
         run.scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         raise CnnlabError(
             f"{str(run.last_s)!r} does not fit this run ({' '.join(str(exc).split())[:160]})"
@@ -663,7 +630,7 @@ def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> Non
         if top1 > run.best:
             save_weights(run.model, run.out / "best.safetensors", {**meta_now, "val_top1": top1},
                          drop_aux=True)  # fmt: skip
-        _write_csv(run.out / "metrics.csv", run.history)
+        write_metrics_csv(run.out / "metrics.csv", run.history)
         commit_checkpoint(
             run.out, run.step, lambda path: save_weights(run.model, path, meta_now),
             _state(run, epoch, best),
@@ -688,7 +655,7 @@ def _state(run: _Run, epoch: int, best: float) -> dict[str, Any]:
         "step": run.step,
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
-        "rng": _rng_state(),
+        "rng": rng_state(),
         "history": run.history,
         "best_top1": best,
     }
