@@ -1,7 +1,7 @@
 """Threads and OpenMP wait policy, on a quiet machine and beside another multi-threaded job.
 
-Each configuration (``--threads`` 1 or 2, ``--wait-policy`` active or passive) runs
-``cnnlab bench MODEL --vs torchvision --backend eager,onnxruntime --no-train`` in a fresh
+Each configuration (``--threads`` 1 or 2; the OpenMP wait policy unset, active or passive)
+runs ``cnnlab bench MODEL --vs torchvision --backend eager,onnxruntime --no-train`` in a fresh
 process (OpenMP reads its wait policy when torch loads), once on the quiet machine and once
 while a second job runs beside it: a process doing 2-thread fp32 matrix products without
 pause, as another user's training would. Configurations and the two conditions alternate in
@@ -32,7 +32,8 @@ a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
 while True:
     a @ b
 """
-CONFIGS = [(2, "active"), (2, "passive"), (1, "active"), (1, "passive")]
+# "default": OMP_WAIT_POLICY unset (libgomp's threads spin a while, then sleep)
+CONFIGS = [(2, "default"), (2, "active"), (2, "passive"), (1, "default"), (1, "passive")]
 
 
 def bench(model: str, threads: int, policy: str, repeats: int) -> dict:
@@ -40,7 +41,9 @@ def bench(model: str, threads: int, policy: str, repeats: int) -> dict:
     args = [sys.executable, "-m", "cnnlab", "bench", model, "--vs", "torchvision", "--backend",
             "eager,onnxruntime", "--no-train", "--threads", str(threads), "--repeats",
             str(repeats), "--json"]  # fmt: skip
-    env = {**os.environ, "OMP_WAIT_POLICY": policy.upper()}
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
     return {row["backend"]: row for row in json.loads(out)}
 

@@ -7,8 +7,9 @@ compilation happens in the warm-up, outside the timing) and, where the CPU compu
 natively, ``--precision bf16``. A step is forward, cross-entropy, backward, SGD with
 momentum (``cnnlab.deploy.training_step``). All are timed by ``cnnlab.timing.interleave``:
 one sample of each per round, rounds that other work slowed dropped and re-run. Printed: the
-median ms per step, images/s and the median of the per-round ratios torchvision / contender
-(> 1: faster than torchvision).
+median ms per step, images/s and the median of the per-round ratios baseline / contender
+(> 1: faster than the baseline: torchvision's model, or for a model torchvision lacks, such
+as the LeNets, cnnlab's own in NCHW).
 
     .venv/bin/python benchmarks/train_speed.py [--repeats 5] [--models resnet18,mobilenet_v2]
         [--sizes 32,224] [--no-compile]
@@ -27,7 +28,7 @@ import torch
 import cnnlab
 from cnnlab.deploy import torchvision_model, training_step
 from cnnlab.devices import native_bf16
-from cnnlab.interop import from_torchvision
+from cnnlab.interop import TORCHVISION_NAMES, from_torchvision
 from cnnlab.tables import format_table
 from cnnlab.timing import Contender, interleave
 
@@ -52,19 +53,26 @@ def step(model: torch.nn.Module, x: torch.Tensor, layout: bool, bf16: bool,
 
 
 def contenders(name: str, size: int, use_compile: bool) -> list[Contender]:
+    """torchvision's model first where it has one (cnnlab's gets its weights), else cnnlab's
+    own NCHW eager model as the baseline; then cnnlab's with each option."""
     torch.manual_seed(0)
-    tv = torchvision_model(name, num_classes=10)
     ours = cnnlab.create_model(name, num_classes=10)
-    ours.load_state_dict(from_torchvision(name, tv.state_dict()))
-    x = torch.randn(BATCH, 3, size, size)
+    x = torch.randn(BATCH, ours.input_size[0], size, size)
+    if name in TORCHVISION_NAMES:
+        tv = torchvision_model(name, num_classes=10)
+        ours.load_state_dict(from_torchvision(name, tv.state_dict()))
+        found = [Contender("torchvision", step(tv, x, False, False, False))]
+    else:
+        found = [Contender("cnnlab NCHW (baseline)", step(ours, x, False, False, False))]
     options = {"cnnlab": (False, False, False), "channels-last": (True, False, False)}
+    if name not in TORCHVISION_NAMES:
+        del options["cnnlab"]
     if use_compile:
         options["channels-last + compile"] = (True, False, True)
     if native_bf16(torch.device("cpu")):
         options["channels-last + bf16"] = (True, True, False)
         if use_compile:
             options["channels-last + bf16 + compile"] = (True, True, True)
-    found = [Contender("torchvision", step(tv, x, False, False, False))]
     found += [Contender(label, step(ours, x, *opts)) for label, opts in options.items()]
     return found
 
@@ -82,14 +90,14 @@ def main() -> int:
             print(f"... {name} at {size} px, batch {BATCH}", file=sys.stderr, flush=True)
             timing = interleave(contenders(name, size, not args.no_compile), args.repeats,
                                 warmup=3, min_sample_s=0)  # fmt: skip
-            tv = timing.samples["torchvision"]
+            tv = next(iter(timing.samples.values()))  # the baseline
             for label, samples in timing.samples.items():
                 ratio = statistics.median(t / s for t, s in zip(tv, samples, strict=True))
                 rows.append((name, size, label, f"{timing.median(label) * 1e3:,.0f}",
                              f"{BATCH / timing.median(label):,.0f}", f"{ratio:.2f}x",
                              f"{timing.kept}/{timing.rounds}",
                              f"{timing.other_cores or 0:.2f}"))  # fmt: skip
-    headers = ["model", "px", "options", "ms/step", "img/s", "vs torchvision", "rounds",
+    headers = ["model", "px", "options", "ms/step", "img/s", "vs baseline", "rounds",
                "other cores"]  # fmt: skip
     print(format_table(headers, rows))
     print(f"batch {BATCH}, {torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -1,5 +1,6 @@
-"""`cnnlab train --channels-last` and `--compile`: same run, same files, resumable with the
-option switched, and a machine without a C++ compiler refused before anything is written."""
+"""`cnnlab train` channels-last (the default; `--no-channels-last`) and `--compile`: same run,
+same files, resumable with the option switched, and a machine without a C++ compiler refused
+before anything is written."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def cfg(**kw) -> TrainConfig:
 
 
 def test_channels_last_trains_the_same_run(tmp_path: Path) -> None:
-    plain = fit(cfg(), tmp_path / "plain", **QUICK)
-    nhwc = fit(cfg(channels_last=True), tmp_path / "nhwc", **QUICK)
+    plain = fit(cfg(channels_last=False), tmp_path / "plain", **QUICK)
+    nhwc = fit(cfg(), tmp_path / "nhwc", **QUICK)  # channels-last is the default
     assert nhwc["val_top1"] == pytest.approx(plain["val_top1"], abs=0.02)
     a, b = TinyNet(), TinyNet()
     load_weights(a, tmp_path / "plain" / "last.safetensors")
@@ -43,7 +44,7 @@ def test_channels_last_trains_the_same_run(tmp_path: Path) -> None:
 def test_the_options_may_change_on_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     fit(cfg(epochs=1), out, **QUICK)
-    summary = fit(cfg(epochs=2, channels_last=True), out, resume=True, **QUICK)
+    summary = fit(cfg(epochs=2, channels_last=False), out, resume=True, **QUICK)
     assert summary["epochs"] == 2
 
 
@@ -62,7 +63,16 @@ def test_compile_without_a_compiler_is_one_error_and_no_folder(
 
 @pytest.mark.slow
 def test_compile_trains_and_saves_plain_weights(tmp_path: Path) -> None:
-    summary = fit(cfg(epochs=1, compile=True, channels_last=True), tmp_path / "run", **QUICK)
+    summary = fit(cfg(epochs=1, compile=True), tmp_path / "run", **QUICK)
     assert summary["epochs"] == 1
     model = TinyNet()
     load_weights(model, tmp_path / "run" / "last.safetensors")  # no "_orig_mod." prefixes
+
+
+def test_the_cli_turns_channels_last_off(tmp_path: Path) -> None:
+    args = ["train", "tiny", "--data", "synthetic", "--epochs", "1", "--img-size", "16",
+            "--no-channels-last", "--out", str(tmp_path / "run"), "--no-progress",
+            "--no-tensorboard"]  # fmt: skip
+    assert main(args) == 0
+    state = torch.load(tmp_path / "run" / "last.state.pt", weights_only=True)
+    assert state["config"]["channels_last"] is False

@@ -39,8 +39,9 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def _shows(default: object) -> bool:
-    """A default worth printing: not a switch's False, not None ('not given'), not empty."""
-    return not (default is None or default is False or default is argparse.SUPPRESS) and (
+    """A default worth printing: not a switch's False or True, not None ('not given'), not
+    empty."""
+    return not (default is None or isinstance(default, bool) or default is argparse.SUPPRESS) and (
         default not in ([], ())
     )
 

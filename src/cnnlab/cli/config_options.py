@@ -14,14 +14,19 @@ def add_config_options(
     parser: argparse.ArgumentParser, config: type, skip: tuple[str, ...] = ()
 ) -> None:
     """One ``--field-name`` option per field of the dataclass ``config``, with the field's
-    default, type and ``metadata`` (help, choices, metavar); a bool field is a switch, a dict
-    field takes ``KEY=VALUE`` pairs (timm's ``--model-kwargs``)."""
+    default, type and ``metadata`` (help, choices, metavar); a bool field is a switch
+    (``--no-field-name`` where it defaults to True), a dict field takes ``KEY=VALUE`` pairs
+    (timm's ``--model-kwargs``)."""
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kwargs = dict(f.metadata)
+        if hints[f.name] is bool and f.default is True:  # on by default: --no-NAME
+            no_flag = "--no-" + f.name.replace("_", "-")
+            parser.add_argument(no_flag, dest=f.name, action="store_false", **kwargs)
+            continue
         if hints[f.name] is bool:
             parser.add_argument(flag, action="store_true", **kwargs)
             continue
