@@ -9,25 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab import devices, registry
+from cnnlab import devices
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load_weights
-from cnnlab.train import TrainConfig, fit
-from test_train_helpers import TINY_MODELS, TinyNet
-
-QUICK = {"progress": False, "tensorboard": False, "log": None}
-
-
-@pytest.fixture(autouse=True)
-def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, entry in TINY_MODELS.items():
-        monkeypatch.setitem(registry._REGISTRY, name, entry)
-
-
-def cfg(**kw) -> TrainConfig:
-    base = dict(model="tiny", data="synthetic", epochs=2, batch_size=64, lr=0.05, img_size=16)
-    return TrainConfig(**{**base, **kw})
+from cnnlab.train import fit
+from test_train import QUICK, cfg, tiny_models  # noqa: F401 (the tiny models, registered)
+from test_train_helpers import TinyNet
 
 
 def test_channels_last_trains_the_same_run(tmp_path: Path) -> None:
