@@ -17,7 +17,7 @@ class Spell:
     ``factor`` times longer while the spell is on. The probe's calls count the rounds: two per
     round."""
 
-    def __init__(self, base: float = 0.002) -> None:
+    def __init__(self, base: float = 0.01) -> None:  # over the probe's 5 ms: 1 call a sample
         self.base, self.factor, self.probe_calls, self.now = base, 1.0, 0, 0.0
         self.slow_rounds: set[int] = set()
 
@@ -63,7 +63,6 @@ def test_bench_drops_a_slowed_round(monkeypatch, spell) -> None:
     from cnnlab.deploy import bench
     from cnnlab.registry import build_model
 
-    spell.base = 0.01  # over the probe's 5 ms sample: one call per probe, two per round
     spell.slow_rounds = {1, 2, 3}
 
     def slowed(name: str):
@@ -100,7 +99,7 @@ def test_other_load_flags_a_busy_machine(monkeypatch, spell) -> None:
 def test_calibration_and_bad_arguments(spell) -> None:
     calls = []
     c = Contender("x", lambda: (calls.append(1), spell.work()))
-    c.calibrate(warmup=2, min_sample_s=0.01)
+    c.calibrate(warmup=2, min_sample_s=0.045)
     assert c.number == 5 and len(calls) == 3
     with pytest.raises(ValueError, match="distinct names"):
         interleave([Contender("x", int), Contender("x", int)], 2)

@@ -152,7 +152,7 @@ def interleave(
     probe = probe or matmul_probe()
     for contender in contenders:
         contender.calibrate(warmup, min_sample_s)
-    probe.calibrate(warmup, min(min_sample_s, PROBE_SAMPLE_S))
+    probe.calibrate(warmup, PROBE_SAMPLE_S)  # however short the contenders' samples are
     order, limit = random.Random(seed), max(repeats, max_rounds or 3 * repeats)
     rounds: list[dict[str, float]] = []
     probes: list[float] = []
