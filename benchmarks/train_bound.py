@@ -89,8 +89,10 @@ def main() -> int:
     print(f"torchvision eager step      {t_eager * 1e3:9,.0f} ms")
     print(f"cnnlab channels-last step   {t_cl * 1e3:9,.0f} ms   {t_eager / t_cl:.2f}x")
     print(f"convolution FLOPs per step  {flops / 1e9:9,.1f} GFLOP")
-    print(f"convolutions (profiled)     {t_conv * 1e3:9,.0f} ms   {flops / t_conv / 1e9:6.1f} GFLOP/s"
-          f" ({t_conv / t_cl:.0%} of the channels-last step)")  # fmt: skip
+    print(
+        f"convolutions (profiled)     {t_conv * 1e3:9,.0f} ms   "
+        f"{flops / t_conv / 1e9:6.1f} GFLOP/s ({t_conv / t_cl:.0%} of the channels-last step)"
+    )
     print(f"fp32 matmul {args.matmul}^3           {peak / 1e9:9.1f} GFLOP/s")
     print(f"ceiling, all but convolutions free:        {t_eager / t_conv:.2f}x")
     print(f"ceiling, convolutions at the matmul rate:  {t_eager / (flops / peak):.2f}x")

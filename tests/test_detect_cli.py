@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from cnnlab.detect import (
     RunSetup,
     coco_results,
     make_detection,
+    prepare,
     score_results,
     train_detector,
 )
@@ -101,6 +103,37 @@ def test_resume_ends_where_an_uninterrupted_run_does(data: Path, tmp_path) -> No
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = list(csv.DictReader((resumed / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_prepare_sets_the_layout_and_the_autocast_dtype() -> None:
+    def conv(model):  # the stem's 3x3 over RGB: a weight whose two layouts differ
+        return next(p for p in model.parameters() if p.dim() == 4)
+
+    model = cnnlab.create_model(MODEL, num_classes=2, image_size=SIZE)
+    with warnings.catch_warnings():  # bf16 warns on a CPU without native bf16
+        warnings.simplefilter("ignore")
+        assert prepare(model, DetectionConfig(precision="bf16")) == torch.bfloat16
+    assert conv(model).is_contiguous(memory_format=torch.channels_last)
+    plain = cnnlab.create_model(MODEL, num_classes=2, image_size=SIZE)
+    assert prepare(plain, DetectionConfig(channels_last=False, precision="fp32")) is None
+    assert conv(plain).is_contiguous() and not conv(plain).is_contiguous(
+        memory_format=torch.channels_last
+    )
+    with pytest.raises(ValueError, match="precision"):
+        DetectionConfig(precision="fp16")
+
+
+@pytest.mark.slow
+def test_layout_and_precision_may_change_on_resume(data: Path, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert _train(data, out) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _train(data, out, "--epochs", "2", "--resume", "--no-channels-last",
+                      "--precision", "bf16") == 0  # fmt: skip
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(np.isfinite(float(r["train_loss"])) for r in rows)
 
 
 @pytest.mark.slow
@@ -224,6 +257,15 @@ def test_export_is_verified_with_raw_boxes_and_scores(run: Path, tmp_path, capsy
     assert np.allclose(boxes, want_boxes.detach().numpy(), atol=1e-3)
     assert np.allclose(scores, want_scores.detach().numpy(), atol=1e-4)
     assert scores.shape == (1, model.anchors.shape[0], 10)
+
+
+def test_bench_times_a_saved_detector_at_its_own_size(run: Path, capsys) -> None:
+    argv = ["bench", MODEL, "--checkpoint", str(run), "--repeats", "1", "--warmup", "0",
+            "--no-train"]  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["img_size"] == SIZE and row["latency_ms"] > 0
+    _one_error(capsys, main([*argv, "--vs", "torchvision", "--json"]), "RGB", "1 channel")
 
 
 @pytest.mark.slow

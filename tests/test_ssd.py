@@ -11,6 +11,7 @@ Table 6's SSD300 row (see ``test_ssd300_against_table_6``).
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -21,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import cnnlab
 from cnnlab.analysis.macs import count_macs
 from cnnlab.cli import main
+from cnnlab.deploy import torchvision_model
 from cnnlab.models.features import FeatureListModel
 from cnnlab.models.ssd import (
     SSD,
@@ -277,7 +279,8 @@ def test_registry_lists_detectors_apart_from_classifiers(capsys):
     with pytest.raises(ValueError, match="task"):
         cnnlab.list_models(task="segmentation")
     with pytest.raises(ValueError, match="matches no classifier, only ssdlite_mobilenet_v1"):
-        match_models(["ssdlite*"])  # compare / bench take classifiers
+        match_models(["ssdlite*"])  # a wildcard of compare / bench matches classifiers
+    assert match_models(["ssdlite_mobilenet_v2", "lenet5"]) == ["ssdlite_mobilenet_v2", "lenet5"]
     assert main(["models", "ssd*"]) == 0
     out = capsys.readouterr().out
     assert all(n in out for n in DETECTORS) and "4,337,013" in out
@@ -313,3 +316,25 @@ def test_bad_inputs_and_outputs_are_value_errors():
     for bad in ({"score_thresh": 1.5}, {"nms_thresh": -0.1}, {"max_detections": 0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             model.postprocess(reg, logits, **bad)
+
+
+def test_bench_times_a_detector_against_torchvisions_peer(capsys):
+    argv = ["bench", "ssdlite_mobilenet_v2", "--vs", "torchvision", "--img-size", "96",
+            "--batch-size", "2", "--repeats", "1", "--warmup", "0", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["model"] == "ssdlite_mobilenet_v2" and row["img_size"] == 96
+    assert row["torchvision_latency_ms"] > 0 and row["speedup_vs_torchvision"] > 0
+    assert row["train_images_per_s"] > 0  # the MultiBox loss, backward and SGD
+    assert main(argv[:-1]) == 0
+    assert "torchvision's ssdlite320_mobilenet_v3_large" in capsys.readouterr().out
+
+
+def test_torchvisions_peer_returns_raw_outputs_like_ours():
+    tv = torchvision_model("ssdlite_mobilenet_v2", num_classes=10)
+    ours = cnnlab.create_model("ssdlite_mobilenet_v2", num_classes=10).eval()
+    x = torch.randn(1, 3, 320, 320)
+    with torch.no_grad():
+        (tv_boxes, tv_logits), (boxes, logits) = tv(x), ours(x)
+    assert tv_boxes.shape[-1] == boxes.shape[-1] == 4
+    assert tv_logits.shape[-1] == logits.shape[-1] == 11  # 10 classes and the background

@@ -241,13 +241,15 @@ def list_models(pattern: str = "*", task: str | None = "classification") -> list
 
 
 def match_models(patterns: Iterable[str]) -> list[str]:
-    """The classifiers matching any of ``patterns``, in pattern order, each once.
+    """The models matching any of ``patterns``, in pattern order, each once: a shell-style
+    pattern matches the classifiers, a model's exact name that model whatever its task (so
+    ``cnnlab bench ssdlite_mobilenet_v2`` times a detector, ``cnnlab bench '*'`` the zoo).
 
     A pattern that matches nothing is a ``ValueError`` (a typo should not silently shrink a
     comparison or a benchmark)."""
     names: list[str] = []
     for pattern in patterns:
-        found = list_models(pattern)
+        found = [pattern] if pattern in _REGISTRY else list_models(pattern)
         others = list_models(pattern, task=None)
         if not found and others:
             raise ValueError(f"{pattern!r} matches no classifier, only {', '.join(others)}")

@@ -9,7 +9,14 @@ import subprocess
 import sys
 
 import cnnlab
-from cnnlab.deploy import BACKENDS, FORMATS, MATMUL_SIZE, benchmark, export_onnx
+from cnnlab.deploy import (
+    BACKENDS,
+    FORMATS,
+    MATMUL_SIZE,
+    TORCHVISION_DETECTORS,
+    benchmark,
+    export_onnx,
+)
 from cnnlab.devices import PRECISIONS, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.tables import format_table, human, print_json
@@ -165,8 +172,17 @@ def run_bench(args: argparse.Namespace) -> int:
         writer.writerows(rows)
     else:
         print(_table(results, args.vs == "torchvision"))
+        print(_peer_note(results, args.vs == "torchvision"), end="")
         print(_contention_note(results), end="")
     return 0
+
+
+def _peer_note(results: list, vs: bool) -> str:
+    """A line per detector timed against torchvision's peer (another network for SSDLite)."""
+    peers = {r.model: TORCHVISION_DETECTORS[r.model] for r in results
+             if vs and r.model in TORCHVISION_DETECTORS}  # fmt: skip
+    return "".join(f"tv: {model} against torchvision's {peer} (raw outputs, no resize or NMS, "
+                   "random weights)\n" for model, peer in peers.items())  # fmt: skip
 
 
 def _contention_note(results: list) -> str:

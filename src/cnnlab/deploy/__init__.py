@@ -7,6 +7,7 @@ only when an export or the onnxruntime backend is used.
 from cnnlab.deploy.bench import (
     BACKENDS,
     MATMUL_SIZE,
+    TORCHVISION_DETECTORS,
     BenchResult,
     benchmark,
     matmul_peak,
@@ -20,6 +21,7 @@ __all__ = [
     "BACKENDS",
     "FORMATS",
     "MATMUL_SIZE",
+    "TORCHVISION_DETECTORS",
     "BenchResult",
     "ExportResult",
     "FuseReport",

@@ -30,16 +30,19 @@ from torch import nn
 from cnnlab.analysis import count_macs, profile
 from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
+from cnnlab.detect.loss import multibox_loss
+from cnnlab.detect.train import batch_targets
 from cnnlab.devices import autocast, autocast_dtype
 from cnnlab.devices import compiled as compile_model
 from cnnlab.errors import CnnlabError
 from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
-from cnnlab.registry import build_model, match_models
+from cnnlab.registry import build_model, match_models, model_info
 from cnnlab.saved import load
 from cnnlab.timing import Contender, Timing, interleave, wait_policy
 
 __all__ = [
     "BACKENDS",
+    "TORCHVISION_DETECTORS",
     "BenchResult",
     "available_memory",
     "benchmark",
@@ -50,6 +53,13 @@ __all__ = [
 ]
 
 BACKENDS = ("eager", "fused", "compile", "onnxruntime")
+# torchvision's detector each of ours is timed against (`--vs torchvision`): the same network
+# for SSD300; for the SSDLites the one torchvision has, on MobileNetV3-Large (another backbone).
+TORCHVISION_DETECTORS = {
+    "ssdlite_mobilenet_v2": "ssdlite320_mobilenet_v3_large",
+    "ssdlite_mobilenet_v1": "ssdlite320_mobilenet_v3_large",
+    "ssd300_vgg16": "ssd300_vgg16",
+}
 MATMUL_SIZE = 1024  # n of the n x n x n fp32 matmul that measures the peak
 GIB = 2**30
 
@@ -84,14 +94,33 @@ class BenchResult:
         return asdict(self)
 
 
+class _RawDetector(nn.Module):
+    """A torchvision SSD without its resize and NMS: images in, ``(box_regression,
+    class_logits)`` out, what cnnlab's detectors return."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = detector.backbone, detector.head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(list(self.backbone(x).values()))
+        return out["bbox_regression"], out["cls_logits"]
+
+
 def torchvision_model(name: str, num_classes: int = 1000) -> nn.Module:
-    """torchvision's model of the same architecture as cnnlab's ``name`` (random weights)."""
+    """torchvision's model of the same architecture as cnnlab's ``name`` (random weights); for
+    a detector, its peer in :data:`TORCHVISION_DETECTORS` for ``num_classes`` classes plus the
+    background, returning its raw outputs (:class:`_RawDetector`)."""
+    import torchvision
+
+    if name in TORCHVISION_DETECTORS:
+        build = getattr(torchvision.models.detection, TORCHVISION_DETECTORS[name])
+        tv = build(weights=None, weights_backbone=None, num_classes=num_classes + 1)
+        return _RawDetector(tv).eval()
     if name not in TORCHVISION_NAMES:
         raise ValueError(
             f"{name!r} has no torchvision counterpart; these do: {', '.join(TORCHVISION_NAMES)}"
         )
-    import torchvision
-
     tv_name = TORCHVISION_NAMES[name]
     kwargs: dict[str, Any] = {"weights": None, "num_classes": num_classes}
     if tv_name in ("googlenet", "inception_v3"):
@@ -240,10 +269,17 @@ def _check_placement(
         return
     for name in names:
         with torch.device("meta"):
-            meta = build_model(name)
+            meta = _build(name, img_size)
         size = _size(meta.input_size, img_size)
         for batch in batch_sizes:
             _check_memory(meta, size, batch, train, device)
+
+
+def _build(name: str, img_size: int | None) -> nn.Module:
+    """The model ``name`` as built; a detector for ``img_size``, as its default boxes must be."""
+    if img_size and model_info(name).get("task") == "detection":
+        return build_model(name, image_size=img_size)
+    return build_model(name)
 
 
 def _size(input_size: Sequence[int], img_size: int | None) -> tuple[int, int, int]:
@@ -274,7 +310,7 @@ def _check_options(
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be at least 1 and warmup at least 0")
     if vs_torchvision:
-        missing = [n for n in names if n not in TORCHVISION_NAMES]
+        missing = [n for n in names if n not in {**TORCHVISION_NAMES, **TORCHVISION_DETECTORS}]
         if missing:
             raise ValueError(
                 f"no torchvision counterpart for {', '.join(missing)} (--vs torchvision)"
@@ -298,7 +334,7 @@ def _bench_one(
 ) -> list[BenchResult]:
     """One result per backend for model ``name`` at batch size ``batch`` (under autocast to
     ``dtype`` where given)."""
-    model, tv = _models(name, vs_torchvision, checkpoint)
+    model, tv = _models(name, vs_torchvision, checkpoint, img_size)
     chans, height, width = _size(model.input_size, img_size)
     _check_memory(model, (chans, height, width), batch, train, device)
     model = model.to(device)
@@ -334,19 +370,25 @@ def _bench_one(
 
 
 def _models(
-    name: str, vs_torchvision: bool, checkpoint: str | None = None
+    name: str, vs_torchvision: bool, checkpoint: str | None = None, img_size: int | None = None
 ) -> tuple[nn.Module, nn.Module | None]:
     """cnnlab's model ``name`` (seed 0, or the checkpoint's weights and trained input size; eval
-    mode) and, if asked, torchvision's holding the same weights, so both compute the same."""
+    mode; a detector built for ``img_size``, as its default boxes must be) and, if asked,
+    torchvision's holding the same weights, so both compute the same."""
     torch.manual_seed(0)
     if checkpoint is None:
-        model = build_model(name).eval()
+        model = _build(name, img_size).eval()
     else:
         model, meta = load(checkpoint, name)
         size = meta["preprocess"]["size"]
         model.input_size = (meta["in_chans"], size, size)
     tv = None
-    if vs_torchvision:
+    if vs_torchvision and name in TORCHVISION_DETECTORS:  # a peer: its own random weights
+        if model.input_size[0] != 3:
+            raise ValueError(f"torchvision's {TORCHVISION_DETECTORS[name]} takes RGB images; "
+                             f"this {name} takes {model.input_size[0]} channel(s)")  # fmt: skip
+        tv = torchvision_model(name, num_classes=model.num_classes)
+    elif vs_torchvision:
         tv = torchvision_model(name, num_classes=meta["num_classes"] if checkpoint else 1000)
         if checkpoint is None:
             model.load_state_dict(from_torchvision(name, tv.state_dict()))
@@ -437,19 +479,35 @@ def _backend(
 
 def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     """One timed training step of ``model`` (put in training mode) on the batch ``x``:
-    forward, cross-entropy (auxiliary outputs ignored), backward, SGD step."""
+    forward, loss, backward, SGD step. The loss is cross-entropy (auxiliary outputs ignored),
+    or for a detector the MultiBox loss of one box per image (:func:`_detector_loss`)."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    loss = _detector_loss(model, x) if hasattr(model, "anchors") else None
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        nn.functional.cross_entropy(logits, target).backward()
+        if loss is not None:
+            loss(out).backward()
+        else:
+            logits = out[0] if isinstance(out, tuple) else out
+            nn.functional.cross_entropy(logits, target).backward()
         optimizer.step()
 
     return step
+
+
+def _detector_loss(model: nn.Module, x: torch.Tensor) -> Callable[[Any], torch.Tensor]:
+    """The SSD MultiBox loss of ``model``'s outputs for one box per image (the middle half
+    of the image, class 1), matched to the model's default boxes once."""
+    side = x.shape[-1]
+    box = {"boxes": torch.tensor([[side / 4, side / 4, 3 * side / 4, 3 * side / 4]]),
+           "labels": torch.tensor([1])}  # fmt: skip
+    offsets, classes = batch_targets([box] * x.shape[0], model.anchors, side)
+    offsets, classes = offsets.to(x.device), classes.to(x.device)
+    return lambda out: multibox_loss(out[0].float(), out[1].float(), offsets, classes)[0]
 
 
 def _train_rate(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float | None:

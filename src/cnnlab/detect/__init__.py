@@ -28,6 +28,7 @@ from cnnlab.detect.train import (
     evaluate_loss,
     fit,
     init_backbone,
+    prepare,
 )
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "multibox_loss",
     "normalise",
     "predict_images",
+    "prepare",
     "random_crop",
     "read_annotations",
     "resize_with_boxes",

@@ -34,6 +34,7 @@ from cnnlab.detect.train import (
     detection_loaders,
     evaluate_loss,
     init_backbone,
+    prepare,
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.registry import build_model, model_info
@@ -53,6 +54,9 @@ from cnnlab.train.checkpoint import (
 )
 
 __all__ = ["RunSetup", "is_detector", "train_detector"]
+
+# Settings that may change on --resume: they change how fast a step runs, not what it learns.
+RESUME_FREE = {"epochs", "channels_last", "precision"}
 
 
 def is_detector(name: str) -> bool:
@@ -89,6 +93,7 @@ class _Run:
     sched: Any
     meta: dict[str, Any]
     say: Callable[[str], None]
+    dtype: torch.dtype | None = None  # autocast (config.precision); None: fp32
     history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
     best: float = float("inf")
@@ -106,7 +111,7 @@ def _saved_setup(out: Path, config: DetectionConfig, setup: RunSetup) -> tuple[d
     config = _with_saved_stats(config, saved)
     now = {**asdict(config), "setup": asdict(merged)}
     diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in now.items()
-            if k != "epochs" and _plain(saved.get(k)) != _plain(v)]  # fmt: skip
+            if k not in RESUME_FREE and _plain(saved.get(k)) != _plain(v)]  # fmt: skip
     if diff:
         raise CnnlabError("--resume needs the settings of the run; changed: " + ", ".join(diff))
     if config.epochs < state["epoch"]:
@@ -155,13 +160,14 @@ def _build(
     if fresh and setup.init_from:
         got = init_backbone(model, setup.init_from)
         say(f"backbone initialised from {got['path']!r} ({got['model']})")
+    dtype = prepare(model, config)
     opt, sched = _optimizer(model, config, config.epochs * len(train))
     meta = {"model": name, "num_classes": len(classes), "in_chans": setup.in_chans,
             "class_names": classes, "category_ids": train.dataset.category_ids,
             "preprocess": train.dataset.pre.as_dict(), "task": "detection"}  # fmt: skip
     if model.model_kwargs:
         meta["model_kwargs"] = model.model_kwargs
-    return _Run(name, out, config, setup, model, train, val, opt, sched, meta, say)
+    return _Run(name, out, config, setup, model, train, val, opt, sched, meta, say, dtype)
 
 
 def _source_meta(source: str) -> dict[str, Any]:
@@ -196,10 +202,10 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """One epoch (its data order drawn from seed and epoch) and the validation loss."""
     run.train.generator.manual_seed(run.config.seed * 100_003 + epoch)
     t0 = time.perf_counter()
-    parts = _train_epoch(run.model, run.train, run.opt, run.sched, run.step)
+    parts = _train_epoch(run.model, run.train, run.opt, run.sched, run.step, run.dtype)
     seconds = time.perf_counter() - t0
     run.step += len(run.train)
-    val = evaluate_loss(run.model, run.val)
+    val = evaluate_loss(run.model, run.val, run.dtype)
     row = {"epoch": epoch, "step": run.step,
            **{f"train_{k}": round(v, 6) for k, v in parts.items()},
            **{f"val_{k}": round(v, 6) for k, v in val.items()},

@@ -32,8 +32,11 @@ from cnnlab.data import IMAGENET_STATS, Preprocess
 from cnnlab.detect.boxes import anchor_targets
 from cnnlab.detect.data import DetectionDataset, collate_detection
 from cnnlab.detect.loss import multibox_loss
+from cnnlab.devices import PRECISIONS, autocast, autocast_dtype
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
+
+CPU = torch.device("cpu")
 
 __all__ = [
     "DetectionConfig",
@@ -42,13 +45,16 @@ __all__ = [
     "evaluate_loss",
     "fit",
     "init_backbone",
+    "prepare",
 ]
 
 
 @dataclass(frozen=True)
 class DetectionConfig:
     """How :func:`fit` trains. Momentum and weight decay are SSD's (Sec. 3); the learning
-    rate is ours (the paper's 1e-3 is for VGG-16 at batch 32, stepped down by 10x)."""
+    rate is ours (the paper's 1e-3 is for VGG-16 at batch 32, stepped down by 10x).
+    ``channels_last`` and ``precision`` are ``cnnlab train``'s: NHWC weights, and autocast
+    to bf16 (``cnnlab.devices.autocast_dtype``; the loss is computed in fp32)."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -59,8 +65,13 @@ class DetectionConfig:
     seed: int = 0
     mean: tuple[float, ...] = IMAGENET_STATS[0]
     std: tuple[float, ...] = IMAGENET_STATS[1]
+    channels_last: bool = True
+    precision: str | None = None
 
     def __post_init__(self) -> None:
+        if self.precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                             f"got {self.precision!r}")  # fmt: skip
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -91,6 +102,26 @@ def init_backbone(detector: nn.Module, source: str | os.PathLike[str]) -> dict[s
     return meta
 
 
+def prepare(model: nn.Module, config: DetectionConfig) -> torch.dtype | None:
+    """Put ``model``'s weights channels-last where ``config`` asks (in place); return the
+    autocast dtype of ``config.precision`` on the CPU (None: fp32)."""
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return autocast_dtype(config.precision, CPU)
+
+
+def _losses(
+    model: nn.Module, images: torch.Tensor, targets: list[dict[str, torch.Tensor]],
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, dict[str, Any]]:  # fmt: skip
+    """The MultiBox loss of one batch: the forward pass under autocast to ``dtype``, the
+    matching and the loss in fp32."""
+    offsets, classes = batch_targets(targets, model.anchors, model.input_size[1])
+    with autocast(CPU, dtype):
+        regression, logits = model(images)
+    return multibox_loss(regression.float(), logits.float(), offsets, classes)
+
+
 def batch_targets(
     targets: list[dict[str, torch.Tensor]], anchors: torch.Tensor, image_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,14 +147,14 @@ def detection_loaders(
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+def evaluate_loss(
+    model: nn.Module, loader: DataLoader, dtype: torch.dtype | None = None
+) -> dict[str, float]:
     """The MultiBox loss over ``loader`` in eval mode, weighted by each batch's positives."""
     model.eval()
-    side = model.input_size[1]
     total = {"loc": 0.0, "conf": 0.0, "positives": 0}
     for images, targets in loader:
-        offsets, classes = batch_targets(targets, model.anchors, side)
-        _, parts = multibox_loss(*model(images), offsets, classes)
+        _, parts = _losses(model, images, targets, dtype)
         total["loc"] += parts["loc"] * parts["positives"]
         total["conf"] += parts["conf"] * parts["positives"]
         total["positives"] += parts["positives"]
@@ -133,16 +164,15 @@ def evaluate_loss(model: nn.Module, loader: DataLoader) -> dict[str, float]:
 
 
 def _train_epoch(
-    model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: Any, step: int
-) -> dict[str, float]:
+    model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: Any, step: int,
+    dtype: torch.dtype | None = None,
+) -> dict[str, float]:  # fmt: skip
     """One pass over ``loader``: the mean loss and its parts. A NaN or infinite loss is a
     ``CnnlabError`` naming the step (``step``: the steps done before this epoch)."""
     model.train()
-    side = model.input_size[1]
     sums, steps = {"loss": 0.0, "loc": 0.0, "conf": 0.0}, 0
     for images, targets in loader:
-        offsets, classes = batch_targets(targets, model.anchors, side)
-        loss, parts = multibox_loss(*model(images), offsets, classes)
+        loss, parts = _losses(model, images, targets, dtype)
         if not math.isfinite(loss.item()):
             raise CnnlabError(f"loss is {loss.item()} at step {step + steps + 1}; stopped")
         opt.zero_grad(set_to_none=True)
@@ -172,12 +202,14 @@ def fit(
     ``config.epochs``, writing nothing; returns one row per epoch (train loss parts, val
     loss), each also passed to ``log``. :func:`train_detector` is the run with checkpoints."""
     torch.manual_seed(config.seed)
+    dtype = prepare(model, config)
     train, val = detection_loaders(model, root, config)
     opt, sched = _optimizer(model, config, config.epochs * len(train))
     history = []
     for epoch in range(1, config.epochs + 1):
-        row = {"epoch": epoch, **_train_epoch(model, train, opt, sched, (epoch - 1) * len(train))}
-        row["val"] = evaluate_loss(model, val)
+        done = (epoch - 1) * len(train)
+        row = {"epoch": epoch, **_train_epoch(model, train, opt, sched, done, dtype)}
+        row["val"] = evaluate_loss(model, val, dtype)
         history.append(row)
         if log is not None:
             log(row)

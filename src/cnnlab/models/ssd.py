@@ -244,6 +244,7 @@ class SSD(nn.Module):
         self.num_classes = num_classes
         in_chans = features.backbone.input_size[0]
         self.input_size = (in_chans, image_size, image_size)
+        self.min_input_size = image_size  # its default boxes are laid out for this size only
         maps = _map_shapes(features, self.input_size)
         if len(maps) != len(shapes):
             raise ValueError(f"{len(maps)} feature maps but box shapes for {len(shapes)}")
