@@ -30,6 +30,7 @@ from cnnlab.detect import (
     train_detector,
 )
 from cnnlab.detect import evaluate as detect_evaluate
+from cnnlab.detect import run as detect_run
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import read_weights
 
@@ -91,9 +92,18 @@ def test_resume_ends_where_an_uninterrupted_run_does(data: Path, tmp_path) -> No
 
     resumed = tmp_path / "resumed"
     config = DetectionConfig(epochs=2, batch_size=4, seed=3, augment=True)
-    with pytest.raises(KeyboardInterrupt):
-        train_detector(MODEL, data, resumed, config, RunSetup(in_chans=1, image_size=SIZE),
-                       log=stop_after_epoch_1)  # fmt: skip
+    said = []
+    summary = train_detector(
+        MODEL,
+        data,
+        resumed,
+        config,
+        RunSetup(in_chans=1, image_size=SIZE),
+        log=lambda line: (said.append(line), stop_after_epoch_1(line)),
+    )
+    assert summary["interrupted"] and summary["epochs"] == 1
+    assert "last complete checkpoint is epoch 1" in said[-1]
+    assert (resumed / "interrupted.safetensors").is_file()  # the weights of the moment
     assert json.loads((resumed / "last.json").read_text())["step"] == 2
     assert _train(data, resumed, "--epochs", "2", "--augment", "--resume") == 0
     straight = tmp_path / "straight"
@@ -103,6 +113,18 @@ def test_resume_ends_where_an_uninterrupted_run_does(data: Path, tmp_path) -> No
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = list(csv.DictReader((resumed / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_ctrl_c_before_an_epoch_ends_exits_130(data: Path, tmp_path, monkeypatch, capsys) -> None:
+    def cut(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detect_run, "_epoch", cut)
+    assert _train(data, tmp_path / "run") == 130
+    out = capsys.readouterr().out
+    assert "interrupted: weights saved" in out and "a new run starts afresh" in out
+    assert (tmp_path / "run" / "interrupted.safetensors").is_file()
+    assert not (tmp_path / "run" / "last.json").exists()
 
 
 def test_prepare_sets_the_layout_and_the_autocast_dtype() -> None:

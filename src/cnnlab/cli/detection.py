@@ -84,10 +84,10 @@ def run_train(cfg: Any, args: argparse.Namespace) -> int:
               f"{'; '.join(summary['skipped'][:5])}", file=sys.stderr)  # fmt: skip
     if args.json:
         print_json(summary)
-    else:
+    elif summary["history"]:
         print(f"{cfg.model}: val loss {summary['val_loss']:.4f} (best "
               f"{summary['best_val_loss']:.4f}); weights in {summary['out']}")  # fmt: skip
-    return 0
+    return 130 if summary["interrupted"] else 0
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -300,15 +300,37 @@ def _train(run: _Run) -> dict[str, Any]:
     run.say(f"training {run.name} on {len(run.train.dataset):,} train / "
             f"{len(run.val.dataset):,} val images at {run.model.input_size[1]}px, "
             f"{run.config.epochs} epochs of {len(run.train)} steps")  # fmt: skip
-    for epoch in range(done + 1, run.config.epochs + 1):
-        row = _epoch(run, epoch)
-        _checkpoint(run, row)
-        run.say(f"epoch {epoch}/{run.config.epochs}  train loss {row['train_loss']:.4f} "
-                f"(loc {row['train_loc']:.4f}, conf {row['train_conf']:.4f})  val loss "
-                f"{row['val_loss']:.4f}  {row['train_seconds']:.1f}s")  # fmt: skip
+    interrupted = False
+    try:
+        for epoch in range(done + 1, run.config.epochs + 1):
+            row = _epoch(run, epoch)
+            _checkpoint(run, row)
+            run.say(f"epoch {epoch}/{run.config.epochs}  train loss {row['train_loss']:.4f} "
+                    f"(loc {row['train_loc']:.4f}, conf {row['train_conf']:.4f})  val loss "
+                    f"{row['val_loss']:.4f}  {row['train_seconds']:.1f}s")  # fmt: skip
+    except KeyboardInterrupt:
+        interrupted = True
+        _on_interrupt(run)
     skipped = run.train.dataset.skipped + run.val.dataset.skipped
     last = run.history[-1] if run.history else {}
-    return {"model": run.name, "epochs": len(run.history), "val_loss": last.get("val_loss"),
+    return {"model": run.name, "epochs": len(run.history), "interrupted": interrupted,
+            "val_loss": last.get("val_loss"),
             "best_val_loss": None if run.best == float("inf") else run.best,
             "skipped": skipped, "out": str(run.out),
             "weights": str(run.out / "best.safetensors"), "history": run.history}  # fmt: skip
+
+
+def _on_interrupt(run: _Run) -> None:
+    """Ctrl-C, as in a classifier run: a commit it cut short finished, the weights of the
+    moment saved to ``interrupted.safetensors``; ``--resume`` restarts the epoch that was cut."""
+    path = run.out / "interrupted.safetensors"
+    try:
+        step = recover_checkpoint(run.out)
+        save_weights(run.model, path, {**run.meta, "step": -1})
+        saved = f"weights saved to {str(path)!r}"
+    except OSError as exc:
+        step, saved = None, f"could not save the weights of the moment ({exc.strerror or exc})"
+    epochs = [r["epoch"] for r in run.history if r["step"] == step]
+    kept = (f"the last complete checkpoint is epoch {epochs[0]}; --resume continues from it"
+            if epochs else "no epoch was completed; a new run starts afresh")  # fmt: skip
+    run.say(f"interrupted: {saved}; {kept}")
