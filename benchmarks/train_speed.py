@@ -2,14 +2,14 @@
 
 For each case (model, image size, batch 64) the contenders hold the same weights and compute
 the same thing: torchvision's model (eager, NCHW, fp32) and cnnlab's with the options of
-``cnnlab train``: as built, ``--channels-last``, ``--compile`` (``torch.compile`` of the model;
-compilation happens in the warm-up, outside the timing) and, where the CPU computes bf16
-natively, ``--precision bf16``. A step is forward, cross-entropy, backward, SGD with
-momentum (``cnnlab.deploy.training_step``). All are timed by ``cnnlab.timing.interleave``:
-one sample of each per round, rounds that other work slowed dropped and re-run. Printed: the
-median ms per step, images/s and the median of the per-round ratios baseline / contender
-(> 1: faster than the baseline: torchvision's model, or for a model torchvision lacks, such
-as the LeNets, cnnlab's own in NCHW).
+``cnnlab train``: as built, ``--channels-last``, ``--compile`` (``cnnlab.devices.compiled``:
+``torch.compile`` with static shapes; compilation happens in the warm-up, outside the timing)
+and, where the CPU computes bf16 natively, ``--precision bf16``. A step is forward,
+cross-entropy, backward, SGD with momentum (``cnnlab.deploy.training_step``). All are timed
+by ``cnnlab.timing.interleave``: one sample of each per round, rounds that other work slowed
+dropped and re-run. Printed: the median ms per step, images/s and the median of the per-round
+ratios baseline / contender (> 1: faster than the baseline: torchvision's model, or for a
+model torchvision lacks, such as the LeNets, cnnlab's own in NCHW).
 
     .venv/bin/python benchmarks/train_speed.py [--repeats 5] [--models resnet18,mobilenet_v2]
         [--sizes 32,224] [--no-compile]
@@ -27,7 +27,7 @@ import torch
 
 import cnnlab
 from cnnlab.deploy import torchvision_model, training_step
-from cnnlab.devices import native_bf16
+from cnnlab.devices import compiled, native_bf16
 from cnnlab.interop import TORCHVISION_NAMES, from_torchvision
 from cnnlab.tables import format_table
 from cnnlab.timing import Contender, interleave
@@ -42,7 +42,7 @@ def step(model: torch.nn.Module, x: torch.Tensor, layout: bool, bf16: bool,
     if layout:
         model = model.to(memory_format=torch.channels_last)
     if compile_:
-        model = torch.compile(model)
+        model = compiled(model)
     run = training_step(model, x)
 
     def timed() -> None:

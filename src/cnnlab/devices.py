@@ -91,9 +91,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 
 
 def compiled(model: torch.nn.Module, *, freeze: bool = False) -> Any:
-    """``torch.compile(model)`` with inductor. ``freeze``: fold the weights into the graph as
-    constants (inductor does this for inference only). Inductor writes and builds C++ on the
-    CPU: without a C++ compiler this is a ``CnnlabError`` now rather than at the first call."""
+    """``torch.compile(model)`` with inductor and static shapes. ``freeze``: fold the weights
+    into the graph as constants (inductor does this for inference only). ``dynamic=False``
+    gives every input shape its own static graph; by default a second shape (a last partial
+    batch, another image size) recompiles the model with symbolic shapes, whose kernels are
+    slower (docs/performance.md). Inductor writes and builds C++ on the CPU: without a C++
+    compiler this is a ``CnnlabError`` now rather than at the first call."""
     if not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++")):
         raise CnnlabError("torch.compile needs a C++ compiler (c++, g++ or clang++) on PATH")
     # torch's C++ build helper warns on every CPU-only machine that it found no CUDA runtime
@@ -103,6 +106,6 @@ def compiled(model: torch.nn.Module, *, freeze: bool = False) -> Any:
 
         inductor_config.freezing = True
     try:
-        return torch.compile(model, backend="inductor")
+        return torch.compile(model, backend="inductor", dynamic=False)
     except Exception as exc:  # an unsupported model or platform
         raise CnnlabError(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
