@@ -322,7 +322,8 @@ def _train(run: _Run) -> dict[str, Any]:
 
 def _on_interrupt(run: _Run) -> None:
     """Ctrl-C, as in a classifier run: a commit it cut short finished, the weights of the
-    moment saved to ``interrupted.safetensors``; ``--resume`` restarts the epoch that was cut."""
+    moment saved to ``interrupted.safetensors``, the history cut to the committed epochs;
+    ``--resume`` restarts the epoch that was cut."""
     path = run.out / "interrupted.safetensors"
     try:
         step = recover_checkpoint(run.out)
@@ -330,6 +331,7 @@ def _on_interrupt(run: _Run) -> None:
         saved = f"weights saved to {str(path)!r}"
     except OSError as exc:
         step, saved = None, f"could not save the weights of the moment ({exc.strerror or exc})"
+    run.history = [r for r in run.history if step is not None and r["step"] <= step]
     epochs = [r["epoch"] for r in run.history if r["step"] == step]
     kept = (f"the last complete checkpoint is epoch {epochs[0]}; --resume continues from it"
             if epochs else "no epoch was completed; a new run starts afresh")  # fmt: skip
