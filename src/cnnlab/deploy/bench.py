@@ -310,7 +310,8 @@ def _check_options(
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be at least 1 and warmup at least 0")
     if vs_torchvision:
-        missing = [n for n in names if n not in {**TORCHVISION_NAMES, **TORCHVISION_DETECTORS}]
+        missing = [n for n in names
+                   if n not in TORCHVISION_NAMES and n not in TORCHVISION_DETECTORS]  # fmt: skip
         if missing:
             raise ValueError(
                 f"no torchvision counterpart for {', '.join(missing)} (--vs torchvision)"

@@ -49,6 +49,7 @@ from cnnlab.train.checkpoint import (
     recover_checkpoint,
     remove_stale_files,
     rng_state,
+    save_interrupted,
     set_rng_state,
     write_metrics_csv,
 )
@@ -324,13 +325,9 @@ def _on_interrupt(run: _Run) -> None:
     """Ctrl-C, as in a classifier run: a commit it cut short finished, the weights of the
     moment saved to ``interrupted.safetensors``, the history cut to the committed epochs;
     ``--resume`` restarts the epoch that was cut."""
-    path = run.out / "interrupted.safetensors"
-    try:
-        step = recover_checkpoint(run.out)
-        save_weights(run.model, path, {**run.meta, "step": -1})
-        saved = f"weights saved to {str(path)!r}"
-    except OSError as exc:
-        step, saved = None, f"could not save the weights of the moment ({exc.strerror or exc})"
+    step, saved = save_interrupted(
+        run.out, lambda path: save_weights(run.model, path, {**run.meta, "step": -1})
+    )
     run.history = [r for r in run.history if step is not None and r["step"] <= step]
     epochs = [r["epoch"] for r in run.history if r["step"] == step]
     kept = (f"the last complete checkpoint is epoch {epochs[0]}; --resume continues from it"

@@ -62,6 +62,7 @@ __all__ = [
     "recover_checkpoint",
     "remove_stale_files",
     "rng_state",
+    "save_interrupted",
     "save_state",
     "set_rng_state",
     "write_metrics_csv",
@@ -207,6 +208,19 @@ def recover_checkpoint(out: Path) -> int | None:
             os.replace(out / src, out / dst)
     _fsync_folder(out)
     return manifest["step"]
+
+
+def save_interrupted(out: Path, save: Callable[[Path], Any]) -> tuple[int | None, str]:
+    """Ctrl-C in a run: finish a commit it cut short, then write the weights of the moment to
+    ``out/interrupted.safetensors`` with ``save(path)``. Returns the step of the folder's last
+    complete checkpoint (None without one) and what was saved, for the message."""
+    path, step = out / "interrupted.safetensors", None
+    try:
+        step = recover_checkpoint(out)
+        save(path)
+    except OSError as exc:
+        return step, f"could not save the weights of the moment ({exc.strerror or exc})"
+    return step, f"weights saved to {str(path)!r}"
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -61,6 +61,7 @@ from cnnlab.train.checkpoint import (
     recover_checkpoint,
     remove_stale_files,
     rng_state,
+    save_interrupted,
     set_rng_state,
     write_metrics_csv,
 )
@@ -684,17 +685,14 @@ def _say_epoch(run: _Run, row: dict[str, Any]) -> None:
 def _on_interrupt(run: _Run) -> None:
     """Ctrl-C: save the weights of the moment; --resume restarts the epoch that was cut."""
     run.interrupted = True
-    path = run.out / "interrupted.safetensors"
     saved = "interrupted: "
     if run.writes:
-        try:
-            step = recover_checkpoint(run.out)  # a commit the Ctrl-C cut short: finish it
-            done = [r["epoch"] for r in run.history if r.get("step") == step]
-            run.saved_epoch = done[0] if done else run.saved_epoch
-            save_weights(run.model, path, {**run.meta, "step": -1})
-            saved += f"weights saved to {str(path)!r}; "
-        except OSError as exc:
-            saved += f"could not save the weights of the moment ({exc.strerror or exc}); "
+        step, what = save_interrupted(
+            run.out, lambda path: save_weights(run.model, path, {**run.meta, "step": -1})
+        )
+        done = [r["epoch"] for r in run.history if r.get("step") == step]
+        run.saved_epoch = done[0] if done else run.saved_epoch
+        saved += what + "; "
     run.say(saved + _kept(run))
 
 
