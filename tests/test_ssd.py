@@ -338,3 +338,13 @@ def test_torchvisions_peer_returns_raw_outputs_like_ours():
         (tv_boxes, tv_logits), (boxes, logits) = tv(x), ours(x)
     assert tv_boxes.shape[-1] == boxes.shape[-1] == 4
     assert tv_logits.shape[-1] == logits.shape[-1] == 11  # 10 classes and the background
+
+
+def test_summary_uses_the_size_the_keywords_build(capsys):
+    assert main(["summary", "ssdlite_mobilenet_v2", "--model-kwargs", "image_size=160",
+                 "--json"]) == 0  # fmt: skip
+    small = json.loads(capsys.readouterr().out)
+    assert main(["summary", "ssdlite_mobilenet_v2", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert small["input_bytes"] == 3 * 160 * 160 * 4 and full["input_bytes"] == 3 * 320 * 320 * 4
+    assert 3.9 < full["macs"] / small["macs"] < 4.1

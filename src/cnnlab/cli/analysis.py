@@ -125,10 +125,13 @@ def parse_input(text: str | None, default: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _build(name: str, input_text: str | None, **kwargs) -> tuple[torch.nn.Module, tuple]:
-    """The model on ``meta`` (no weights allocated) and its checked input size."""
+    """The model on ``meta`` (no weights allocated) and its checked input size (default: the
+    built model's own, which keywords such as a detector's ``image_size`` set)."""
     size = parse_input(input_text, model_info(name)["input_size"])  # unknown names fail here
     with torch.device("meta"):
         model = build_model(name, in_chans=size[0], **kwargs)
+    if input_text is None:
+        size = tuple(model.input_size)
     return model, check_input_size(model, size)
 
 
