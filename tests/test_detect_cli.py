@@ -31,6 +31,7 @@ from cnnlab.detect import (
 )
 from cnnlab.detect import evaluate as detect_evaluate
 from cnnlab.detect import run as detect_run
+from cnnlab.detect import train as detect_train
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import read_weights
 
@@ -127,9 +128,12 @@ def test_ctrl_c_before_an_epoch_ends_exits_130(data: Path, tmp_path, monkeypatch
     assert not (tmp_path / "run" / "last.json").exists()
 
 
-def test_prepare_sets_the_layout_and_the_autocast_dtype() -> None:
+def test_prepare_sets_the_layout_the_autocast_dtype_and_memory_reuse(monkeypatch) -> None:
     def conv(model):  # the stem's 3x3 over RGB: a weight whose two layouts differ
         return next(p for p in model.parameters() if p.dim() == 4)
+
+    calls = []
+    monkeypatch.setattr(detect_train, "reuse_freed_memory", lambda: calls.append(1) or True)
 
     model = cnnlab.create_model(MODEL, num_classes=2, image_size=SIZE)
     with warnings.catch_warnings():  # bf16 warns on a CPU without native bf16
@@ -137,7 +141,9 @@ def test_prepare_sets_the_layout_and_the_autocast_dtype() -> None:
         assert prepare(model, DetectionConfig(precision="bf16")) == torch.bfloat16
     assert conv(model).is_contiguous(memory_format=torch.channels_last)
     plain = cnnlab.create_model(MODEL, num_classes=2, image_size=SIZE)
-    assert prepare(plain, DetectionConfig(channels_last=False, precision="fp32")) is None
+    assert calls == [1]
+    config = DetectionConfig(channels_last=False, precision="fp32", reuse_memory=False)
+    assert prepare(plain, config) is None and calls == [1]
     assert conv(plain).is_contiguous() and not conv(plain).is_contiguous(
         memory_format=torch.channels_last
     )

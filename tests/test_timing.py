@@ -4,6 +4,10 @@ a timing that cannot get clean rounds flagged, and bench / compare passing the f
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import types
 
 import pytest
@@ -124,3 +128,21 @@ def test_bench_wait_policy_runs_in_a_fresh_process(capfd, monkeypatch) -> None:
     assert main(args) == 0
     rows = json.loads(capfd.readouterr().out)
     assert rows[0]["wait_policy"] == "passive" and rows[0]["rounds"] >= rows[0]["clean_rounds"] >= 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads /proc")
+def test_a_running_child_counts_as_our_own_work() -> None:
+    """A contender may run in a worker process: its CPU time is not other processes' load."""
+    burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", burn + "\ntime.sleep(30)"])
+    try:
+        before = timing._own_seconds()
+        time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while timing._own_seconds() - before < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert timing._own_seconds() - before >= 0.3  # the child's, while it still runs
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()

@@ -1,9 +1,12 @@
-"""`cnnlab train` channels-last (the default; `--no-channels-last`) and `--compile`: same run,
-same files, resumable with the option switched, and a machine without a C++ compiler refused
-before anything is written."""
+"""`cnnlab train` channels-last (the default; `--no-channels-last`), `--compile` and freed
+memory kept for reuse (the default; `--no-reuse-memory`): same run, same files, resumable with
+the option switched, and a machine without a C++ compiler refused before anything is written;
+reuse as glibc's allocator sees it: no page faults for a freed block allocated again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,8 +35,35 @@ def test_channels_last_trains_the_same_run(tmp_path: Path) -> None:
 def test_the_options_may_change_on_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     fit(cfg(epochs=1), out, **QUICK)
-    summary = fit(cfg(epochs=2, channels_last=False), out, resume=True, **QUICK)
+    summary = fit(cfg(epochs=2, channels_last=False, reuse_memory=False), out, resume=True,
+                  **QUICK)  # fmt: skip
     assert summary["epochs"] == 2
+
+
+# Minor page faults of filling a freed 256 MiB block again, in a fresh process; argv[1]: reuse.
+FAULTS = """
+import resource, sys, torch
+from cnnlab.devices import reuse_freed_memory
+applied = sys.argv[1] == "1" and reuse_freed_memory()
+for _ in range(3):  # the allocator settles
+    torch.ones(2**26).sum()  # 256 MiB, freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(2**26).sum()
+print(int(applied), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_reused_memory_is_not_faulted_in_again() -> None:
+    def faults(reuse: bool) -> tuple[int, int]:
+        run = subprocess.run([sys.executable, "-c", FAULTS, str(int(reuse))], text=True,
+                             capture_output=True, check=True)  # fmt: skip
+        applied, count = map(int, run.stdout.split())
+        return applied, count
+
+    assert faults(False) == (0, pytest.approx(2**28 / 4096, rel=0.2))  # every 4 KiB page
+    applied, count = faults(True)
+    assert applied == 1 and count < 2**28 / 4096 / 20
 
 
 def test_compile_without_a_compiler_is_one_error_and_no_folder(
@@ -64,3 +94,22 @@ def test_the_cli_turns_channels_last_off(tmp_path: Path) -> None:
     assert main(args) == 0
     state = torch.load(tmp_path / "run" / "last.state.pt", weights_only=True)
     assert state["config"]["channels_last"] is False
+
+
+def test_the_cli_and_the_config_turn_memory_reuse_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnnlab.train import trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "reuse_freed_memory", lambda: calls.append(1) or True)
+    fit(cfg(reuse_memory=False), tmp_path / "off", **QUICK)
+    assert calls == []
+    fit(cfg(), tmp_path / "on", **QUICK)
+    assert calls == [1]
+    args = ["train", "tiny", "--data", "synthetic", "--epochs", "1", "--img-size", "16",
+            "--no-reuse-memory", "--out", str(tmp_path / "run"), "--no-progress",
+            "--no-tensorboard"]  # fmt: skip
+    assert main(args) == 0 and calls == [1]
+    state = torch.load(tmp_path / "run" / "last.state.pt", weights_only=True)
+    assert state["config"]["reuse_memory"] is False

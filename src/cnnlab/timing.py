@@ -186,8 +186,34 @@ def _busy_seconds() -> float | None:
 
 
 def _own_seconds() -> float:
+    """CPU seconds of this process and its children, those still running included (a
+    contender may run in a worker process)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system + _live_children_seconds()
+
+
+def _live_children_seconds() -> float:
+    """CPU seconds of this process's running children (``/proc``; 0 where there is none)."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids = f.read().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:  # it has just exited
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # after the command name
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class OtherLoad:

@@ -57,7 +57,7 @@ from cnnlab.train.checkpoint import (
 __all__ = ["RunSetup", "is_detector", "train_detector"]
 
 # Settings that may change on --resume: they change how fast a step runs, not what it learns.
-RESUME_FREE = {"epochs", "channels_last", "precision"}
+RESUME_FREE = {"epochs", "channels_last", "precision", "reuse_memory"}
 
 
 def is_detector(name: str) -> bool:

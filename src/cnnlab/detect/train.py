@@ -32,7 +32,7 @@ from cnnlab.data import IMAGENET_STATS, Preprocess
 from cnnlab.detect.boxes import anchor_targets
 from cnnlab.detect.data import DetectionDataset, collate_detection
 from cnnlab.detect.loss import multibox_loss
-from cnnlab.devices import PRECISIONS, autocast, autocast_dtype
+from cnnlab.devices import PRECISIONS, autocast, autocast_dtype, reuse_freed_memory
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
 
@@ -53,8 +53,9 @@ __all__ = [
 class DetectionConfig:
     """How :func:`fit` trains. Momentum and weight decay are SSD's (Sec. 3); the learning
     rate is ours (the paper's 1e-3 is for VGG-16 at batch 32, stepped down by 10x).
-    ``channels_last`` and ``precision`` are ``cnnlab train``'s: NHWC weights, and autocast
-    to bf16 (``cnnlab.devices.autocast_dtype``; the loss is computed in fp32)."""
+    ``channels_last``, ``precision`` and ``reuse_memory`` are ``cnnlab train``'s: NHWC
+    weights, autocast to bf16 (``cnnlab.devices.autocast_dtype``; the loss is computed in
+    fp32), and freed memory kept for reuse (``cnnlab.devices.reuse_freed_memory``)."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -67,6 +68,7 @@ class DetectionConfig:
     std: tuple[float, ...] = IMAGENET_STATS[1]
     channels_last: bool = True
     precision: str | None = None
+    reuse_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in (None, *PRECISIONS):
@@ -103,10 +105,13 @@ def init_backbone(detector: nn.Module, source: str | os.PathLike[str]) -> dict[s
 
 
 def prepare(model: nn.Module, config: DetectionConfig) -> torch.dtype | None:
-    """Put ``model``'s weights channels-last where ``config`` asks (in place); return the
-    autocast dtype of ``config.precision`` on the CPU (None: fp32)."""
+    """Put ``model``'s weights channels-last and keep freed memory for reuse where ``config``
+    asks (in place; for the process); return the autocast dtype of ``config.precision`` on
+    the CPU (None: fp32)."""
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
+    if config.reuse_memory:
+        reuse_freed_memory()
     return autocast_dtype(config.precision, CPU)
 
 
