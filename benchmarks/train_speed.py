@@ -2,15 +2,16 @@
 
 For each case (model, image size, batch 64) the contenders hold the same weights and compute
 the same thing. The baseline is torchvision's model (eager, NCHW, fp32) in a process of its
-own with glibc's default allocator, as a torchvision user runs it; it is driven step by step
-from this process. Here, where ``cnnlab train`` would (``--no-reuse-memory`` to skip it),
-freed memory is kept for reuse (``cnnlab.devices.reuse_freed_memory``), and the contenders
-are torchvision's model again (what the allocator alone gives) and cnnlab's with the options
-of ``cnnlab train``: as built, ``--channels-last``, ``--compile`` (``cnnlab.devices.compiled``:
-``torch.compile`` with static shapes; compilation happens in the warm-up, outside the timing)
-and, where the CPU computes bf16 natively, ``--precision bf16``. A step is forward,
-cross-entropy, backward, SGD with momentum (``cnnlab.deploy.training_step``). All are timed
-by ``cnnlab.timing.interleave``: one sample of each per round, rounds that other work slowed
+own with glibc's default allocator, as a torchvision user runs it, driven from this process;
+its sample is the second of two steps run back to back (``OwnProcess``). In this process,
+as ``cnnlab train`` does (``--no-reuse-memory`` here to skip it), freed memory is kept for
+reuse (``cnnlab.devices.reuse_freed_memory``), and the contenders are torchvision's model
+again (what the allocator alone gives) and cnnlab's with the options of ``cnnlab train``: as
+built, ``--channels-last``, ``--compile`` (``cnnlab.devices.compiled``: ``torch.compile``
+with static shapes; compilation happens in the warm-up, outside the timing) and, where the
+CPU computes bf16 natively, ``--precision bf16``. A step is forward, cross-entropy, backward,
+SGD with momentum (``cnnlab.deploy.training_step``). All are timed by
+``cnnlab.timing.interleave``: one sample of each per round, rounds that other work slowed
 dropped and re-run. Printed: the median ms per step, images/s and the median of the per-round
 ratios baseline / contender (> 1: faster than the baseline). For a model torchvision lacks,
 such as the LeNets, the baseline is cnnlab's own in NCHW, in this process.
@@ -26,6 +27,7 @@ import copy
 import multiprocessing
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
@@ -59,32 +61,41 @@ def step(model: torch.nn.Module, x: torch.Tensor, layout: bool, bf16: bool,
 
 
 def _serve(conn: Connection, name: str, state: dict[str, torch.Tensor], x: torch.Tensor) -> None:
-    """The baseline's process: torchvision's ``name`` with ``state``, one step per request."""
+    """The baseline's process: torchvision's ``name`` with ``state``. Each request is a
+    number of steps to run back to back; the reply is the seconds the last one took."""
     tv = torchvision_model(name, num_classes=10)
     tv.load_state_dict(state)
     run = step(tv, x, False, False, False)
-    while conn.recv():
-        run()
-        conn.send(True)
+    while steps := conn.recv():
+        for _ in range(steps):
+            start = time.perf_counter()
+            run()
+        conn.send(time.perf_counter() - start)
 
 
 class OwnProcess(Contender):
-    """torchvision's eager step in a fresh process (spawned: glibc's allocator as it starts)."""
+    """torchvision's eager step in a fresh process (spawned: glibc's allocator as it starts).
+    A sample is the second of two steps run back to back: idle while the others take their
+    turn, the process hands its freed pages back, and its first step after that faults them
+    in afresh, which a training loop, one step straight after another, does not pay."""
 
     def __init__(self, name: str, tv: torch.nn.Module, x: torch.Tensor) -> None:
-        self.conn, theirs = multiprocessing.get_context("spawn").Pipe()
-        self.worker = multiprocessing.get_context("spawn").Process(
-            target=_serve, args=(theirs, name, tv.state_dict(), x), daemon=True
-        )
+        spawn = multiprocessing.get_context("spawn")
+        self.conn, theirs = spawn.Pipe()
+        self.worker = spawn.Process(target=_serve, args=(theirs, name, tv.state_dict(), x),
+                                    daemon=True)  # fmt: skip
         self.worker.start()
-        super().__init__("torchvision, own process", self._step)
+        super().__init__("torchvision, own process", lambda: self._steps(1))
 
-    def _step(self) -> None:
-        self.conn.send(True)
-        self.conn.recv()
+    def _steps(self, count: int) -> float:
+        self.conn.send(count)
+        return self.conn.recv()
+
+    def sample(self) -> float:
+        return self._steps(2)
 
     def close(self) -> None:
-        self.conn.send(False)
+        self.conn.send(0)
         self.worker.join()
 
 
