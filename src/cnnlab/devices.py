@@ -121,12 +121,13 @@ def compiled(model: torch.nn.Module, *, freeze: bool = False) -> Any:
 def reuse_freed_memory() -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse, for the rest of this process.
 
-    By default glibc serves every block over 32 MiB with a fresh ``mmap`` and unmaps it on
-    ``free``: each training step's activations then come back as new pages that the kernel
-    faults in and zeroes one by one, about a sixth of a ResNet-18 step's CPU time at batch
-    64 and 224 px (docs/performance.md). With the mmap threshold at 2 GiB and trimming off,
-    freed blocks stay in the heap and the next step reuses them; the process keeps its peak
-    memory instead of returning it between steps. Returns whether it applied (glibc only).
+    By default glibc serves every block over its mmap threshold (at most 32 MiB) with a fresh
+    ``mmap`` and unmaps it on ``free``: each training step's activations then come back as
+    new pages that the kernel faults in and zeroes one by one, about a sixth of a ResNet-18
+    step's CPU time at batch 64 and 224 px (docs/performance.md). With the mmap threshold at
+    2 GiB and trimming off, freed blocks stay in the heap and the next step reuses them; the
+    process keeps its peak memory instead of returning it between steps. Returns whether it
+    applied (glibc only).
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

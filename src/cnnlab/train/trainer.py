@@ -133,7 +133,7 @@ class TrainConfig:
     )  # fmt: skip
     reuse_memory: bool = option(
         True, "return freed memory to the OS at once (glibc's default); by default the process "
-        "keeps it for the next step, which skips the page faults of fresh memory: 1.2-1.8x "
+        "keeps it for the next step, which skips the page faults of fresh memory: 1.2-1.6x "
         "faster CPU steps at 224 px for about a third more peak memory (docs/performance.md)",
     )  # fmt: skip
     init_from: str | None = option(
