@@ -4,9 +4,10 @@
 glibc's ``malloc`` then keeps large freed blocks in its heap instead of unmapping them. The
 setting lasts for a process, so each configuration runs in a fresh one, alternating ``--cycles``
 times: torchvision's model (channels-last, fp32, batch 64) runs ``--steps`` training steps
-after two untimed ones. Printed per configuration, the median over the cycles of: the median
-ms per step, the system (kernel) CPU ms and minor page faults per step, and the process's
-peak resident memory; and the ratio of the step times, default / reuse, per cycle.
+(``cnnlab.deploy.training_step``) after two untimed ones. Printed per configuration, the
+median over the cycles of: the median ms per step, the system (kernel) CPU ms and minor page
+faults per step, and the process's peak resident memory; and the ratio of the step times,
+default / reuse, per cycle.
 
     .venv/bin/python benchmarks/memory_reuse.py [--models resnet18,mobilenet_v2] [--size 224]
         [--cycles 3] [--steps 5]
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from cnnlab.deploy import torchvision_model
+from cnnlab.deploy import torchvision_model, training_step
 from cnnlab.tables import format_table
 
 BATCH = 64
@@ -39,15 +40,12 @@ def measure(name: str, size: int, steps: int, reuse: bool) -> dict[str, float]:
         if not reuse_freed_memory():
             raise SystemExit("reuse_freed_memory does not apply here (glibc only)")
     torch.manual_seed(0)
-    model = torchvision_model(name, num_classes=10).train().to(memory_format=torch.channels_last)
-    x, y = torch.randn(BATCH, 3, size, size), torch.randint(0, 10, (BATCH,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model = torchvision_model(name, num_classes=10).to(memory_format=torch.channels_last)
+    run = training_step(model, torch.randn(BATCH, 3, size, size))
 
     def step() -> float:
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
+        run()
         return time.perf_counter() - start
 
     step(), step()
