@@ -445,6 +445,33 @@ def test_eval_and_predict_take_device_cpu(trained: Path, tmp_path: Path, capsys)
     assert main(["predict", "tiny", "--checkpoint", str(trained), image, "--device", "cpu"]) == 0
 
 
+def test_eval_and_predict_run_channels_last_unless_told(
+    trained: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cnnlab.train.inference as inference
+
+    layouts: list[bool] = []
+    real = inference._placed
+
+    def placed(model, device, channels_last):
+        model = real(model, device, channels_last)
+        layouts.append(model.conv.weight.is_contiguous(memory_format=torch.channels_last))
+        return model
+
+    monkeypatch.setattr(inference, "_placed", placed)
+    image = str(_images(tmp_path / "img", 1)[0])
+    results = []
+    for flag in ([], ["--no-channels-last"]):
+        assert main(["eval", "tiny", "--checkpoint", str(trained), "--data", "synthetic",
+                     "--json", *flag]) == 0  # fmt: skip
+        results.append(json.loads(capsys.readouterr().out))
+        assert main(["predict", "tiny", "--checkpoint", str(trained), image, *flag]) == 0
+        capsys.readouterr()
+    assert layouts == [True, True, False, False]
+    assert results[0]["confusion"] == results[1]["confusion"]
+    assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+
+
 def test_progress_off_a_terminal_is_one_line_not_carriage_returns(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     train = [a for a in TRAIN if a != "--no-progress"]

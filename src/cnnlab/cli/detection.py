@@ -97,7 +97,8 @@ def run_eval(args: argparse.Namespace) -> int:
     _unused(args, EVAL_UNUSED, "a detector's evaluation")
     _device(args.device)
     result = evaluate_detector(args.model, args.checkpoint or args.compressed, args.data,
-                               batch_size=args.batch_size, strict=args.strict)  # fmt: skip
+                               batch_size=args.batch_size, strict=args.strict,
+                               channels_last=not args.no_channels_last)  # fmt: skip
     if args.json:
         print_json(result)
         return 0
@@ -131,7 +132,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise CnnlabError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
     images = _images(args.images)
     outs = _draw_paths(args.draw, images) if args.draw else []
-    model, meta, pre = load_detector(args.model, args.checkpoint)
+    model, meta, pre = load_detector(args.model, args.checkpoint, not args.no_channels_last)
     found = predict_images(model, images, pre, meta["class_names"], args.score_thresh)
     for image, dets, out in zip(images, found, outs, strict=False):
         draw_detections(image, dets, out)

@@ -54,12 +54,15 @@ def require_pycocotools() -> tuple[Any, Any]:
 
 
 def load_detector(
-    name: str, checkpoint: str | os.PathLike[str]
+    name: str, checkpoint: str | os.PathLike[str], channels_last: bool = True
 ) -> tuple[nn.Module, dict[str, Any], Preprocess]:
-    """(the saved detector ``name`` in eval mode, its metadata, its preprocessing)."""
+    """(the saved detector ``name`` in eval mode, its weights channels-last unless
+    ``channels_last=False``; its metadata; its preprocessing)."""
     if not is_detector(name):
         raise CnnlabError(f"{name} is not a detector")
     model, meta = load(checkpoint, name)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     return model, meta, Preprocess.from_dict(meta["preprocess"])
 
 
@@ -136,11 +139,13 @@ def evaluate_detector(
     split: str = "val",
     batch_size: int = 16,
     strict: bool = False,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
     """COCO mAP (:func:`coco_map`) of the saved detector ``checkpoint`` on ``split`` of the
-    COCO-style folder ``root``, whose categories must be the ones it was trained on."""
+    COCO-style folder ``root``, whose categories must be the ones it was trained on
+    (``channels_last``: as :func:`load_detector` takes it)."""
     require_pycocotools()  # before the model and the data are read
-    model, meta, pre = load_detector(name, checkpoint)
+    model, meta, pre = load_detector(name, checkpoint, channels_last)
     ds = DetectionDataset(root, split, pre, strict=strict)
     if ds.classes != meta["class_names"]:
         raise CnnlabError(
