@@ -4,6 +4,8 @@ factory -> saved, analysis, data, models -> registry, layers, io, errors) and fo
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "cnnlab"
@@ -103,3 +105,14 @@ def test_no_function_local_import_outside_the_cli() -> None:
                     if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cnnlab")
                 ]
     assert not hidden, hidden
+
+
+def test_importing_cnnlab_and_its_commands_leaves_torchvision_out() -> None:
+    """torchvision (and torch._dynamo, which it pulls in) takes over a second to import: the
+    modules that use it import it where they use it, so `cnnlab eval` and the other commands
+    that need none of it start that much sooner."""
+    commands = [p.stem for p in (SRC / "cli").glob("*.py") if p.stem != "__init__"]
+    code = "import sys, cnnlab, cnnlab.cli, " + ", ".join(f"cnnlab.cli.{c}" for c in commands)
+    code += "; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

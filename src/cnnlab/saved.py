@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
@@ -248,6 +247,8 @@ def _default_class_names(name: str, num_classes: int) -> list[str]:
     """torchvision's ImageNet names for a 1000-class torchvision architecture, else '0'..'N-1'."""
     tv_name = interop.TORCHVISION_NAMES.get(name)
     if num_classes == 1000 and tv_name is not None:
+        import torchvision
+
         weights = list(torchvision.models.get_model_weights(tv_name))
         categories = weights[0].meta.get("categories") if weights else None
         if categories and len(categories) == num_classes:
@@ -617,6 +618,8 @@ def _reference_order(layout: str, name: str, tensors: dict) -> dict:
     try:
         with torch.device("meta"):
             if layout == "torchvision":
+                import torchvision
+
                 tv_name = interop.TORCHVISION_NAMES[name]
                 ref = torchvision.models.get_model(tv_name, weights=None)
             else:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:  # torchvision is imported where it is used: it costs a second to import
+    from torchvision.transforms import v2
 
 __all__ = ["Preprocess", "augment_batch", "image_transform"]
 
@@ -90,6 +92,8 @@ class Preprocess:
 
     def geometry(self) -> v2.Transform:
         """Resize-or-pad to ``size`` x ``size`` (works on one image or a batch of tensors)."""
+        from torchvision.transforms import v2
+
         if self.pad:
             return v2.Compose(
                 [v2.Resize(self.source_size), v2.CenterCrop(self.source_size), v2.Pad(self.pad)]
@@ -103,6 +107,8 @@ class Preprocess:
             return x
         if c == 1:
             return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
+        from torchvision.transforms import v2
+
         return v2.functional.rgb_to_grayscale(x, num_output_channels=1)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,6 +138,8 @@ def _as_int(x: Any) -> int:
 
 
 def _augment(size: int) -> v2.Transform:
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.RandomCrop(size, padding=size // 8), v2.RandomHorizontalFlip()])
 
 
@@ -143,12 +151,16 @@ def augment_batch(x: torch.Tensor) -> torch.Tensor:
 
 def erase_batch(x: torch.Tensor) -> torch.Tensor:
     """Per-image random erasing on a normalised float batch."""
+    from torchvision.transforms import v2
+
     erase = v2.RandomErasing(p=0.25, value=0)
     return torch.stack([erase(img) for img in x])
 
 
 def image_transform(pre: Preprocess, augment: bool = False) -> v2.Transform:
     """The pipeline for one decoded PIL image (ImageFolder, ``cnnlab predict``)."""
+    from torchvision.transforms import v2
+
     mean, std = pre.channel_stats()
     steps: list[v2.Transform] = [v2.ToImage(), pre.geometry()]
     if augment:

@@ -10,7 +10,6 @@ offsets, :func:`cnnlab.models.ssd.encode_boxes` (variances 0.1 / 0.2).
 from __future__ import annotations
 
 import torch
-from torchvision.ops import box_convert, box_iou
 
 from cnnlab.models.ssd import encode_boxes
 
@@ -32,6 +31,8 @@ def match_anchors(
     matched = torch.full((anchors_xyxy.shape[0],), -1, dtype=torch.long)
     if gt_boxes.shape[0] == 0:
         return matched
+    from torchvision.ops import box_iou  # here: importing torchvision takes a second
+
     iou = box_iou(gt_boxes, anchors_xyxy)  # (G, A)
     best_iou, best_gt = iou.max(0)
     keep = best_iou >= iou_threshold
@@ -56,6 +57,8 @@ def anchor_targets(
     """
     if boxes.shape[0] != labels.shape[0]:
         raise ValueError(f"{boxes.shape[0]} boxes but {labels.shape[0]} labels")
+    from torchvision.ops import box_convert
+
     relative = boxes.to(anchors.dtype) / image_size
     matched = match_anchors(relative, box_convert(anchors, "cxcywh", "xyxy"), iou_threshold)
     positive = matched >= 0

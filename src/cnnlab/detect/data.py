@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from cnnlab.codec import read_file_bytes
 from cnnlab.data import BadImageError, Preprocess, load_image, open_image
@@ -244,6 +243,8 @@ def resize_with_boxes(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A (C, H, W) image stretched to ``size`` x ``size`` and its boxes scaled with it, x by
     size / W and y by size / H (SSD warps its inputs to 300x300 the same way, Sec. 3)."""
+    from torchvision.transforms.v2 import functional as TF  # here: it takes a second to import
+
     _, h, w = image.shape
     resized = TF.resize(image, [size, size], antialias=True)
     return resized, boxes * boxes.new_tensor([size / w, size / h, size / w, size / h])
@@ -286,6 +287,8 @@ class DetectionDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torchvision.transforms.v2 import functional as TF
+
         path, _, _, boxes, labels = self.samples[i]
         image = TF.pil_to_tensor(load_image(path, self.pre.in_chans))
         if self.augment is not None:

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from PIL import ImageDraw
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from cnnlab.data import Preprocess, load_image
 from cnnlab.detect.data import normalise, resize_with_boxes
@@ -32,6 +31,8 @@ def to_image_pixels(boxes: torch.Tensor, width: int, height: int, size: int) -> 
 
 
 def _prepare(path: str | os.PathLike[str], pre: Preprocess) -> tuple[torch.Tensor, int, int]:
+    from torchvision.transforms.v2 import functional as TF  # here: it takes a second to import
+
     image = TF.pil_to_tensor(load_image(path, pre.in_chans))
     _, h, w = image.shape
     image, _ = resize_with_boxes(image, torch.zeros(0, 4), pre.size)

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-from torchvision.models.feature_extraction import create_feature_extractor
 
 from cnnlab.models.base import ClassifierModel
 
@@ -83,6 +82,8 @@ class FeatureListModel(nn.Module):
     """
 
     def __init__(self, model: ClassifierModel, out_indices: Sequence[int] | None = None) -> None:
+        from torchvision.models.feature_extraction import create_feature_extractor
+
         super().__init__()
         name = getattr(model, "model_name", type(model).__name__)
         indices = _level_indices(name, len(getattr(model, "feature_info", [])), out_indices)

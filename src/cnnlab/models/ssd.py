@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
-from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from cnnlab.layers import ConvNormAct, DepthwiseSeparableConv
 from cnnlab.models.features import FeatureListModel
@@ -286,6 +285,8 @@ class SSD(nn.Module):
         (N, A, num_classes) softmax probabilities, background left out)``: :meth:`forward`'s
         outputs decoded on the default boxes (SSD eq. 2), before thresholds and NMS (what an
         exported detector computes)."""
+        from torchvision.ops import clip_boxes_to_image
+
         side = self.input_size[1]
         boxes = clip_boxes_to_image(decode_boxes(box_regression, self.anchors) * side, (side,) * 2)
         return boxes, class_logits.softmax(-1)[..., 1:]
@@ -334,6 +335,8 @@ def _detections(
     boxes: torch.Tensor, scores: torch.Tensor, score_thresh: float, nms_thresh: float, top: int
 ) -> dict[str, torch.Tensor]:
     """One image: every (box, class) pair above ``score_thresh``, per-class NMS, best ``top``."""
+    from torchvision.ops import batched_nms
+
     anchor, label = torch.nonzero(scores > score_thresh, as_tuple=True)
     kept_scores = scores[anchor, label]
     kept_boxes = boxes[anchor]
