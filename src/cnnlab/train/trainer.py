@@ -758,8 +758,11 @@ def fit(
     """
     device, rank, world = _setup_distributed(cfg.device)
     try:
-        return _fit(cfg, Path(out), resume, log if rank == 0 else None, progress, tensorboard,
-                    device, world, rank == 0)  # fmt: skip
+        summary = _fit(cfg, Path(out), resume, log if rank == 0 else None, progress,
+                       tensorboard, device, world, rank == 0)  # fmt: skip
+        if world > 1:
+            dist.barrier()  # leave together: a rank that tore gloo down first aborted its peer
+        return summary
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
