@@ -7,9 +7,10 @@ faster) and the maximum absolute difference of the logits. Cases (issue 15's tar
 inference of resnet50 at batch 16, 224 px, channels-last, and a training step (forward,
 cross-entropy, backward, SGD) of resnet18 at batch 32, 224 px and at batch 64, 32 px.
 
-    .venv/bin/python benchmarks/precision.py [--repeats 7] [--threads N]
+    .venv/bin/python benchmarks/precision.py [--repeats 7] [--threads N] [--cases 1,2,3]
 
-On a CPU without AMX / AVX512-BF16 bf16 is emulated: expect it to be many times slower.
+On a CPU without AMX / AVX512-BF16 bf16 is emulated: expect it to be many times slower
+(``--cases 3``, the smallest, keeps such a run short).
 """
 
 from __future__ import annotations
@@ -100,12 +101,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
+    parser.add_argument("--cases", default="1,2,3", help="which of the cases, counted from 1")
     args = parser.parse_args()
+    chosen = [CASES[int(i) - 1] for i in args.cases.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"native bf16 on this CPU: {native_bf16(torch.device('cpu'))}", file=sys.stderr)
     rows = []
-    for name, label, make, shape in CASES:
+    for name, label, make, shape in chosen:
         torch.manual_seed(0)
         x = torch.randn(*shape)
         fp32_model, bf16_model = cnnlab.create_model(name), cnnlab.create_model(name)

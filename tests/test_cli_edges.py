@@ -113,6 +113,35 @@ def test_an_unexplained_os_error_keeps_its_traceback(monkeypatch) -> None:
         main(["models"])
 
 
+def test_cnnlabs_own_warnings_show_as_one_line(monkeypatch, capsys) -> None:
+    import sys
+    import warnings
+
+    import cnnlab.devices
+
+    def warns(args):
+        warnings.warn_explicit("bf16 is emulated here", UserWarning, cnnlab.devices.__file__, 1)
+        warnings.warn_explicit("a foreign one", UserWarning, "/elsewhere/lib.py", 7)
+        return 0
+
+    parser = build_parser()
+    args = parser.parse_args(["models"])
+    args.func = warns
+    monkeypatch.setattr("cnnlab.cli.build_parser", lambda: _Fixed(parser, args))
+    def show(message, category, filename, lineno, file=None, line=None):  # Python's default
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)  # pytest's records them instead
+    before = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["models"]) == 0
+    err = capsys.readouterr().err
+    assert "cnnlab: warning: bf16 is emulated here\n" in err
+    assert "/elsewhere/lib.py:7: UserWarning: a foreign one" in err
+    assert warnings.formatwarning is before
+
+
 class _Fixed:
     def __init__(self, parser, args) -> None:
         self._parser, self._args = parser, args

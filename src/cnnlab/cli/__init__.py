@@ -14,6 +14,8 @@ import importlib
 import json
 import os
 import sys
+import warnings
+from pathlib import Path
 
 import cnnlab
 from cnnlab.errors import CnnlabError
@@ -22,6 +24,8 @@ COMMAND_MODULES = ["zoo", "analysis", "training", "compression", "deployment", "
 # A full disk, a quota or a read-only file system: what the machine says, as one line.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 _INPUT_ERRORS = (CnnlabError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
+_PACKAGE = Path(cnnlab.__file__).resolve().parent
+_python_format_warning = warnings.formatwarning
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -107,7 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     return _run(args)
 
 
+def _format_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    line: str | None = None,
+) -> str:  # fmt: skip
+    """cnnlab's own warnings as one line, as its errors are; others as Python shows them."""
+    if Path(filename).resolve().is_relative_to(_PACKAGE):
+        return f"cnnlab: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
 def _run(args: argparse.Namespace) -> int:
+    shown, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        return _run_command(args)
+    finally:
+        warnings.formatwarning = shown
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
