@@ -133,8 +133,8 @@ class TrainConfig:
     )  # fmt: skip
     reuse_memory: bool = option(
         True, "return freed memory to the OS at once (glibc's default); by default the process "
-        "keeps it for the next step, which skips the page faults of fresh memory: 1.2-1.6x "
-        "faster CPU steps at 224 px for up to a third more peak memory (docs/performance.md)",
+        "keeps it for the next step, which skips the page faults of fresh memory: 1.2-2.4x "
+        "faster CPU steps at 224 px for up to 37% more peak memory (docs/performance.md)",
     )  # fmt: skip
     init_from: str | None = option(
         None, "start from these weights: a run folder, a .safetensors, a .cnz, or "
