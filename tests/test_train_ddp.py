@@ -54,6 +54,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         result["labels"] = torch.cat(labels)
         if rank == 0:
             torch.save(result, out)
+        dist.barrier()  # leave together: a rank that tore gloo down first aborted (as in fit)
     finally:
         dist.destroy_process_group()
 
