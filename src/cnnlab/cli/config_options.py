@@ -23,6 +23,8 @@ def add_config_options(
             continue
         flag = "--" + f.name.replace("_", "-")
         kwargs = dict(f.metadata)
+        if "help" in kwargs:  # plain text in the config; argparse formats it with %
+            kwargs["help"] = kwargs["help"].replace("%", "%%")
         if hints[f.name] is bool and f.default is True:  # on by default: --no-NAME
             no_flag = "--no-" + f.name.replace("_", "-")
             parser.add_argument(no_flag, dest=f.name, action="store_false", **kwargs)
