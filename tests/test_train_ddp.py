@@ -54,7 +54,7 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
         result["labels"] = torch.cat(labels)
         if rank == 0:
             torch.save(result, out)
-        dist.barrier()  # leave together: a rank that tore gloo down first aborted (as in fit)
+        dist.barrier()  # leave together, as in fit: a rank that tore gloo down early aborted
     finally:
         dist.destroy_process_group()
 

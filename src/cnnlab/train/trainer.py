@@ -761,7 +761,7 @@ def fit(
         summary = _fit(cfg, Path(out), resume, log if rank == 0 else None, progress,
                        tensorboard, device, world, rank == 0)  # fmt: skip
         if world > 1:
-            dist.barrier()  # leave together: a rank that tore gloo down first aborted its peer
+            dist.barrier()  # leave together: a rank that tore gloo down while its peer ran aborted
         return summary
     finally:
         if world > 1 and dist.is_initialized():
