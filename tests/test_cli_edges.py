@@ -128,6 +128,7 @@ def test_cnnlabs_own_warnings_show_as_one_line(monkeypatch, capsys) -> None:
     args = parser.parse_args(["models"])
     args.func = warns
     monkeypatch.setattr("cnnlab.cli.build_parser", lambda: _Fixed(parser, args))
+
     def show(message, category, filename, lineno, file=None, line=None):  # Python's default
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
