@@ -1,0 +1,123 @@
+"""Where a training step's convolution time goes: forward, grad-input and grad-weight, per layer.
+
+For each distinct convolution of a model (default resnet18, batch 64, 224 px; found by
+forward hooks), this times the three passes of its training step (``aten.convolution`` and
+``aten.convolution_backward`` with one output asked for at a time) in channels-last and in
+NCHW, interleaved by ``cnnlab.timing.interleave`` with an fp32 matmul (``--matmul`` cubed, the
+best dense fp32 rate these cores reach). The first convolution's grad-input is left out: its
+input needs no gradient, so a step never computes it. Printed: per layer and pass, the
+milliseconds in each layout and the GFLOP/s; then the whole step's convolution time per pass,
+summed over the layers (times their count), in channels-last, in NCHW and with each layer in
+its faster layout (conversions not counted).
+
+    .venv/bin/python benchmarks/conv_grads.py [--model resnet18] [--size 224] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+
+import cnnlab
+from cnnlab.devices import reuse_freed_memory
+from cnnlab.tables import format_table
+from cnnlab.timing import Contender, interleave
+
+BATCH = 64
+PASSES = ("forward", "grad-input", "grad-weight")
+LAYOUTS = {"channels-last": torch.channels_last, "NCHW": torch.contiguous_format}
+
+
+def convolutions(model: torch.nn.Module, x: torch.Tensor) -> Counter:
+    """Each distinct convolution as (input shape, weight shape, stride, padding, dilation,
+    groups, whether its input needs a gradient), with how many times a forward pass runs it."""
+    found: Counter = Counter()
+
+    def record(conv: torch.nn.Conv2d, args: tuple) -> None:
+        found[(tuple(args[0].shape), tuple(conv.weight.shape), conv.stride, conv.padding,
+               conv.dilation, conv.groups, args[0].requires_grad)] += 1  # fmt: skip
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+             if isinstance(m, torch.nn.Conv2d)]  # fmt: skip
+    model(x)  # with autograd on, as in a step: only the model's input needs no gradient
+    for hook in hooks:
+        hook.remove()
+    return found
+
+
+def passes(key: tuple, layout: torch.memory_format) -> dict[str, object]:
+    """The step's passes of one convolution, as calls on random tensors in ``layout``."""
+    in_shape, w_shape, stride, padding, dilation, groups, _ = key
+    x = torch.randn(in_shape).contiguous(memory_format=layout)
+    w = torch.randn(w_shape).contiguous(memory_format=layout)
+    y = torch.conv2d(x, w, None, stride, padding, dilation, groups)
+    grad = torch.randn_like(y)
+    args = (list(stride), list(padding), list(dilation), False, [0, 0], groups)
+
+    def backward(mask: list[bool]):
+        return lambda: torch.ops.aten.convolution_backward(grad, x, w, None, *args, mask)
+
+    return {
+        "forward": lambda: torch.conv2d(x, w, None, stride, padding, dilation, groups),
+        "grad-input": backward([True, False, False]),
+        "grad-weight": backward([False, True, False]),
+        "flops": 2 * y.numel() * w[0].numel(),
+    }
+
+
+def describe(key: tuple) -> str:
+    (_, ci, h, _), (co, _, kh, kw), stride, _, _, groups, _ = key
+    grouped = f" g{groups}" if groups > 1 else ""
+    return f"{ci}->{co} {kh}x{kw}/{stride[0]}{grouped} @{h}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--matmul", type=int, default=2048)
+    args = parser.parse_args()
+    reuse_freed_memory()
+    torch.manual_seed(0)
+    model = cnnlab.create_model(args.model, num_classes=10)
+    x = torch.randn(BATCH, model.input_size[0], args.size, args.size)
+    a, b = torch.randn(args.matmul, args.matmul), torch.randn(args.matmul, args.matmul)
+    matmul = Contender("matmul", lambda: torch.mm(a, b))
+    rows, totals, rates = [], Counter(), []
+    for key, count in convolutions(model, x).items():
+        calls = {layout: passes(key, fmt) for layout, fmt in LAYOUTS.items()}
+        wanted = [p for p in PASSES if p != "grad-input" or key[-1]]
+        found = [Contender(f"{p} {layout}", calls[layout][p]) for layout in LAYOUTS
+                 for p in wanted] + [matmul]  # fmt: skip
+        timing = interleave(found, args.repeats, warmup=2)
+        rates.append(2 * args.matmul**3 / timing.median("matmul"))
+        flops = calls["NCHW"]["flops"]
+        for p in wanted:
+            cl, nchw = timing.median(f"{p} channels-last"), timing.median(f"{p} NCHW")
+            totals[p, "channels-last"] += count * cl
+            totals[p, "NCHW"] += count * nchw
+            totals[p, "faster"] += count * min(cl, nchw)
+            rows.append((describe(key), count, p, f"{cl * 1e3:,.1f}", f"{flops / cl / 1e9:,.0f}",
+                         f"{nchw * 1e3:,.1f}", f"{flops / nchw / 1e9:,.0f}",
+                         f"{timing.kept}/{timing.rounds}"))  # fmt: skip
+    headers = ["convolution @map", "count", "pass", "channels-last ms", "GFLOP/s", "NCHW ms",
+               "GFLOP/s", "rounds"]  # fmt: skip
+    print(format_table(headers, rows))
+    print()
+    summary = [(p, *(f"{totals[p, k] * 1e3:,.0f}" for k in ("channels-last", "NCHW", "faster")))
+               for p in PASSES]  # fmt: skip
+    summary.append(("all", *(f"{sum(totals[p, k] for p in PASSES) * 1e3:,.0f}"
+                             for k in ("channels-last", "NCHW", "faster"))))  # fmt: skip
+    print(format_table(["step's convolutions, ms", "channels-last", "NCHW", "each layer's faster"],
+                       summary))  # fmt: skip
+    print(f"{args.model}, batch {BATCH}, {args.size} px, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; fp32 matmul {args.matmul}^3: "
+          f"{min(rates) / 1e9:.0f}-{max(rates) / 1e9:.0f} GFLOP/s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
