@@ -306,3 +306,18 @@ def test_sigmoid_vanishes_where_relu_does_not():
     relu = gradient_norms(deep(nn.ReLU), _batches(1))
     assert sigmoid.init[0] / sigmoid.init[-1] < 1e-3
     assert relu.init[0] / relu.init[-1] > 1e-2
+
+
+@pytest.mark.parametrize("name", ["alexnet", "googlenet", "resnet18", "ssdlite_mobilenet_v2"])
+def test_models_built_and_counted_on_meta_match_real_ones(name: str) -> None:
+    """build_on_meta and count_macs skip value-only calls on meta (initialisation, BatchNorm,
+    LRN); the shapes and MAC counts must be those of the real model, on the CPU."""
+    from cnnlab.analysis.macs import build_on_meta
+
+    torch.manual_seed(0)
+    real, meta = cnnlab.create_model(name), build_on_meta(name)
+    shapes = {k: v.shape for k, v in real.state_dict().items()}
+    assert {k: v.shape for k, v in meta.state_dict().items()} == shapes
+    assert all(v.is_meta for v in meta.state_dict().values())
+    size = tuple(real.input_size)
+    assert count_macs(meta, size) == count_macs(real, size, device="cpu") > 0

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.analysis.macs import count_macs
+from cnnlab.analysis.macs import build_on_meta, count_macs
 from cnnlab.analysis.profile import profile
 from cnnlab.registry import build_model, keyword_defaults, list_models, match_models, model_info
 from cnnlab.timing import Contender, Timing, interleave
@@ -114,8 +114,7 @@ def compare_models(
     """
     rows = []
     for name in match_models(patterns):
-        with torch.device("meta"):
-            model = build_model(name)
+        model = build_on_meta(name)
         prof = profile(model, tuple(model.input_size), 1)
         row: dict[str, Any] = {
             "model": name,
@@ -148,8 +147,7 @@ def zoo_table(pattern: str = "*") -> list[dict[str, Any]]:
     rows = []
     for name in list_models(pattern, task=None):
         info = model_info(name)
-        with torch.device("meta"):
-            model = build_model(name)
+        model = build_on_meta(name)
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
         macs = count_macs(model, model.input_size)
         rows.append({

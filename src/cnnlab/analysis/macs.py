@@ -12,6 +12,9 @@ import math
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from cnnlab.registry import build_model
 
 # Layers whose MACs `layer_macs` counts from their shapes.
 COUNTED_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
@@ -67,7 +70,8 @@ def count_macs(
     handles = [m.register_forward_hook(hook) for m in counted.modules()]
     try:
         counted.eval()
-        counted(torch.zeros((1, *input_size), device=device))
+        with ShapesOnly():
+            counted(torch.zeros((1, *input_size), device=device))
     finally:
         for h in handles:
             h.remove()
@@ -90,3 +94,31 @@ def meta_copy(model: nn.Module) -> nn.Module:
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
     return copy.deepcopy(model, memo)
+
+
+_VALUES_ONLY = {
+    torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
+    torch.Tensor.erfinv_, torch.Tensor.clamp_, torch.Tensor.mul_, torch.Tensor.add_,
+    torch.Tensor.copy_, torch.nn.functional.batch_norm, torch.batch_norm,
+    torch.nn.functional.local_response_norm,
+}  # fmt: skip
+
+
+class ShapesOnly(TorchFunctionMode):
+    """Skip, on ``meta`` tensors, the calls that change only values: the in-place ops of weight
+    initialisation, BatchNorm and LRN (whose outputs have their input's shape: the input
+    stands for them).
+    PyTorch runs them on ``meta`` through Python reference kernels (and imports
+    ``torch._dynamo`` for them), which made listing the zoo take seconds."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _VALUES_ONLY and args and getattr(args[0], "is_meta", False):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+def build_on_meta(name: str, **kwargs: object) -> nn.Module:
+    """Registered model ``name`` with every parameter and buffer on ``meta``: the shapes of
+    ``build_model(name, **kwargs)`` at no memory or initialisation cost."""
+    with torch.device("meta"), ShapesOnly():
+        return build_model(name, **kwargs)
