@@ -1,11 +1,13 @@
 """Threads and OpenMP wait policy, on a quiet machine and beside another multi-threaded job.
 
-Each configuration (``--threads`` 1 or 2; the OpenMP wait policy unset, active or passive)
+Each configuration (``--threads`` 1 or 2; the OpenMP wait policy unset, active or passive, or
+unset with libgomp's spin count lowered by ``GOMP_SPINCOUNT``)
 runs ``cnnlab bench MODEL --vs torchvision --backend eager,onnxruntime --no-train`` in a fresh
 process (OpenMP reads its wait policy when torch loads), once on the quiet machine and once
 while a second job runs beside it: a process doing 2-thread fp32 matrix products without
 pause, as another user's training would. Configurations and the two conditions alternate in
-cycles, so slow drifts of the machine reach all of them alike. Printed per configuration:
+cycles, the configurations in reverse order every other cycle, so slow drifts of the machine
+(or of the job beside it) reach all of them alike. Printed per configuration:
 the median over cycles of cnnlab eager, torchvision eager and onnxruntime latency (ms), the
 busy / quiet ratio, and whether ``bench`` flagged the busy runs as contended.
 
@@ -32,8 +34,10 @@ a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
 while True:
     a @ b
 """
-# "default": OMP_WAIT_POLICY unset (libgomp's threads spin a while, then sleep)
-CONFIGS = [(2, "default"), (2, "active"), (2, "passive"), (1, "default"), (1, "passive")]
+# "default": OMP_WAIT_POLICY unset (libgomp's threads spin a while, then sleep); "spin N":
+# unset, with GOMP_SPINCOUNT=N (libgomp's spins before sleeping; its default is 300,000)
+CONFIGS = [(2, "default"), (2, "active"), (2, "passive"), (2, "spin 3000"), (2, "spin 300"),
+           (1, "default"), (1, "passive")]  # fmt: skip
 
 
 def bench(model: str, threads: int, policy: str, repeats: int) -> dict:
@@ -41,8 +45,10 @@ def bench(model: str, threads: int, policy: str, repeats: int) -> dict:
     args = [sys.executable, "-m", "cnnlab", "bench", model, "--vs", "torchvision", "--backend",
             "eager,onnxruntime", "--no-train", "--threads", str(threads), "--repeats",
             str(repeats), "--json"]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if policy != "default":
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy.startswith("spin "):
+        env["GOMP_SPINCOUNT"] = policy.split()[1]
+    elif policy != "default":
         env["OMP_WAIT_POLICY"] = policy.upper()
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
     return {row["backend"]: row for row in json.loads(out)}
@@ -58,7 +64,7 @@ def measure(model: str, cycles: int, repeats: int) -> dict:
                 load = subprocess.Popen([sys.executable, "-c", LOAD])
                 time.sleep(2)  # the job is running before the benchmark starts
             try:
-                for threads, policy in CONFIGS:
+                for threads, policy in CONFIGS[:: 1 if cycle % 2 == 0 else -1]:
                     print(f"... cycle {cycle + 1}: {threads} threads, {policy}, {condition}",
                           file=sys.stderr, flush=True)  # fmt: skip
                     found[threads, policy, condition].append(bench(model, threads, policy, repeats))
