@@ -312,7 +312,7 @@ def test_sigmoid_vanishes_where_relu_does_not():
 def test_models_built_and_counted_on_meta_match_real_ones(name: str) -> None:
     """build_on_meta and count_macs skip value-only calls on meta (initialisation, BatchNorm,
     LRN); the shapes and MAC counts must be those of the real model, on the CPU."""
-    from cnnlab.analysis.macs import build_on_meta
+    from cnnlab.registry import build_on_meta
 
     torch.manual_seed(0)
     real, meta = cnnlab.create_model(name), build_on_meta(name)

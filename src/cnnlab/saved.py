@@ -48,7 +48,7 @@ from cnnlab import codec, interop
 from cnnlab.data import FASHION_MNIST_STATS, IMAGENET_STATS, Preprocess
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
-from cnnlab.registry import accepted_keywords, build_model, model_info
+from cnnlab.registry import accepted_keywords, build_model, build_on_meta, model_info
 
 __all__ = [
     "FOREIGN_LAYOUTS",
@@ -363,8 +363,7 @@ def _probe(name: str, config: Mapping[str, Any], source: str) -> nn.Module:
     """``name`` built with ``config`` on the 'meta' device (no memory), its sizes bounded."""
     _check_sizes(config.get("num_classes"), config.get("in_chans"), repr(source))
     try:
-        with torch.device("meta"):
-            probe = build_model(name, **config)
+        probe = build_on_meta(name, **config)
     except (ValueError, TypeError) as exc:
         raise CnnlabError(
             f"{source!r}: cannot build {name!r} with {_short(config)}: {_short(exc)}"
@@ -390,8 +389,7 @@ def _in_model_order(
     """``tensors`` in the order of ``name``'s state dict where the keys are ours (a safetensors
     file keeps its keys sorted, not in model order); other keys follow as they came."""
     try:
-        with torch.device("meta"):
-            order = [k for k in build_model(name, **(kwargs or {})).state_dict() if k in tensors]
+        order = [k for k in build_on_meta(name, **(kwargs or {})).state_dict() if k in tensors]
     except (ValueError, TypeError) as exc:
         raise CnnlabError(
             f"cannot build {name} with {_short(kwargs or {})}: {_short(exc)}"
@@ -580,8 +578,7 @@ def _read_foreign_weights(p: Path, wanted: str | None, layout: str | None) -> Re
         raise CnnlabError(f"{str(p)!r} holds foreign weights: name the model they are for")
     model_info(wanted)
     tensors = _in_model_order(wanted, _read_foreign(p))
-    with torch.device("meta"):
-        ours = build_model(wanted, **_infer_config(wanted, tensors)).state_dict()
+    ours = build_on_meta(wanted, **_infer_config(wanted, tensors)).state_dict()
     problems = _fit_report(ours, tensors, aux=False)
     if layout is None and not problems:
         converted, kind = tensors, "state-dict"  # our own key names, saved with torch.save

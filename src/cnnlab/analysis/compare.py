@@ -12,9 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.analysis.macs import build_on_meta, count_macs
+from cnnlab.analysis.macs import count_macs
 from cnnlab.analysis.profile import profile
-from cnnlab.registry import build_model, keyword_defaults, list_models, match_models, model_info
+from cnnlab.registry import (
+    build_model,
+    build_on_meta,
+    keyword_defaults,
+    list_models,
+    match_models,
+    model_info,
+)
 from cnnlab.timing import Contender, Timing, interleave
 
 __all__ = [

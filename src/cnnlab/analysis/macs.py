@@ -12,9 +12,8 @@ import math
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-from cnnlab.registry import build_model
+from cnnlab.registry import ShapesOnly
 
 # Layers whose MACs `layer_macs` counts from their shapes.
 COUNTED_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.Bilinear)
@@ -94,30 +93,3 @@ def meta_copy(model: nn.Module) -> nn.Module:
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
     return copy.deepcopy(model, memo)
-
-
-_VALUES_ONLY = {
-    torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
-    torch.Tensor.erfinv_, torch.Tensor.clamp_, torch.Tensor.mul_, torch.Tensor.add_,
-    torch.Tensor.copy_, torch.nn.functional.batch_norm, torch.batch_norm,
-    torch.nn.functional.local_response_norm,
-}  # fmt: skip
-
-
-class ShapesOnly(TorchFunctionMode):
-    """Skip, on ``meta`` tensors, the calls that change only values: the in-place ops of weight
-    initialisation, BatchNorm and LRN (whose outputs have their input's shape: the input
-    stands for them). PyTorch runs them on ``meta`` through slow Python reference kernels:
-    they took half the time of ``cnnlab models``."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _VALUES_ONLY and args and getattr(args[0], "is_meta", False):
-            return args[0]
-        return func(*args, **(kwargs or {}))
-
-
-def build_on_meta(name: str, **kwargs: object) -> nn.Module:
-    """Registered model ``name`` with every parameter and buffer on ``meta``: the shapes of
-    ``build_model(name, **kwargs)`` at no memory or initialisation cost."""
-    with torch.device("meta"), ShapesOnly():
-        return build_model(name, **kwargs)

@@ -37,7 +37,7 @@ from cnnlab.detect.train import (
     prepare,
 )
 from cnnlab.errors import CnnlabError
-from cnnlab.registry import build_model, model_info
+from cnnlab.registry import build_model, build_on_meta, model_info
 from cnnlab.saved import load, read_meta, save_weights
 from cnnlab.train.checkpoint import (
     LAST_STATE,
@@ -151,8 +151,8 @@ def _build(
     say: Callable[[str], None],
 ) -> _Run:  # fmt: skip
     """The model built (a fresh run's backbone from ``init_from``), the data read."""
-    with torch.device("meta"):  # bad keywords or image size: one error before any work
-        probe = build_model(name, 1, setup.in_chans, **_kwargs(setup))
+    # bad keywords or image size: one error before any work
+    probe = build_on_meta(name, 1, setup.in_chans, **_kwargs(setup))
     train, val = detection_loaders(probe, root, config, strict=setup.strict)
     classes = train.dataset.classes
     if val.dataset.classes != classes:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from cnnlab.registry import build_model
+from cnnlab.registry import build_on_meta
 
 __all__ = [
     "TIMM_NAMES",
@@ -92,8 +92,7 @@ def _convert(name: str, state_dict: Mapping[str, torch.Tensor], **model_kwargs) 
     convs = [v for v in kept if v.dim() == 4]
     model_kwargs.setdefault("num_classes", matrices[-1].shape[0] if matrices else 1000)
     model_kwargs.setdefault("in_chans", convs[0].shape[1] if convs else 3)
-    with torch.device("meta"):
-        model = build_model(name, **model_kwargs)
+    model = build_on_meta(name, **model_kwargs)
     return convert_by_position(model.state_dict(), state_dict, skip)
 
 

@@ -55,7 +55,7 @@ from cnnlab.devices import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
-from cnnlab.registry import build_model
+from cnnlab.registry import build_model, build_on_meta
 from cnnlab.saved import MAX_IMG_SIZE, SCALARS, load_weights, read_meta, save_weights
 from cnnlab.train.checkpoint import (
     LAST_STATE,
@@ -484,8 +484,7 @@ def _setup(
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     in_chans = cfg.in_chans or data_channels(cfg.data)
-    with torch.device("meta"):
-        probe = build_model(cfg.model, 10, in_chans, **cfg.model_kwargs)  # bad keywords fail here
+    probe = build_on_meta(cfg.model, 10, in_chans, **cfg.model_kwargs)  # bad keywords fail here
     frozen_modules(probe, cfg.freeze, cfg.freeze_backbone)  # a bad name fails here
     img_size = _input_size(cfg, probe, say, resume, out)
     # Resuming reloads every weight from last.safetensors: the source is not needed.
