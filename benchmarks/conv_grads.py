@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Callable
 
 import torch
+from train_bound import matmul
 
 import cnnlab
 from cnnlab.devices import reuse_freed_memory
@@ -47,8 +49,9 @@ def convolutions(model: torch.nn.Module, x: torch.Tensor) -> Counter:
     return found
 
 
-def passes(key: tuple, layout: torch.memory_format) -> dict[str, object]:
-    """The step's passes of one convolution, as calls on random tensors in ``layout``."""
+def passes(key: tuple, layout: torch.memory_format) -> tuple[dict[str, Callable], int]:
+    """The step's passes of one convolution, as calls on random tensors in ``layout``, and
+    the FLOPs of each pass (the three do the same)."""
     in_shape, w_shape, stride, padding, dilation, groups, _ = key
     x = torch.randn(in_shape).contiguous(memory_format=layout)
     w = torch.randn(w_shape).contiguous(memory_format=layout)
@@ -56,15 +59,15 @@ def passes(key: tuple, layout: torch.memory_format) -> dict[str, object]:
     grad = torch.randn_like(y)
     args = (list(stride), list(padding), list(dilation), False, [0, 0], groups)
 
-    def backward(mask: list[bool]):
+    def backward(mask: list[bool]) -> Callable:
         return lambda: torch.ops.aten.convolution_backward(grad, x, w, None, *args, mask)
 
-    return {
+    calls = {
         "forward": lambda: torch.conv2d(x, w, None, stride, padding, dilation, groups),
         "grad-input": backward([True, False, False]),
         "grad-weight": backward([False, True, False]),
-        "flops": 2 * y.numel() * w[0].numel(),
     }
+    return calls, 2 * y.numel() * w[0].numel()
 
 
 def describe(key: tuple) -> str:
@@ -84,17 +87,17 @@ def main() -> int:
     torch.manual_seed(0)
     model = cnnlab.create_model(args.model, num_classes=10)
     x = torch.randn(BATCH, model.input_size[0], args.size, args.size)
-    a, b = torch.randn(args.matmul, args.matmul), torch.randn(args.matmul, args.matmul)
-    matmul = Contender("matmul", lambda: torch.mm(a, b))
+    mm, mm_flops = matmul(args.matmul)
     rows, totals, rates = [], Counter(), []
     for key, count in convolutions(model, x).items():
-        calls = {layout: passes(key, fmt) for layout, fmt in LAYOUTS.items()}
+        calls, flops = {}, 0
+        for layout, fmt in LAYOUTS.items():
+            calls[layout], flops = passes(key, fmt)
         wanted = [p for p in PASSES if p != "grad-input" or key[-1]]
         found = [Contender(f"{p} {layout}", calls[layout][p]) for layout in LAYOUTS
-                 for p in wanted] + [matmul]  # fmt: skip
+                 for p in wanted] + [Contender("matmul", mm)]  # fmt: skip
         timing = interleave(found, args.repeats, warmup=2)
-        rates.append(2 * args.matmul**3 / timing.median("matmul"))
-        flops = calls["NCHW"]["flops"]
+        rates.append(mm_flops / timing.median("matmul"))
         for p in wanted:
             cl, nchw = timing.median(f"{p} channels-last"), timing.median(f"{p} NCHW")
             totals[p, "channels-last"] += count * cl
