@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import threading
 import tracemalloc
@@ -524,3 +525,29 @@ def test_safetensors_metadata_json_is_bounded(tmp_path: Path, lenet: dict) -> No
     save_file(load_file(path), str(path), metadata=meta)
     with pytest.raises(CnnlabError, match="corrupt checkpoint metadata"):
         cnnlab.load(path)
+
+
+# --------------------------------------------------------------------------- tensors in a file
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda w: w.to_sparse(), "sparse_coo"),
+        (lambda w: torch.empty(w.shape, device="meta"), "meta"),
+        (lambda w: w.to(torch.complex64), "complex64"),
+    ],
+    ids=["sparse", "meta", "complex"],
+)
+def test_a_pth_of_non_dense_tensors_is_one_error(
+    tmp_path: Path, lenet: dict, make: Callable, kind: str, capsys
+) -> None:
+    state = dict(lenet["model"].state_dict())
+    state["features.c1.weight"] = make(state["features.c1.weight"])
+    path = tmp_path / "odd.pth"
+    torch.save(state, path)
+    message = f"'features.c1.weight' is not a plain tensor of real numbers ({kind})"
+    with pytest.raises(CnnlabError, match=re.escape(message)):
+        cnnlab.load(path, "lenet5")
+    assert main(["summary", "lenet5", "--checkpoint", str(path)]) == 2
+    _assert_error_names(capsys.readouterr().err, "odd.pth", message)

@@ -503,7 +503,31 @@ def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
         or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     ):
         raise CnnlabError(f"{str(p)!r} does not hold a state dict (a mapping of names to tensors)")
+    for k, v in obj.items():
+        if not _is_plain(v):
+            raise CnnlabError(
+                f"{str(p)!r}: {_short(k, 80)} is not a plain tensor of real numbers "
+                f"({_kind_of(v)}); save dense CPU weights"
+            )
     return obj
+
+
+def _is_plain(t: torch.Tensor) -> bool:
+    """A dense, real-valued tensor with data (what a model's parameters and buffers hold):
+    not sparse, quantized, nested, complex, nor on the 'meta' device (torch.load gives all)."""
+    return t.layout == torch.strided and not (
+        t.is_quantized or t.is_nested or t.is_complex() or t.is_meta
+    )
+
+
+def _kind_of(t: torch.Tensor) -> str:
+    """'sparse_coo', 'quantized', 'nested', 'complex64' or 'meta': why ``t`` is not plain."""
+    if t.layout != torch.strided:
+        return str(t.layout).removeprefix("torch.")
+    for what in ("quantized", "nested", "meta"):
+        if getattr(t, f"is_{what}"):
+            return what
+    return str(t.dtype).removeprefix("torch.")
 
 
 def refused_pickle(path: str | os.PathLike[str]) -> str:
