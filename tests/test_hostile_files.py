@@ -551,3 +551,24 @@ def test_a_pth_of_non_dense_tensors_is_one_error(
         cnnlab.load(path, "lenet5")
     assert main(["summary", "lenet5", "--checkpoint", str(path)]) == 2
     _assert_error_names(capsys.readouterr().err, "odd.pth", message)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("-inf")])
+def test_weights_holding_nan_or_infinity_are_refused(
+    tmp_path: Path, lenet: dict, value: float, capsys
+) -> None:
+    broken = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
+    with torch.no_grad():
+        broken.features.c1.weight[0, 0, 0, 0] = value
+    files = [tmp_path / "w.safetensors", tmp_path / "w.pth", tmp_path / "w.cnz"]
+    cnnlab.save(broken, files[0])
+    torch.save(broken.state_dict(), files[1])
+    save_cnz(broken, files[2])
+    target = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
+    before = target.features.c1.weight.clone()
+    for path in files:
+        with pytest.raises(CnnlabError, match=r"features\.c1\.weight holds NaN or infinite values"):
+            cnnlab.load(path, target)
+        assert torch.equal(target.features.c1.weight, before)  # left untouched
+        assert main(["predict", "lenet5", "--checkpoint", str(path), "x.png"]) == 2
+        _assert_error_names(capsys.readouterr().err, path.name, "NaN or infinite")

@@ -226,10 +226,21 @@ def _copy_into(
     if problems:
         name = getattr(target, "model_name", type(target).__name__)
         raise CnnlabError(f"{source!r} does not fit {name}: {problems}")
+    broken = next((k for k in own if k in tensors and not _finite(tensors[k])), None)
+    if broken is not None:
+        raise CnnlabError(f"{source!r}: {broken} holds NaN or infinite values (corrupt weights)")
     with torch.no_grad():
         for k, v in own.items():
             if k in tensors:
                 v.copy_(tensors[k])
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t``: its min and max (NaN propagates) in one pass, no copy."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t if t.element_size() > 1 else t.float())  # no float8 kernel
+    return bool(torch.isfinite(low) and torch.isfinite(high))
 
 
 def load_weights(
