@@ -572,3 +572,22 @@ def test_weights_holding_nan_or_infinity_are_refused(
         assert torch.equal(target.features.c1.weight, before)  # left untouched
         assert main(["predict", "lenet5", "--checkpoint", str(path), "x.png"]) == 2
         _assert_error_names(capsys.readouterr().err, path.name, "NaN or infinite")
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int8, torch.int64])
+def test_integer_weights_for_float_parameters_are_refused(
+    tmp_path: Path, lenet: dict, dtype: torch.dtype
+) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.to(dtype) for k, v in lenet["model"].state_dict().items()}
+    meta = {"format": "cnnlab.weights/1", "model": '"lenet5"'}
+    save_file(state, str(tmp_path / "w.safetensors"), metadata=meta)
+    torch.save(state, tmp_path / "w.pth")
+    name = str(dtype).removeprefix("torch.")
+    for path in (tmp_path / "w.safetensors", tmp_path / "w.pth"):
+        with pytest.raises(CnnlabError, match=f"dtype features.c1.weight {name} vs float32"):
+            cnnlab.load(path, "lenet5")
+    half = {k: v.half() for k, v in lenet["model"].state_dict().items()}
+    torch.save(half, tmp_path / "half.pth")  # another float type is converted, as before
+    assert cnnlab.load(tmp_path / "half.pth", "lenet5")[0].features.c1.weight.dtype == torch.float32

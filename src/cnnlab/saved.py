@@ -207,11 +207,22 @@ def _fit_report(own: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Ten
         for k, v in own.items()
         if k in tensors and tensors[k].shape != v.shape
     ]
+    # Integers or booleans for a float parameter would be cast without a word (and back).
+    cast = [
+        f"{k} {_dtype_name(tensors[k])} vs {_dtype_name(v)}"
+        for k, v in own.items()
+        if k in tensors and tensors[k].is_floating_point() != v.is_floating_point()
+    ]
+    labelled = (("missing", missing), ("unexpected", unexpected), ("shape", wrong), ("dtype", cast))
     return "; ".join(
         f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+        for label, keys in labelled
         if keys
     )
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def _copy_into(
