@@ -368,6 +368,21 @@ def test_fifo_and_devices_are_refused_without_reading(fifo: Path) -> None:
         _returns_within(10, lambda: read_idx(fifo), fifo)
 
 
+def test_a_layout_prefix_does_not_skip_the_file_checks(fifo: Path, tmp_path: Path) -> None:
+    """``torchvision:PATH`` and ``timm:PATH`` used to go straight to torch.load: a FIFO
+    blocked, /dev/zero was read until memory ran out, a missing file was a FileNotFoundError."""
+    empty = tmp_path / "empty.pth"
+    empty.touch()
+    cases = {fifo: "not a regular file", tmp_path: "not a regular file",
+             tmp_path / "no.pth": "does not exist", empty: r"is empty \(0 bytes\)"}  # fmt: skip
+    for layout, name in (("torchvision", "resnet18"), ("timm", "mobilenet_v1")):
+        for path, message in cases.items():
+            with pytest.raises(CnnlabError, match=message):
+                _returns_within(10, lambda s=f"{layout}:{path}", n=name: cnnlab.load(s, n), fifo)
+        with pytest.raises(CnnlabError, match=f"no file name in checkpoint '{layout}:'"):
+            cnnlab.load(f"{layout}:", name)
+
+
 def test_cli_fifo_checkpoint_and_fifo_image_are_one_error(
     fifo: Path, lenet: dict, capsys: pytest.CaptureFixture
 ) -> None:
@@ -375,6 +390,7 @@ def test_cli_fifo_checkpoint_and_fifo_image_are_one_error(
         ["decompress", str(fifo), "--out", str(fifo.with_name("o.safetensors"))],
         ["eval", "lenet5", "--checkpoint", str(fifo), "--data", "synthetic"],
         ["predict", "lenet5", "--checkpoint", str(lenet["cnz"]), str(fifo)],
+        ["export", "resnet18", "--checkpoint", f"torchvision:{fifo}", "--out", str(fifo) + ".onnx"],
     ):
         assert _returns_within(30, lambda a=argv: main(a), fifo) == 2
         _assert_error_names(capsys.readouterr().err, "fifo.png", "not a regular file")

@@ -681,13 +681,20 @@ def _is_safetensors(p: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 0
 
 
-def _kind(p: Path) -> str:
-    if p.is_dir():
+def _kind(p: Path, layout: str | None = None) -> str:
+    """'run', 'cnz', 'cnnlab' or 'foreign' ('foreign' where ``layout`` names one), once ``p``
+    is known to be a folder or a non-empty regular file (a device is never read)."""
+    if p.is_dir() and layout is None:
         return "run"
     if not p.exists():
         raise CnnlabError(f"checkpoint {str(p)!r} does not exist")
-    if not stat.S_ISREG(p.stat().st_mode):
+    info = p.stat()
+    if not stat.S_ISREG(info.st_mode):
         raise CnnlabError(f"{str(p)!r} is not a regular file")
+    if info.st_size == 0:
+        raise CnnlabError(f"{str(p)!r} is empty (0 bytes): not a weights file")
+    if layout is not None:
+        return "foreign"
     if codec.is_cnz(p):
         return "cnz"
     if _is_safetensors(p):
@@ -700,8 +707,12 @@ def split_source(source: str | os.PathLike[str]) -> tuple[str | None, Path]:
     text = os.fspath(source)
     layout, sep, rest = text.partition(":")
     if sep and layout in FOREIGN_LAYOUTS and not Path(text).exists():
-        return layout, Path(rest)
-    return None, Path(text)
+        text = rest
+    else:
+        layout = None
+    if not text:  # Path("") is the current folder, which would be read as a run folder
+        raise CnnlabError(f"no file name in checkpoint {os.fspath(source)!r}")
+    return layout, Path(text)
 
 
 def load(
@@ -720,7 +731,7 @@ def load(
     """
     layout, p = split_source(source)
     wanted = getattr(model, "model_name", None) if isinstance(model, nn.Module) else model
-    kind = "foreign" if layout else _kind(p)
+    kind = _kind(p, layout)
     if kind == "run":
         p, kind = resolve_weights(p), "cnnlab"
     if kind == "cnz":
