@@ -61,6 +61,9 @@ def test_load_into_a_model_and_replace_the_head(lenet: dict) -> None:
     fresh, meta = cnnlab.load(lenet["safetensors"], num_classes=3)
     assert fresh(torch.randn(1, 1, 32, 32)).shape == (1, 3)
     assert meta["num_classes"] == 3 and "class_names" in meta["assumed"]
+    for bad in (0, 2.5, "5", True):
+        with pytest.raises(CnnlabError, match=r"num_classes must be in 1\.\.100000"):
+            cnnlab.load(lenet["safetensors"], num_classes=bad)
 
 
 def test_torchvision_weights_convert_exactly(tmp_path: Path) -> None:

@@ -754,7 +754,7 @@ def load(
 
 
 def _replace_head(model: nn.Module, meta: dict[str, Any], num_classes: int) -> None:
-    if not isinstance(num_classes, int) or not 0 < num_classes <= MAX_CLASSES:
+    if type(num_classes) is not int or not 0 < num_classes <= MAX_CLASSES:
         raise CnnlabError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes!r}")
     model.reset_classifier(num_classes)
     meta.update(num_classes=num_classes, class_names=[str(i) for i in range(num_classes)])
