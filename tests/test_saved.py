@@ -132,6 +132,22 @@ def test_hostile_and_wrong_files_are_one_error(tmp_path: Path, lenet: dict) -> N
         cnnlab.load("torchvision:" + str(lenet["state-dict"]), "lenet5")
 
 
+def test_a_file_of_another_kind_is_named_as_such(tmp_path: Path, lenet: dict) -> None:
+    """Not torch's parser error on a CSV, a PNG or a cut zip ('pop from empty list',
+    'Unsupported operand 80', '[Errno 22] Invalid argument')."""
+    (tmp_path / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    _png(tmp_path / "x.png")
+    (tmp_path / "cut.pth").write_bytes(lenet["state-dict"].read_bytes()[:5000])
+    for name, reason in (("metrics.csv", "not a .cnz, a safetensors or a torch.save file"),
+                         ("x.png", "not a .cnz, a safetensors or a torch.save file"),
+                         ("cut.pth", "a truncated or corrupt torch.save (zip) file")):  # fmt: skip
+        with pytest.raises(CnnlabError) as info:
+            cnnlab.load(tmp_path / name, "lenet5")
+        assert (
+            str(info.value) == f"{str(tmp_path / name)!r} is not a readable weights file: {reason}"
+        )
+
+
 def _resnet18_pth(folder: Path) -> Path:
     path = folder / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)

@@ -515,6 +515,9 @@ def _read_foreign(p: Path) -> dict[str, torch.Tensor]:
     """The tensors of a plain safetensors file or a weights-only torch file."""
     if _is_safetensors(p):
         return _read_safetensors(p, with_tensors=True)[0]
+    problem = _not_torch_file(p)
+    if problem:
+        raise CnnlabError(f"{str(p)!r} is not a readable weights file: {problem}")
     obj = torch_load_weights_only(p, "weights file")
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -675,9 +678,23 @@ def _reference_order(layout: str, name: str, tensors: dict) -> dict:
     return {k: tensors[k] for k in order + [k for k in tensors if k not in set(order)]}
 
 
-def _is_safetensors(p: Path) -> bool:
+def _head(p: Path, n: int) -> bytes:
+    """The first ``n`` bytes of the file ``p`` (fewer where it is shorter)."""
     with open(p, "rb") as f:
-        head = f.read(9)
+        return f.read(n)
+
+
+def _not_torch_file(p: Path) -> str:
+    """Why ``p`` cannot be a torch.save file, from its first bytes ('' where it may be one):
+    a zip (with its directory at the end) or, in torch's legacy format, a pickle."""
+    head = _head(p, 4)
+    if head == b"PK\x03\x04":
+        return "" if zipfile.is_zipfile(p) else "a truncated or corrupt torch.save (zip) file"
+    return "" if head[:1] == b"\x80" else "not a .cnz, a safetensors or a torch.save file"
+
+
+def _is_safetensors(p: Path) -> bool:
+    head = _head(p, 9)
     return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 0
 
 
