@@ -211,6 +211,16 @@ def test_cnz_model_keywords_cannot_build_a_giant_model(tmp_path: Path) -> None:
     _refused_cheaply(lambda: cnnlab.load(path), "model keywords must map")
 
 
+def test_bad_model_keywords_in_a_safetensors_file_name_the_file(
+    tmp_path: Path, lenet: dict
+) -> None:
+    path = tmp_path / "kw.safetensors"
+    save_weights(lenet["model"], path, {"model": "lenet5", "model_kwargs": {"drop_rate": 5}})
+    with pytest.raises(CnnlabError) as info:
+        cnnlab.load(path)
+    assert str(info.value).startswith(f"{str(path)!r}: cannot build 'lenet5' with {{'drop_rate'")
+
+
 def test_cnz_header_in_chans_and_img_size(tmp_path: Path, lenet: dict) -> None:
     header, tensors = codec.read(lenet["cnz"])
     path = tmp_path / "h.cnz"

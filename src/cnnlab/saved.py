@@ -406,7 +406,10 @@ def _check_fit(
 
 
 def _in_model_order(
-    name: str, tensors: Mapping[str, torch.Tensor], kwargs: Mapping[str, Any] | None = None
+    name: str,
+    tensors: Mapping[str, torch.Tensor],
+    source: str,
+    kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``tensors`` in the order of ``name``'s state dict where the keys are ours (a safetensors
     file keeps its keys sorted, not in model order); other keys follow as they came."""
@@ -414,7 +417,7 @@ def _in_model_order(
         order = [k for k in build_on_meta(name, **(kwargs or {})).state_dict() if k in tensors]
     except (ValueError, TypeError) as exc:
         raise CnnlabError(
-            f"cannot build {name} with {_short(kwargs or {})}: {_short(exc)}"
+            f"{source!r}: cannot build {name!r} with {_short(kwargs or {})}: {_short(exc)}"
         ) from None
     return {k: tensors[k] for k in order + [k for k in tensors if k not in set(order)]}
 
@@ -459,7 +462,7 @@ def _read_cnnlab(p: Path, wanted: str | None) -> Read:
     tensors, meta = read_weights(p)
     name = _model_name(meta.get("model"), wanted, str(p))
     kwargs = model_kwargs(name, meta.get("model_kwargs"), repr(str(p)))
-    tensors = _in_model_order(name, tensors, kwargs)
+    tensors = _in_model_order(name, tensors, str(p), kwargs)
     config = _infer_config(name, tensors) | kwargs
     if isinstance(meta.get("class_names"), list):
         config["num_classes"] = len(meta["class_names"])
@@ -626,7 +629,7 @@ def _read_foreign_weights(p: Path, wanted: str | None, layout: str | None) -> Re
     if wanted is None:
         raise CnnlabError(f"{str(p)!r} holds foreign weights: name the model they are for")
     model_info(wanted)
-    tensors = _in_model_order(wanted, _read_foreign(p))
+    tensors = _in_model_order(wanted, _read_foreign(p), str(p))
     ours = build_on_meta(wanted, **_infer_config(wanted, tensors)).state_dict()
     problems = _fit_report(ours, tensors, aux=False)
     if layout is None and not problems:
