@@ -378,6 +378,16 @@ def test_fifo_and_devices_are_refused_without_reading(fifo: Path) -> None:
         _returns_within(10, lambda: read_idx(fifo), fifo)
 
 
+def test_a_run_folder_whose_best_is_a_fifo_is_refused(fifo: Path, lenet: dict) -> None:
+    """It used to fall back to last.safetensors without a word: other weights than 'best'."""
+    run = fifo.parent / "run"
+    run.mkdir()
+    os.mkfifo(run / "best.safetensors")
+    (run / "last.safetensors").write_bytes(lenet["safetensors"].read_bytes())
+    with pytest.raises(CnnlabError, match=r"best\.safetensors' is not a regular file"):
+        _returns_within(10, lambda: cnnlab.load(run), run / "best.safetensors")
+
+
 def test_a_layout_prefix_does_not_skip_the_file_checks(fifo: Path, tmp_path: Path) -> None:
     """``torchvision:PATH`` and ``timm:PATH`` used to go straight to torch.load: a FIFO
     blocked, /dev/zero was read until memory ran out, a missing file was a FileNotFoundError."""

@@ -152,6 +152,8 @@ def resolve_weights(path: str | os.PathLike[str]) -> Path:
         for name in ("best.safetensors", "last.safetensors"):
             if (p / name).is_file():
                 return p / name
+            if (p / name).exists():  # a FIFO or a folder: not silently skipped for last
+                raise CnnlabError(f"{str(p / name)!r} is not a regular file")
         raise CnnlabError(f"no best.safetensors or last.safetensors in folder {str(p)!r}")
     if not p.exists():
         raise CnnlabError(f"checkpoint {str(p)!r} does not exist")
