@@ -233,3 +233,17 @@ def test_real_fashion_mnist_files() -> None:
     labels = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
     assert images.shape == (10_000, 28, 28) and images.dtype == torch.uint8
     assert torch.bincount(labels.long()).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("val_split", [None, 0.5])
+def test_image_folder_with_train_but_no_val_says_so(tmp_path: Path, val_split) -> None:
+    _image_folder(tmp_path / "train")
+    with pytest.raises(CnnlabError, match=r"has train/ but no val/ or test/"):
+        build_loaders(str(tmp_path), img_size=16, in_chans=3, val_split=val_split)
+
+
+def test_a_class_named_train_is_still_a_class(tmp_path: Path) -> None:
+    _image_folder(tmp_path)
+    (tmp_path / "owl").rename(tmp_path / "train")  # CIFAR-100 has a class "train"
+    _, _, classes = build_loaders(str(tmp_path), img_size=16, in_chans=3, val_split=0.25)
+    assert classes == ["cat", "dog", "train"]

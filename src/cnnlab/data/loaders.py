@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from cnnlab.data.datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_STATS,
+    IMAGE_SUFFIXES,
     IMAGENET_STATS,
     ImageFolderDataset,
     TensorImageDataset,
@@ -134,6 +135,14 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
     return Subset(ds, range(limit))
 
 
+def _is_split(folder: Path) -> bool:
+    """``folder`` holds class folders and no image of its own: a split (``train/``), not a
+    class that happens to be named like one (CIFAR-100 has a class "train")."""
+    entries = list(folder.iterdir())
+    images = any(e.suffix.lower() in IMAGE_SUFFIXES for e in entries)
+    return any(e.is_dir() for e in entries) and not images
+
+
 def _datasets(
     data: str,
     img_size: int,
@@ -174,6 +183,11 @@ def _datasets(
         if val_split is not None:
             raise ValueError(f"{data!r} has train/ and {val_name}/; --val-split is for one folder")
         return train_ds, val_ds, train_ds.classes
+    if "train" in sub and _is_split(path / "train"):  # a tree missing its validation half
+        raise CnnlabError(
+            f"{data!r} has train/ but no val/ or test/; add one, or pass "
+            f"--data {str(path / 'train')!r} with --val-split (e.g. 0.1)"
+        )
     if val_split is None:
         raise CnnlabError(
             f"{data!r} has no train/ and val/ sub-folders; pass --val-split (e.g. 0.1) to hold "
