@@ -478,3 +478,32 @@ def test_ctrl_c_while_the_commands_load_is_one_line(capsys, monkeypatch) -> None
     monkeypatch.setattr("cnnlab.cli.build_parser", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err == "cnnlab: interrupted\n"
+
+
+# ------------------------------------------------------------ --data against the file
+
+
+def _two_class_folder(root: pathlib.Path) -> pathlib.Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (28, 28), (200, 10, 10)).save(root / split / name / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("names, ok", [(["dog", "cat"], False), (["x", "y"], True)])
+def test_eval_refuses_data_that_numbers_the_classes_differently(
+    tmp_path, capsys, names, ok
+) -> None:
+    data = _two_class_folder(tmp_path / "data")
+    path = tmp_path / "w.safetensors"
+    model = cnnlab.create_model("lenet_300_100", num_classes=2, in_chans=3)
+    save_checkpoint(model, path, class_names=names, preprocess=PRE)
+    argv = ["eval", "lenet_300_100", "--checkpoint", str(path), "--data", str(data), "--json"]
+    code, out, err = run(capsys, *argv)
+    if ok:  # names the data does not use at all: matched by index
+        assert code == 0 and json.loads(out)["images"] == 2
+        return
+    assert code == 2 and "'cat' is class 1 in the file but 0 in the data" in one_error_line(err)
