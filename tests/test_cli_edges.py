@@ -507,3 +507,16 @@ def test_eval_refuses_data_that_numbers_the_classes_differently(
         assert code == 0 and json.loads(out)["images"] == 2
         return
     assert code == 2 and "'cat' is class 1 in the file but 0 in the data" in one_error_line(err)
+
+
+@pytest.mark.parametrize("command", ["train", "summary"])
+@pytest.mark.parametrize("keyword", ["in_chans=1", "features_only=True"])
+def test_model_kwargs_that_the_command_sets_are_one_line(tmp_path, capsys, command, keyword):
+    argv = [command, "lenet5", "--model-kwargs", keyword]
+    if command == "train":
+        argv += ["--data", "synthetic", "--out", str(tmp_path / "run")]
+    code, out, err = run(capsys, *argv, "--json")
+    line = one_error_line(err)
+    assert code == 2 and json.loads(out)["code"] == 2
+    assert "own keywords" in line and keyword.split("=")[0] in line.split("not ")[-1]
+    assert not (tmp_path / "run").exists()

@@ -16,12 +16,15 @@ from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, p
 from cnnlab.cli.config_options import key_value
 from cnnlab.devices import resolve_device
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
-from cnnlab.registry import build_model, model_info
+from cnnlab.registry import COMMON_KEYWORDS, build_model, model_info
 from cnnlab.tables import format_table, human, print_json
 
 MIB = 2**20
 RANDOM_CLASSES = 10  # labels of the fixed random batch (--data random) of a fresh model
 DEVICE_HELP = "cpu, cuda or cuda:N (default: a GPU if there is one)"
+# create_model's keywords that summary sets itself (--input the channels), or that do not
+# give a classifier to profile; num_classes and init are fine as model keywords here.
+SUMMARY_FIXED = tuple(k for k in COMMON_KEYWORDS if k not in ("num_classes", "init"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -205,6 +208,11 @@ def run_summary(args: argparse.Namespace) -> int:
         raise ValueError(f"--depth must be >= 1, got {args.depth}")
     device = resolve_device(args.device)
     kwargs = dict(args.model_kwargs)
+    if fixed := [k for k in SUMMARY_FIXED if k in kwargs]:
+        raise ValueError(
+            f"--model-kwargs takes the model's own keywords (see `cnnlab models {args.model}`), "
+            f"not {', '.join(fixed)}; --input sets the channels"
+        )
     if args.checkpoint and kwargs:
         raise ValueError("--model-kwargs builds a fresh model; a --checkpoint carries its own")
     if args.checkpoint:

@@ -55,7 +55,7 @@ from cnnlab.devices import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
-from cnnlab.registry import build_model, build_on_meta
+from cnnlab.registry import COMMON_KEYWORDS, build_model, build_on_meta
 from cnnlab.saved import MAX_IMG_SIZE, SCALARS, load_weights, read_meta, save_weights
 from cnnlab.train.checkpoint import (
     LAST_STATE,
@@ -81,6 +81,9 @@ SCHEDULES = ("cosine", "step", "onecycle", "constant")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 MAX_SEED = 2**63 - 1
+# What the run sets itself: the classes come from the data, the channels from --in-chans, the
+# weights from --init-from (init, the paper's or another scheme, stays the model's to take).
+RUN_KEYWORDS = tuple(k for k in COMMON_KEYWORDS if k != "init")
 MIN_STEPS, STEPS_TARGET = 300, 500  # below MIN_STEPS optimizer steps in a run: a note
 # Settings that may differ when resuming without changing the result.
 RESUME_FREE = {"workers", "device", "precision", "channels_last", "compile", "reuse_memory"}
@@ -188,6 +191,10 @@ class TrainConfig:
         _check(isinstance(self.model_kwargs, dict) and all(
             isinstance(k, str) and isinstance(v, SCALARS) for k, v in self.model_kwargs.items()
         ), "model_kwargs", "a dict of names to plain values", self.model_kwargs)  # fmt: skip
+        _check(not set(self.model_kwargs) & set(RUN_KEYWORDS), "model_kwargs",
+               f"the model's own keywords, not {', '.join(RUN_KEYWORDS)} (the data sets the "
+               "classes, --in-chans the channels, --init-from the weights)",
+               self.model_kwargs)  # fmt: skip
         _check(self.precision in (None, *PRECISIONS), "precision",
                f"one of {', '.join(PRECISIONS)}", self.precision)  # fmt: skip
         if self.freeze_backbone and self.freeze is not None:
