@@ -520,3 +520,25 @@ def test_model_kwargs_that_the_command_sets_are_one_line(tmp_path, capsys, comma
     assert code == 2 and json.loads(out)["code"] == 2
     assert "own keywords" in line and keyword.split("=")[0] in line.split("not ")[-1]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "lenet5", "--data", "synthetic", "--lr", "1e39"],
+        ["train", "lenet5", "--data", "synthetic", "--weight-decay", "1e39"],
+        ["gradients", "lenet5", "--steps", "1", "--lr", "1e39"],
+        ["gradients", "lenet5", "--steps", "1", "--lr", "nan"],
+        ["gradients", "lenet5", "--steps", "1", "--clip-grad-norm", "nan"],
+        ["compress", "lenet5", "--data", "synthetic", "--finetune-lr", "1e39"],
+    ],
+    ids=lambda a: f"{a[0]} {' '.join(a[-2:])}",
+)
+def test_factors_float32_cannot_hold_are_refused(tmp_path, ckpt, capsys, argv) -> None:
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "run")]
+    elif argv[0] == "compress":
+        argv = [*argv, "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.cnz")]
+    code, out, err = run(capsys, *argv)
+    line = one_error_line(err)
+    assert code == 2 and ("3.4e38" in line or "finite" in line) and "steps:" not in out

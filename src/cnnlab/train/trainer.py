@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cnnlab.config import option
+from cnnlab.config import MAX_FACTOR, option
 from cnnlab.data import (
     FASHION_MNIST_NAMES,
     IMAGE_SUFFIXES,
@@ -167,10 +167,11 @@ class TrainConfig:
                "an integer >= 1", self.batch_size)  # fmt: skip
         for name in ("lr", "clip_grad_norm"):
             value = getattr(self, name)
-            _check(value is None or _real(value, 0, open_low=True), name, "a finite number > 0",
-                   value)  # fmt: skip
-        _check(self.weight_decay is None or _real(self.weight_decay, 0), "weight_decay",
-               "a finite number >= 0", self.weight_decay)  # fmt: skip
+            _check(value is None or _real(value, 0, MAX_FACTOR, open_low=True), name,
+                   "a number > 0, at most 3.4e38 (float32)", value)  # fmt: skip
+        _check(self.weight_decay is None or _real(self.weight_decay, 0, MAX_FACTOR),
+               "weight_decay", "a number >= 0, at most 3.4e38 (float32)",
+               self.weight_decay)  # fmt: skip
         _check(self.img_size is None or _int(self.img_size, 1, MAX_IMG_SIZE), "img_size",
                f"an integer in 1..{MAX_IMG_SIZE}", self.img_size)  # fmt: skip
         _check(self.in_chans in (None, 1, 3), "in_chans", "1 or 3", self.in_chans)
