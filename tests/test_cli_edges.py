@@ -542,3 +542,13 @@ def test_factors_float32_cannot_hold_are_refused(tmp_path, ckpt, capsys, argv) -
     code, out, err = run(capsys, *argv)
     line = one_error_line(err)
     assert code == 2 and ("3.4e38" in line or "finite" in line) and "steps:" not in out
+
+
+def test_gradients_without_a_gradient_print_no_ratio(capsys, monkeypatch) -> None:
+    from cnnlab.analysis.gradients import GradientReport
+
+    zero = GradientReport(["a", "b", "c"], [0.0] * 3, [0.0] * 3, [0.0, 0.0], [0.0], 1, None)
+    monkeypatch.setattr("cnnlab.cli.analysis.gradient_norms", lambda *a, **k: zero)
+    code, out, err = run(capsys, "gradients", "lenet5", "--steps", "1")  # a loss of 0
+    assert code == 0 and err == ""
+    assert out.count("undefined (no gradient in the last third)") == 2

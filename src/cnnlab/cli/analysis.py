@@ -355,6 +355,14 @@ def run_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio(first: float, last: float) -> str:
+    """first / last, or why there is none (a loss of 0, as on data of one class, has no
+    gradient to compare)."""
+    if last == 0:
+        return "undefined (no gradient in the last third)"
+    return f"{first / last:.3g}"
+
+
 def _print_gradients(reports: dict) -> None:
     """Each model's first third of layers against its last third, at init and after."""
     for name, r in reports.items():
@@ -363,12 +371,12 @@ def _print_gradients(reports: dict) -> None:
         print(f"{name}: {len(r.layers)} weight layers, mean ||dL/dW|| at init{aux}")
         rows = [("first third (input side)", f"{first:.3g}"), ("last third", f"{last:.3g}")]
         print(format_table(["layers", "mean grad norm"], rows))
-        print(f"  ratio first/last at init: {first / last:.3g}")
+        print(f"  ratio first/last at init: {_ratio(first, last)}")
         if r.final is not None:
             first, last = _thirds(r.final)
             clipped = f" (clipped to {r.clip_grad_norm:g})" if r.clip_grad_norm else ""
             print(
-                f"  after {r.steps} steps: first/last {first / last:.3g}; loss "
+                f"  after {r.steps} steps: first/last {_ratio(first, last)}; loss "
                 f"{r.losses[0]:.3f} -> {r.losses[-1]:.3f}; max total norm "
                 f"{max(r.total_norms):.3g}{clipped}"
             )
