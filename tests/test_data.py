@@ -247,3 +247,19 @@ def test_a_class_named_train_is_still_a_class(tmp_path: Path) -> None:
     (tmp_path / "owl").rename(tmp_path / "train")  # CIFAR-100 has a class "train"
     _, _, classes = build_loaders(str(tmp_path), img_size=16, in_chans=3, val_split=0.25)
     assert classes == ["cat", "dog", "train"]
+
+
+def test_image_folder_needs_two_classes_each_with_an_image(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "train")
+    _image_folder(tmp_path / "val", per_class=1)
+    for f in (tmp_path / "train" / "owl").iterdir():
+        f.write_bytes(b"")  # every owl unreadable: owl would never be seen in training
+    empty = r"no readable image in class folder\(s\) \['owl'\]"
+    with pytest.warns(UserWarning), pytest.raises(CnnlabError, match=empty):
+        build_loaders(str(tmp_path), img_size=16, in_chans=3)
+    for name in ("dog", "owl"):
+        for f in (tmp_path / "train" / name).iterdir():
+            f.unlink()
+        (tmp_path / "train" / name).rmdir()
+    with pytest.raises(CnnlabError, match=r"one class folder \('cat'\)"):
+        build_loaders(str(tmp_path / "train"), img_size=16, in_chans=3, val_split=0.5)

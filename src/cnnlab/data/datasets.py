@@ -270,6 +270,21 @@ class ImageFolderDataset(Dataset):
                 self._add(f, label, strict)
         if not self.samples:
             raise CnnlabError(f"no readable images under {str(self.root)!r}")
+        if classes is None:  # the set that defines the classes: each must be learnable
+            self._check_classes()
+
+    def _check_classes(self) -> None:
+        """Two classes at least, each with a readable image (torchvision's ImageFolder also
+        refuses an empty class): a class never seen in training is never predicted."""
+        if len(self.classes) < 2:
+            raise CnnlabError(
+                f"{str(self.root)!r} holds one class folder ({self.classes[0]!r}); a classifier "
+                "needs two at least"
+            )
+        seen = {label for _, label in self.samples}
+        empty = [name for label, name in enumerate(self.classes) if label not in seen]
+        if empty:
+            raise CnnlabError(f"{str(self.root)!r}: no readable image in class folder(s) {empty}")
 
     def _add(self, f: Path, label: int, strict: bool) -> None:
         """Keep ``f`` if it decodes; else skip it with a warning (``strict``: raise)."""
