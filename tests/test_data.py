@@ -263,3 +263,15 @@ def test_image_folder_needs_two_classes_each_with_an_image(tmp_path: Path) -> No
         (tmp_path / "train" / name).rmdir()
     with pytest.raises(CnnlabError, match=r"one class folder \('cat'\)"):
         build_loaders(str(tmp_path / "train"), img_size=16, in_chans=3, val_split=0.5)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not an image"])
+def test_a_file_that_is_no_image_gets_a_reason_not_a_file_object(tmp_path, content) -> None:
+    from cnnlab.data import BadImageError, load_image
+
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    with pytest.raises(BadImageError) as exc:
+        load_image(path, 3)
+    assert exc.value.reason == "no image format recognised (empty, or not an image)"
+    assert str(exc.value) == f"cannot read image {str(path)!r}: {exc.value.reason}"

@@ -177,7 +177,7 @@ class BadImageError(CnnlabError):
         super().__init__(f"cannot read image {str(path)!r}: {reason}")
 
 
-_BAD_IMAGE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, MemoryError)
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, MemoryError)
 
 
 @contextmanager
@@ -208,6 +208,8 @@ def open_image(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise BadImageError(path, f"{pixels} is above the limit {MAX_IMAGE_PIXELS:,}") from None
+    except UnidentifiedImageError:  # PIL's message names its file object ("<_io....name=3>")
+        raise BadImageError(path, "no image format recognised (empty, or not an image)") from None
     except _BAD_IMAGE as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise BadImageError(path, reason.splitlines()[0]) from None
