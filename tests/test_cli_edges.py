@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import pathlib
 
@@ -193,6 +194,28 @@ def test_bench_refuses_what_memory_cannot_hold(capsys, monkeypatch, argv) -> Non
     code, _, err = run(capsys, "bench", "resnet18", "--no-train", *argv)
     line = one_error_line(err)
     assert code == 2 and "GiB, but" in line and "use a smaller --batch-size or --img-size" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gradients", "resnet18", "--input", "3x100000x100000"],
+        ["gradients", "resnet18", "--batch-size", "100000", "--data", "synthetic"],
+        ["summary", "resnet18", "--measure-memory", "--input", "3x100000x100000"],
+        ["summary", "resnet18", "--measure-memory", "--batch-size", "100000"],
+    ],
+    ids=lambda a: " ".join(a[2:]),
+)
+def test_training_steps_memory_cannot_hold_are_refused(capsys, monkeypatch, argv) -> None:
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated before the memory check")
+
+    monkeypatch.setattr("cnnlab.cli.analysis.batches_for", no_alloc)
+    profile_module = importlib.import_module("cnnlab.analysis.profile")  # the function shadows it
+    monkeypatch.setattr(profile_module, "_live_peak", no_alloc)
+    code, _, err = run(capsys, *argv, "--device", "cpu")
+    line = one_error_line(err)
+    assert code == 2 and "GiB, but" in line and "use a smaller --batch-size or --input" in line
 
 
 def test_memory_needed_follows_the_profile() -> None:

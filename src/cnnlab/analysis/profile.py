@@ -38,8 +38,9 @@ import torch
 from torch import nn
 
 from cnnlab.analysis.macs import counts_macs, layer_macs, meta_copy
+from cnnlab.devices import require_memory
 
-__all__ = ["LayerRow", "Profile", "measure_memory", "profile"]
+__all__ = ["LayerRow", "Profile", "check_training_memory", "measure_memory", "profile"]
 
 # Modules of these torch files cost no MACs by the convention (norms, activations, pooling,
 # dropout, reshapes, padding, resampling).
@@ -417,6 +418,20 @@ def _live_peak(fn: Any, device: torch.device) -> tuple[int, int]:
     return peak, live
 
 
+def check_training_memory(
+    model: nn.Module, input_size: tuple[int, ...], batch_size: int, device: torch.device
+) -> None:
+    """Refuse (``CnnlabError``), before anything is allocated, a training step of ``model`` at
+    ``batch_size`` x ``input_size`` that needs more than ``device`` has free: the profile's
+    SGD-with-momentum figure (counted on ``meta``) plus a copy of the weights."""
+    prof = profile(model, input_size, batch_size)
+    need = prof.training_bytes["sgd_momentum"] + prof.param_bytes + prof.buffer_bytes
+    name = getattr(model, "model_name", type(model).__name__)
+    size = "x".join(map(str, prof.input_size))
+    what = f"a training step of {name} at batch {batch_size}, input {size}"
+    require_memory(need, device, what, "use a smaller --batch-size or --input")
+
+
 def measure_memory(
     model: nn.Module,
     input_size: tuple[int, ...] = (3, 224, 224),
@@ -444,6 +459,7 @@ def measure_memory(
     """
     size = check_input_size(model, input_size)
     device = torch.device(device)
+    check_training_memory(model, size, batch_size, device)
     work = copy.deepcopy(model).to(device)
     x = torch.randn((batch_size, *size), device=device)
     held: list[Any] = []

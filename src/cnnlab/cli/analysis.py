@@ -12,7 +12,13 @@ import torch
 import cnnlab
 from cnnlab.analysis.compare import SPREAD_FLAG, compare_models
 from cnnlab.analysis.gradients import AUX_WEIGHT, batches_for, gradient_norms
-from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
+from cnnlab.analysis.profile import (
+    Profile,
+    check_input_size,
+    check_training_memory,
+    measure_memory,
+    profile,
+)
 from cnnlab.cli.config_options import key_value
 from cnnlab.devices import resolve_device
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
@@ -326,6 +332,7 @@ def run_gradients(args: argparse.Namespace) -> int:
             model, size = _load(name, args.checkpoint, args.input)
         else:
             model, size = _build(name, args.input)
+        check_training_memory(model, size, args.batch_size, device)
         n = model.num_classes if args.checkpoint else RANDOM_CLASSES
         batches, num_classes = batches_for(
             args.data, size, args.batch_size, args.steps, args.seed, num_classes=n
