@@ -275,3 +275,13 @@ def test_a_file_that_is_no_image_gets_a_reason_not_a_file_object(tmp_path, conte
         load_image(path, 3)
     assert exc.value.reason == "no image format recognised (empty, or not an image)"
     assert str(exc.value) == f"cannot read image {str(path)!r}: {exc.value.reason}"
+
+
+def test_synthetic_images_memory_cannot_hold_are_refused(monkeypatch) -> None:
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated before the memory check")
+
+    monkeypatch.setattr(torch, "randn", no_alloc)
+    monkeypatch.setattr("cnnlab.devices.available_memory", lambda device: 2**30)  # 1 GiB free
+    with pytest.raises(CnnlabError, match=r"the synthetic data \(512 images of 3x4096x4096\)"):
+        build_loaders("synthetic", img_size=4096, in_chans=3)

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from cnnlab.codec import open_regular
 from cnnlab.data.idx import read_idx
 from cnnlab.data.transforms import Preprocess, augment_batch, erase_batch, image_transform
+from cnnlab.devices import require_memory
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -319,7 +320,14 @@ def synthetic_dataset(
     """Learnable random images: a fixed pattern per class plus noise (normalised floats).
 
     ``seed`` fixes the class patterns; ``part`` draws different samples (train 0, val 1).
+    Sizes whose images memory cannot hold are refused before anything is drawn.
     """
+    pixels = pre.in_chans * pre.size * pre.size
+    require_memory(  # the images and the noise they are made of, float32, at least
+        (2 * n + num_classes) * pixels * 4, torch.device("cpu"),
+        f"the synthetic data ({n} images of {pre.in_chans}x{pre.size}x{pre.size})",
+        "use a smaller --img-size",
+    )  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     patterns = torch.randn(num_classes, pre.in_chans, pre.size, pre.size, generator=g)
     g.manual_seed(seed * 1000 + 1 + part)
