@@ -575,3 +575,17 @@ def test_gradients_without_a_gradient_print_no_ratio(capsys, monkeypatch) -> Non
     code, out, err = run(capsys, "gradients", "lenet5", "--steps", "1")  # a loss of 0
     assert code == 0 and err == ""
     assert out.count("undefined (no gradient in the last third)") == 2
+
+
+@pytest.mark.parametrize("atol", ["nan", "-1", "inf"])
+def test_export_refuses_a_tolerance_that_verifies_nothing(tmp_path, capsys, monkeypatch, atol):
+    pytest.importorskip("onnxruntime")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exported before the tolerance was checked")
+
+    monkeypatch.setattr("cnnlab.deploy.export._torch_export", refuse)
+    out = tmp_path / "m.onnx"
+    code, _, err = run(capsys, "export", "lenet5", "--out", str(out), "--atol", atol)
+    assert code == 2 and "atol must be a finite number >= 0" in one_error_line(err)
+    assert not out.exists()
