@@ -285,3 +285,8 @@ def test_synthetic_images_memory_cannot_hold_are_refused(monkeypatch) -> None:
     monkeypatch.setattr("cnnlab.devices.available_memory", lambda device: 2**30)  # 1 GiB free
     with pytest.raises(CnnlabError, match=r"the synthetic data \(512 images of 3x4096x4096\)"):
         build_loaders("synthetic", img_size=4096, in_chans=3)
+
+
+def test_a_batch_size_beyond_the_dataloaders_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"at most 2\*\*63 - 1, got 1180591620717411303424"):
+        build_loaders("synthetic", img_size=8, in_chans=3, batch_size=2**70)

@@ -10,6 +10,7 @@ ImageFolder tree (``train/`` and ``val/`` sub-folders, or one folder split by ``
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,8 +237,8 @@ def build_loaders(
     ``strict`` makes a corrupt image in an ImageFolder an error instead of a skipped, counted
     warning.
     """
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if batch_size is not None and not 1 <= batch_size <= sys.maxsize:  # the DataLoader's range
+        raise ValueError(f"batch_size must be positive and at most 2**63 - 1, got {batch_size}")
     rank, world = _world()
     if batch_size is not None and batch_size % world:
         raise ValueError(f"batch size {batch_size} does not divide among {world} processes")
