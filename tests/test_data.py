@@ -290,3 +290,17 @@ def test_synthetic_images_memory_cannot_hold_are_refused(monkeypatch) -> None:
 def test_a_batch_size_beyond_the_dataloaders_range_is_refused() -> None:
     with pytest.raises(ValueError, match=r"at most 2\*\*63 - 1, got 1180591620717411303424"):
         build_loaders("synthetic", img_size=8, in_chans=3, batch_size=2**70)
+
+
+def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path: Path) -> None:
+    from cnnlab.data import load_image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    Image.fromarray(ramp).save(tmp_path / "g16.tif")
+    for name in ("g16.png", "g16.tif"):
+        for chans in (1, 3):
+            pixels = np.asarray(load_image(tmp_path / name, chans), dtype=np.int64)
+            expected = (ramp // 256).astype(np.int64)
+            got = pixels if chans == 1 else pixels[..., 0]
+            assert np.abs(got - expected).max() <= 1, name  # was 255 for all but 1/256

@@ -222,7 +222,15 @@ def load_image(path: str | os.PathLike[str], in_chans: int) -> Image.Image:
     Any problem is one :class:`BadImageError` (a ``CnnlabError``) naming the file."""
     with open_image(path) as img:
         img.load()
-        return img.convert("L" if in_chans == 1 else "RGB")
+        return _eight_bit(img).convert("L" if in_chans == 1 else "RGB")
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image (PNG, TIFF) scaled to 0..255: PIL's ``convert`` clips it at 255,
+    which turns all but the darkest 1/256 of its range white."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        return img.convert("I").point(lambda v: v / 256).convert("L")
+    return img
 
 
 def _check_image(path: Path, size: int) -> str | None:
