@@ -218,6 +218,30 @@ def test_training_steps_memory_cannot_hold_are_refused(capsys, monkeypatch, argv
     assert code == 2 and "GiB, but" in line and "use a smaller --batch-size or --input" in line
 
 
+@pytest.mark.parametrize(
+    "argv", [["--input", "3x3000000000x3000000000"], ["--batch-size", str(10**23)]]
+)
+def test_summary_of_more_values_than_a_tensor_holds_is_one_line(capsys, argv) -> None:
+    code, _, err = run(capsys, "summary", "resnet18", *argv)
+    assert code == 2 and "profiles stop at 2**53" in one_error_line(err)
+
+
+def test_compare_refuses_a_throughput_batch_memory_cannot_hold(capsys, monkeypatch) -> None:
+    randn = torch.randn
+
+    def small_randn(*size, **kwargs):
+        dims = size[0] if isinstance(size[0], tuple) else size
+        assert dims[0] < 10**6, "allocated before the memory check"
+        return randn(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", small_randn)
+    argv = ["compare", "lenet5", "--measure-latency", "--batch-size", str(10**9)]
+    code, _, err = run(capsys, *argv)
+    line = one_error_line(err)
+    assert code == 2 and "a forward pass of lenet5 at batch 1000000000" in line
+    assert line.endswith("use a smaller --batch-size")
+
+
 def test_memory_needed_follows_the_profile() -> None:
     from cnnlab.analysis import profile
     from cnnlab.deploy.bench import memory_needed

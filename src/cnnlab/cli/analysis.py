@@ -15,7 +15,7 @@ from cnnlab.analysis.gradients import AUX_WEIGHT, batches_for, gradient_norms
 from cnnlab.analysis.profile import (
     Profile,
     check_input_size,
-    check_training_memory,
+    check_memory,
     measure_memory,
     profile,
 )
@@ -332,7 +332,7 @@ def run_gradients(args: argparse.Namespace) -> int:
             model, size = _load(name, args.checkpoint, args.input)
         else:
             model, size = _build(name, args.input)
-        check_training_memory(model, size, args.batch_size, device)
+        check_memory(model, size, args.batch_size, device)
         n = model.num_classes if args.checkpoint else RANDOM_CLASSES
         batches, num_classes = batches_for(
             args.data, size, args.batch_size, args.steps, args.seed, num_classes=n
