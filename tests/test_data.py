@@ -304,3 +304,13 @@ def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path: Path) -> None:
             expected = (ramp // 256).astype(np.int64)
             got = pixels if chans == 1 else pixels[..., 0]
             assert np.abs(got - expected).max() <= 1, name  # was 255 for all but 1/256
+
+
+def test_a_folder_with_part_of_fashion_mnist_names_what_is_missing(tmp_path: Path) -> None:
+    folder = write_fashion(tmp_path / "fmnist")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).unlink()
+    missing = r"part of Fashion-MNIST; missing: t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+    for val_split in (None, 0.1):  # not taken for an ImageFolder without class folders
+        with pytest.raises(CnnlabError, match=missing):
+            build_loaders(str(folder), img_size=28, in_chans=1, val_split=val_split)

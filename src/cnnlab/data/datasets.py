@@ -32,6 +32,7 @@ __all__ = [
     "find_fashion_mnist",
     "load_fashion_mnist",
     "load_image",
+    "missing_fashion_files",
     "open_image",
     "synthetic_dataset",
 ]
@@ -106,6 +107,14 @@ def _fashion_files(folder: Path, split: str) -> tuple[Path, Path] | None:
             return None
         found.append(hits[0])
     return found[0], found[1]
+
+
+def missing_fashion_files(folder: Path) -> list[str]:
+    """The Fashion-MNIST IDX files (stems, ``.gz`` or not) that ``folder`` lacks where it holds
+    some of them; ``[]`` where it holds all or none."""
+    stems = [stem for pair in FASHION_MNIST_FILES.values() for stem in pair]
+    held = [s for s in stems if any((folder / f"{s}{ext}").is_file() for ext in (".gz", ""))]
+    return [s for s in stems if s not in held] if held else []
 
 
 def fashion_mnist_folder(folder: Path) -> Path | None:

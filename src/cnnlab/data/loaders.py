@@ -30,6 +30,7 @@ from cnnlab.data.datasets import (
     fashion_mnist_folder,
     find_fashion_mnist,
     load_fashion_mnist,
+    missing_fashion_files,
     synthetic_dataset,
 )
 from cnnlab.data.transforms import Preprocess
@@ -173,6 +174,10 @@ def _datasets(
     if not path.is_dir():
         raise CnnlabError(
             f"data {data!r} is neither 'fashion-mnist', 'synthetic' nor an existing folder"
+        )
+    if missing := missing_fashion_files(path):  # not an ImageFolder: IDX files, some missing
+        raise CnnlabError(
+            f"{data!r} holds part of Fashion-MNIST; missing: {', '.join(missing)} (.gz or not)"
         )
     stats = IMAGENET_STATS
     pre = Preprocess(img_size, in_chans, *stats)
