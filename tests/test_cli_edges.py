@@ -613,3 +613,18 @@ def test_export_refuses_a_tolerance_that_verifies_nothing(tmp_path, capsys, monk
     code, _, err = run(capsys, "export", "lenet5", "--out", str(out), "--atol", atol)
     assert code == 2 and "atol must be a finite number >= 0" in one_error_line(err)
     assert not out.exists()
+
+
+def test_json_of_a_diverged_model_is_valid_json(tmp_path, capsys) -> None:
+    model = cnnlab.create_model("lenet_300_100", num_classes=10, in_chans=3)
+    with torch.no_grad():
+        model.get_classifier().weight.fill_(float("nan"))  # as a run that diverged leaves it
+    path = tmp_path / "nan.safetensors"
+    save_checkpoint(model, path, class_names=[str(i) for i in range(10)], preprocess=PRE)
+    argv = ["eval", "lenet_300_100", "--checkpoint", str(path), "--data", "synthetic", "--json"]
+    code, out, _ = run(capsys, *argv, "--limit", "8")
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    assert code == 0 and json.loads(out, parse_constant=refuse)["loss"] is None
