@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import pathlib
 
@@ -193,6 +194,52 @@ def test_bench_refuses_what_memory_cannot_hold(capsys, monkeypatch, argv) -> Non
     code, _, err = run(capsys, "bench", "resnet18", "--no-train", *argv)
     line = one_error_line(err)
     assert code == 2 and "GiB, but" in line and "use a smaller --batch-size or --img-size" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["gradients", "resnet18", "--input", "3x100000x100000"],
+        ["gradients", "resnet18", "--batch-size", "100000", "--data", "synthetic"],
+        ["summary", "resnet18", "--measure-memory", "--input", "3x100000x100000"],
+        ["summary", "resnet18", "--measure-memory", "--batch-size", "100000"],
+    ],
+    ids=lambda a: " ".join(a[2:]),
+)
+def test_training_steps_memory_cannot_hold_are_refused(capsys, monkeypatch, argv) -> None:
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated before the memory check")
+
+    monkeypatch.setattr("cnnlab.cli.analysis.batches_for", no_alloc)
+    profile_module = importlib.import_module("cnnlab.analysis.profile")  # the function shadows it
+    monkeypatch.setattr(profile_module, "_live_peak", no_alloc)
+    code, _, err = run(capsys, *argv, "--device", "cpu")
+    line = one_error_line(err)
+    assert code == 2 and "GiB, but" in line and "use a smaller --batch-size or --input" in line
+
+
+@pytest.mark.parametrize(
+    "argv", [["--input", "3x3000000000x3000000000"], ["--batch-size", str(10**23)]]
+)
+def test_summary_of_more_values_than_a_tensor_holds_is_one_line(capsys, argv) -> None:
+    code, _, err = run(capsys, "summary", "resnet18", *argv)
+    assert code == 2 and "profiles stop at 2**53" in one_error_line(err)
+
+
+def test_compare_refuses_a_throughput_batch_memory_cannot_hold(capsys, monkeypatch) -> None:
+    randn = torch.randn
+
+    def small_randn(*size, **kwargs):
+        dims = size[0] if isinstance(size[0], tuple) else size
+        assert dims[0] < 10**6, "allocated before the memory check"
+        return randn(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "randn", small_randn)
+    argv = ["compare", "lenet5", "--measure-latency", "--batch-size", str(10**9)]
+    code, _, err = run(capsys, *argv)
+    line = one_error_line(err)
+    assert code == 2 and "a forward pass of lenet5 at batch 1000000000" in line
+    assert line.endswith("use a smaller --batch-size")
 
 
 def test_memory_needed_follows_the_profile() -> None:
@@ -478,3 +525,106 @@ def test_ctrl_c_while_the_commands_load_is_one_line(capsys, monkeypatch) -> None
     monkeypatch.setattr("cnnlab.cli.build_parser", interrupted)
     assert main(["models"]) == 130
     assert capsys.readouterr().err == "cnnlab: interrupted\n"
+
+
+# ------------------------------------------------------------ --data against the file
+
+
+def _two_class_folder(root: pathlib.Path) -> pathlib.Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (28, 28), (200, 10, 10)).save(root / split / name / "0.png")
+    return root
+
+
+@pytest.mark.parametrize("names, ok", [(["dog", "cat"], False), (["x", "y"], True)])
+def test_eval_refuses_data_that_numbers_the_classes_differently(
+    tmp_path, capsys, names, ok
+) -> None:
+    data = _two_class_folder(tmp_path / "data")
+    path = tmp_path / "w.safetensors"
+    model = cnnlab.create_model("lenet_300_100", num_classes=2, in_chans=3)
+    save_checkpoint(model, path, class_names=names, preprocess=PRE)
+    argv = ["eval", "lenet_300_100", "--checkpoint", str(path), "--data", str(data), "--json"]
+    code, out, err = run(capsys, *argv)
+    if ok:  # names the data does not use at all: matched by index
+        assert code == 0 and json.loads(out)["images"] == 2
+        return
+    assert code == 2 and "'cat' is class 1 in the file but 0 in the data" in one_error_line(err)
+
+
+@pytest.mark.parametrize("command", ["train", "summary"])
+@pytest.mark.parametrize("keyword", ["in_chans=1", "features_only=True"])
+def test_model_kwargs_that_the_command_sets_are_one_line(tmp_path, capsys, command, keyword):
+    argv = [command, "lenet5", "--model-kwargs", keyword]
+    if command == "train":
+        argv += ["--data", "synthetic", "--out", str(tmp_path / "run")]
+    code, out, err = run(capsys, *argv, "--json")
+    line = one_error_line(err)
+    assert code == 2 and json.loads(out)["code"] == 2
+    assert "own keywords" in line and keyword.split("=")[0] in line.split("not ")[-1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "lenet5", "--data", "synthetic", "--lr", "1e39"],
+        ["train", "lenet5", "--data", "synthetic", "--weight-decay", "1e39"],
+        ["gradients", "lenet5", "--steps", "1", "--lr", "1e39"],
+        ["gradients", "lenet5", "--steps", "1", "--lr", "nan"],
+        ["gradients", "lenet5", "--steps", "1", "--clip-grad-norm", "nan"],
+        ["compress", "lenet5", "--data", "synthetic", "--finetune-lr", "1e39"],
+    ],
+    ids=lambda a: f"{a[0]} {' '.join(a[-2:])}",
+)
+def test_factors_float32_cannot_hold_are_refused(tmp_path, ckpt, capsys, argv) -> None:
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "run")]
+    elif argv[0] == "compress":
+        argv = [*argv, "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.cnz")]
+    code, out, err = run(capsys, *argv)
+    line = one_error_line(err)
+    assert code == 2 and ("3.4e38" in line or "finite" in line) and "steps:" not in out
+
+
+def test_gradients_without_a_gradient_print_no_ratio(capsys, monkeypatch) -> None:
+    from cnnlab.analysis.gradients import GradientReport
+
+    zero = GradientReport(["a", "b", "c"], [0.0] * 3, [0.0] * 3, [0.0, 0.0], [0.0], 1, None)
+    monkeypatch.setattr("cnnlab.cli.analysis.gradient_norms", lambda *a, **k: zero)
+    code, out, err = run(capsys, "gradients", "lenet5", "--steps", "1")  # a loss of 0
+    assert code == 0 and err == ""
+    assert out.count("undefined (no gradient in the last third)") == 2
+
+
+@pytest.mark.parametrize("atol", ["nan", "-1", "inf"])
+def test_export_refuses_a_tolerance_that_verifies_nothing(tmp_path, capsys, monkeypatch, atol):
+    pytest.importorskip("onnxruntime")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("exported before the tolerance was checked")
+
+    monkeypatch.setattr("cnnlab.deploy.export._torch_export", refuse)
+    out = tmp_path / "m.onnx"
+    code, _, err = run(capsys, "export", "lenet5", "--out", str(out), "--atol", atol)
+    assert code == 2 and "atol must be a finite number >= 0" in one_error_line(err)
+    assert not out.exists()
+
+
+def test_json_of_a_diverged_model_is_valid_json(tmp_path, capsys) -> None:
+    model = cnnlab.create_model("lenet_300_100", num_classes=10, in_chans=3)
+    with torch.no_grad():
+        model.get_classifier().weight.fill_(float("nan"))  # as a run that diverged leaves it
+    path = tmp_path / "nan.safetensors"
+    save_checkpoint(model, path, class_names=[str(i) for i in range(10)], preprocess=PRE)
+    argv = ["eval", "lenet_300_100", "--checkpoint", str(path), "--data", "synthetic", "--json"]
+    code, out, _ = run(capsys, *argv, "--limit", "8")
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    assert code == 0 and json.loads(out, parse_constant=refuse)["loss"] is None

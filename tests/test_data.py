@@ -233,3 +233,84 @@ def test_real_fashion_mnist_files() -> None:
     labels = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
     assert images.shape == (10_000, 28, 28) and images.dtype == torch.uint8
     assert torch.bincount(labels.long()).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("val_split", [None, 0.5])
+def test_image_folder_with_train_but_no_val_says_so(tmp_path: Path, val_split) -> None:
+    _image_folder(tmp_path / "train")
+    with pytest.raises(CnnlabError, match=r"has train/ but no val/ or test/"):
+        build_loaders(str(tmp_path), img_size=16, in_chans=3, val_split=val_split)
+
+
+def test_a_class_named_train_is_still_a_class(tmp_path: Path) -> None:
+    _image_folder(tmp_path)
+    (tmp_path / "owl").rename(tmp_path / "train")  # CIFAR-100 has a class "train"
+    _, _, classes = build_loaders(str(tmp_path), img_size=16, in_chans=3, val_split=0.25)
+    assert classes == ["cat", "dog", "train"]
+
+
+def test_image_folder_needs_two_classes_each_with_an_image(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "train")
+    _image_folder(tmp_path / "val", per_class=1)
+    for f in (tmp_path / "train" / "owl").iterdir():
+        f.write_bytes(b"")  # every owl unreadable: owl would never be seen in training
+    empty = r"no readable image in class folder\(s\) \['owl'\]"
+    with pytest.warns(UserWarning), pytest.raises(CnnlabError, match=empty):
+        build_loaders(str(tmp_path), img_size=16, in_chans=3)
+    for name in ("dog", "owl"):
+        for f in (tmp_path / "train" / name).iterdir():
+            f.unlink()
+        (tmp_path / "train" / name).rmdir()
+    with pytest.raises(CnnlabError, match=r"one class folder \('cat'\)"):
+        build_loaders(str(tmp_path / "train"), img_size=16, in_chans=3, val_split=0.5)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not an image"])
+def test_a_file_that_is_no_image_gets_a_reason_not_a_file_object(tmp_path, content) -> None:
+    from cnnlab.data import BadImageError, load_image
+
+    path = tmp_path / "x.png"
+    path.write_bytes(content)
+    with pytest.raises(BadImageError) as exc:
+        load_image(path, 3)
+    assert exc.value.reason == "no image format recognised (empty, or not an image)"
+    assert str(exc.value) == f"cannot read image {str(path)!r}: {exc.value.reason}"
+
+
+def test_synthetic_images_memory_cannot_hold_are_refused(monkeypatch) -> None:
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated before the memory check")
+
+    monkeypatch.setattr(torch, "randn", no_alloc)
+    monkeypatch.setattr("cnnlab.devices.available_memory", lambda device: 2**30)  # 1 GiB free
+    with pytest.raises(CnnlabError, match=r"the synthetic data \(512 images of 3x4096x4096\)"):
+        build_loaders("synthetic", img_size=4096, in_chans=3)
+
+
+def test_a_batch_size_beyond_the_dataloaders_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"at most 2\*\*63 - 1, got 1180591620717411303424"):
+        build_loaders("synthetic", img_size=8, in_chans=3, batch_size=2**70)
+
+
+def test_a_16_bit_grey_image_is_scaled_not_clipped(tmp_path: Path) -> None:
+    from cnnlab.data import load_image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    Image.fromarray(ramp).save(tmp_path / "g16.tif")
+    for name in ("g16.png", "g16.tif"):
+        for chans in (1, 3):
+            pixels = np.asarray(load_image(tmp_path / name, chans), dtype=np.int64)
+            expected = (ramp // 256).astype(np.int64)
+            got = pixels if chans == 1 else pixels[..., 0]
+            assert np.abs(got - expected).max() <= 1, name  # was 255 for all but 1/256
+
+
+def test_a_folder_with_part_of_fashion_mnist_names_what_is_missing(tmp_path: Path) -> None:
+    folder = write_fashion(tmp_path / "fmnist")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (folder / name).unlink()
+    missing = r"part of Fashion-MNIST; missing: t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+    for val_split in (None, 0.1):  # not taken for an ImageFolder without class folders
+        with pytest.raises(CnnlabError, match=missing):
+            build_loaders(str(folder), img_size=28, in_chans=1, val_split=val_split)

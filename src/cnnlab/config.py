@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import field
 from typing import Any
 
-__all__ = ["option"]
+__all__ = ["MAX_FACTOR", "option"]
+
+# float32's largest value: the optimizers scale float32 weights by the learning rate and the
+# weight decay, and PyTorch refuses a factor above it (a RuntimeError at the first step).
+MAX_FACTOR = 3.4028234663852886e38
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import platform
 import shutil
 import warnings
@@ -22,8 +23,10 @@ __all__ = [
     "PRECISIONS",
     "autocast",
     "autocast_dtype",
+    "available_memory",
     "compiled",
     "native_bf16",
+    "require_memory",
     "resolve_device",
     "reuse_freed_memory",
 ]
@@ -32,6 +35,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 # glibc's mallopt parameters, and the largest block it may serve from its heap instead
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _HEAP_BLOCK_MAX = 2**31 - 1
+GIB = 2**30
 
 
 def resolve_device(name: str | None = None) -> torch.device:
@@ -138,3 +142,29 @@ def reuse_freed_memory() -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, _HEAP_BLOCK_MAX)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, -1)
     )
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors: the GPU's free memory, or the machine's available RAM
+    (``MemAvailable``; free pages where /proc/meminfo is missing)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def require_memory(need: int, device: torch.device, what: str, fix: str) -> None:
+    """Refuse, before allocating anything, work that needs more bytes than ``device`` has
+    free: ``what`` needs about N GiB, but M GiB are free on ``device``; ``fix``."""
+    free = available_memory(device)
+    if need > free:
+        raise CnnlabError(
+            f"{what} needs about {need / GIB:,.1f} GiB, but {free / GIB:,.1f} GiB are free on "
+            f"{device}; {fix}"
+        )

@@ -4,6 +4,7 @@ the scripts print results with."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -50,9 +51,21 @@ def _is_number(value: Any) -> bool:
 
 
 def print_json(data: Any) -> None:
-    """``data`` as indented JSON on stdout (anything JSON cannot hold as its ``str``)."""
-    json.dump(data, sys.stdout, indent=2, default=str)
+    """``data`` as indented JSON on stdout (anything JSON cannot hold as its ``str``; NaN and
+    infinities, which JSON has no numbers for, as ``null``)."""
+    json.dump(_finite(data), sys.stdout, indent=2, default=str, allow_nan=False)
     sys.stdout.write("\n")
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with every non-finite float (a diverged loss) replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
 
 
 def note(message: str) -> None:

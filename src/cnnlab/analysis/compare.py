@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cnnlab.analysis.macs import count_macs
-from cnnlab.analysis.profile import profile
+from cnnlab.analysis.profile import check_memory, profile
 from cnnlab.registry import (
     build_model,
     build_on_meta,
@@ -48,7 +48,9 @@ def latency_timing(
 ) -> Timing:
     """Eval-mode forward passes on CPU (fp32), one per round, ``repeats`` clean rounds after
     ``warmup`` untimed ones; rounds that other work slowed are run again
-    (:func:`cnnlab.timing.interleave`)."""
+    (:func:`cnnlab.timing.interleave`). A batch memory cannot hold is refused first."""
+    check_memory(model, input_size, batch_size, torch.device("cpu"), train=False,
+                 fix="use a smaller --batch-size")  # fmt: skip
     was_training = model.training
     model.eval()
     x = torch.randn((batch_size, *input_size))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cnnlab.analysis.macs import counts_macs
+from cnnlab.config import MAX_FACTOR
 from cnnlab.data import build_loaders
 
 __all__ = ["AUX_WEIGHT", "GradientReport", "batches_for", "gradient_norms", "random_batches"]
@@ -133,8 +134,10 @@ def gradient_norms(
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if clip_grad_norm is not None and clip_grad_norm <= 0:
-        raise ValueError(f"clip_grad_norm must be positive, got {clip_grad_norm}")
+    if not 0 < lr <= MAX_FACTOR:
+        raise ValueError(f"lr must be > 0 and at most 3.4e38 (float32), got {lr}")
+    if clip_grad_norm is not None and not 0 < clip_grad_norm < float("inf"):
+        raise ValueError(f"clip_grad_norm must be positive and finite, got {clip_grad_norm}")
     if not 0 <= aux_weight < float("inf"):
         raise ValueError(f"aux_weight must be >= 0 and finite, got {aux_weight}")
     model.to(device).train()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,8 +39,13 @@ import torch
 from torch import nn
 
 from cnnlab.analysis.macs import counts_macs, layer_macs, meta_copy
+from cnnlab.devices import require_memory
 
-__all__ = ["LayerRow", "Profile", "measure_memory", "profile"]
+# Input values a profile takes at most: 2**53, exact as a float, leaves layers that widen the
+# input (64 channels out of 3) far from PyTorch's 2**63 - 1 elements per tensor.
+MAX_PROFILE_VALUES = 2**53
+
+__all__ = ["LayerRow", "Profile", "check_memory", "measure_memory", "profile"]
 
 # Modules of these torch files cost no MACs by the convention (norms, activations, pooling,
 # dropout, reshapes, padding, resampling).
@@ -199,6 +205,11 @@ def profile(
     size = check_input_size(model, input_size)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+    if (values := math.prod((batch_size, *size))) > MAX_PROFILE_VALUES:
+        raise ValueError(
+            f"batch {batch_size} x input {'x'.join(map(str, size))} is {values:,} values; "
+            f"profiles stop at 2**53 ({MAX_PROFILE_VALUES:,}), so that no layer's count overflows"
+        )
     meta = meta_copy(model)
     names = {m: n for n, m in meta.named_modules()}
     dtype = next((p.dtype for p in meta.parameters() if p.is_floating_point()), torch.float32)
@@ -417,6 +428,23 @@ def _live_peak(fn: Any, device: torch.device) -> tuple[int, int]:
     return peak, live
 
 
+def check_memory(
+    model: nn.Module, input_size: tuple[int, ...], batch_size: int, device: torch.device, *,
+    train: bool = True, fix: str = "use a smaller --batch-size or --input",
+) -> None:  # fmt: skip
+    """Refuse (``CnnlabError``, ending with ``fix``), before anything is allocated, a training
+    step (``train``) or a forward pass of ``model`` at ``batch_size`` x ``input_size`` that
+    needs more than ``device`` has free: the profile's figure (counted on ``meta``: the
+    SGD-with-momentum step, or the forward pass) plus a copy of the weights."""
+    prof = profile(model, input_size, batch_size)
+    work = prof.training_bytes["sgd_momentum"] if train else prof.forward_bytes
+    need = work + prof.param_bytes + prof.buffer_bytes
+    name = getattr(model, "model_name", type(model).__name__)
+    size = "x".join(map(str, prof.input_size))
+    step = "a training step" if train else "a forward pass"
+    require_memory(need, device, f"{step} of {name} at batch {batch_size}, input {size}", fix)
+
+
 def measure_memory(
     model: nn.Module,
     input_size: tuple[int, ...] = (3, 224, 224),
@@ -444,6 +472,7 @@ def measure_memory(
     """
     size = check_input_size(model, input_size)
     device = torch.device(device)
+    check_memory(model, size, batch_size, device)
     work = copy.deepcopy(model).to(device)
     x = torch.randn((batch_size, *size), device=device)
     held: list[Any] = []

@@ -12,16 +12,25 @@ import torch
 import cnnlab
 from cnnlab.analysis.compare import SPREAD_FLAG, compare_models
 from cnnlab.analysis.gradients import AUX_WEIGHT, batches_for, gradient_norms
-from cnnlab.analysis.profile import Profile, check_input_size, measure_memory, profile
+from cnnlab.analysis.profile import (
+    Profile,
+    check_input_size,
+    check_memory,
+    measure_memory,
+    profile,
+)
 from cnnlab.cli.config_options import key_value
 from cnnlab.devices import resolve_device
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
-from cnnlab.registry import build_model, model_info
+from cnnlab.registry import COMMON_KEYWORDS, build_model, model_info
 from cnnlab.tables import format_table, human, print_json
 
 MIB = 2**20
 RANDOM_CLASSES = 10  # labels of the fixed random batch (--data random) of a fresh model
 DEVICE_HELP = "cpu, cuda or cuda:N (default: a GPU if there is one)"
+# create_model's keywords that summary sets itself (--input the channels), or that do not
+# give a classifier to profile; num_classes and init are fine as model keywords here.
+SUMMARY_FIXED = tuple(k for k in COMMON_KEYWORDS if k not in ("num_classes", "init"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -205,6 +214,11 @@ def run_summary(args: argparse.Namespace) -> int:
         raise ValueError(f"--depth must be >= 1, got {args.depth}")
     device = resolve_device(args.device)
     kwargs = dict(args.model_kwargs)
+    if fixed := [k for k in SUMMARY_FIXED if k in kwargs]:
+        raise ValueError(
+            f"--model-kwargs takes the model's own keywords (see `cnnlab models {args.model}`), "
+            f"not {', '.join(fixed)}; --input sets the channels"
+        )
     if args.checkpoint and kwargs:
         raise ValueError("--model-kwargs builds a fresh model; a --checkpoint carries its own")
     if args.checkpoint:
@@ -318,6 +332,7 @@ def run_gradients(args: argparse.Namespace) -> int:
             model, size = _load(name, args.checkpoint, args.input)
         else:
             model, size = _build(name, args.input)
+        check_memory(model, size, args.batch_size, device)
         n = model.num_classes if args.checkpoint else RANDOM_CLASSES
         batches, num_classes = batches_for(
             args.data, size, args.batch_size, args.steps, args.seed, num_classes=n
@@ -347,6 +362,14 @@ def run_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio(first: float, last: float) -> str:
+    """first / last, or why there is none (a loss of 0, as on data of one class, has no
+    gradient to compare)."""
+    if last == 0:
+        return "undefined (no gradient in the last third)"
+    return f"{first / last:.3g}"
+
+
 def _print_gradients(reports: dict) -> None:
     """Each model's first third of layers against its last third, at init and after."""
     for name, r in reports.items():
@@ -355,12 +378,12 @@ def _print_gradients(reports: dict) -> None:
         print(f"{name}: {len(r.layers)} weight layers, mean ||dL/dW|| at init{aux}")
         rows = [("first third (input side)", f"{first:.3g}"), ("last third", f"{last:.3g}")]
         print(format_table(["layers", "mean grad norm"], rows))
-        print(f"  ratio first/last at init: {first / last:.3g}")
+        print(f"  ratio first/last at init: {_ratio(first, last)}")
         if r.final is not None:
             first, last = _thirds(r.final)
             clipped = f" (clipped to {r.clip_grad_norm:g})" if r.clip_grad_norm else ""
             print(
-                f"  after {r.steps} steps: first/last {first / last:.3g}; loss "
+                f"  after {r.steps} steps: first/last {_ratio(first, last)}; loss "
                 f"{r.losses[0]:.3f} -> {r.losses[-1]:.3f}; max total norm "
                 f"{max(r.total_norms):.3g}{clipped}"
             )

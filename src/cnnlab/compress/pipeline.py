@@ -32,7 +32,7 @@ from cnnlab.compress.prune import (
 )
 from cnnlab.compress.quantize import INITS, round_to_half, share_weights
 from cnnlab.compress.store import plain_state_dict
-from cnnlab.config import option
+from cnnlab.config import MAX_FACTOR, option
 from cnnlab.train import Distillation, build_optimizer, evaluate, train_one_epoch
 
 __all__ = [
@@ -134,10 +134,14 @@ class CompressionConfig:
         if not 0 <= self.distill <= 1 or not self.distill_temperature > 0:
             raise ValueError("distill must be in [0, 1] and distill_temperature > 0")
         for name in ("lr", "finetune_lr"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+            if not 0 < getattr(self, name) <= MAX_FACTOR:
+                raise ValueError(
+                    f"{name} must be > 0 and at most 3.4e38 (float32), got {getattr(self, name)}"
+                )
+        if not 0 <= self.weight_decay <= MAX_FACTOR:
+            raise ValueError(
+                f"weight_decay must be >= 0 and at most 3.4e38 (float32), got {self.weight_decay}"
+            )
         if not 0 <= self.momentum < 1 or not 0 <= self.tolerance <= 100:
             raise ValueError("momentum must be in [0, 1) and tolerance in [0, 100] points")
         if not (1 <= self.conv_bits <= 16 and 1 <= self.fc_bits <= 16):

@@ -21,6 +21,7 @@ from cnnlab.data.datasets import (
     find_fashion_mnist,
     load_fashion_mnist,
     load_image,
+    missing_fashion_files,
     open_image,
     synthetic_dataset,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "image_transform",
     "load_fashion_mnist",
     "load_image",
+    "missing_fashion_files",
     "open_image",
     "read_idx",
     "resolve_data",

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from cnnlab.codec import open_regular
 from cnnlab.data.idx import read_idx
 from cnnlab.data.transforms import Preprocess, augment_batch, erase_batch, image_transform
+from cnnlab.devices import require_memory
 from cnnlab.errors import CnnlabError
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "find_fashion_mnist",
     "load_fashion_mnist",
     "load_image",
+    "missing_fashion_files",
     "open_image",
     "synthetic_dataset",
 ]
@@ -107,6 +109,14 @@ def _fashion_files(folder: Path, split: str) -> tuple[Path, Path] | None:
     return found[0], found[1]
 
 
+def missing_fashion_files(folder: Path) -> list[str]:
+    """The Fashion-MNIST IDX files (stems, ``.gz`` or not) that ``folder`` lacks where it holds
+    some of them; ``[]`` where it holds all or none."""
+    stems = [stem for pair in FASHION_MNIST_FILES.values() for stem in pair]
+    held = [s for s in stems if any((folder / f"{s}{ext}").is_file() for ext in (".gz", ""))]
+    return [s for s in stems if s not in held] if held else []
+
+
 def fashion_mnist_folder(folder: Path) -> Path | None:
     """``folder`` itself, its ``fashion-mnist/`` or its ``FashionMNIST/raw/``: where the
     four IDX files are, or None."""
@@ -177,7 +187,7 @@ class BadImageError(CnnlabError):
         super().__init__(f"cannot read image {str(path)!r}: {reason}")
 
 
-_BAD_IMAGE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError, MemoryError)
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, MemoryError)
 
 
 @contextmanager
@@ -208,6 +218,8 @@ def open_image(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise BadImageError(path, f"{pixels} is above the limit {MAX_IMAGE_PIXELS:,}") from None
+    except UnidentifiedImageError:  # PIL's message names its file object ("<_io....name=3>")
+        raise BadImageError(path, "no image format recognised (empty, or not an image)") from None
     except _BAD_IMAGE as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise BadImageError(path, reason.splitlines()[0]) from None
@@ -219,7 +231,15 @@ def load_image(path: str | os.PathLike[str], in_chans: int) -> Image.Image:
     Any problem is one :class:`BadImageError` (a ``CnnlabError``) naming the file."""
     with open_image(path) as img:
         img.load()
-        return img.convert("L" if in_chans == 1 else "RGB")
+        return _eight_bit(img).convert("L" if in_chans == 1 else "RGB")
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image (PNG, TIFF) scaled to 0..255: PIL's ``convert`` clips it at 255,
+    which turns all but the darkest 1/256 of its range white."""
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        return img.convert("I").point(lambda v: v / 256).convert("L")
+    return img
 
 
 def _check_image(path: Path, size: int) -> str | None:
@@ -270,6 +290,21 @@ class ImageFolderDataset(Dataset):
                 self._add(f, label, strict)
         if not self.samples:
             raise CnnlabError(f"no readable images under {str(self.root)!r}")
+        if classes is None:  # the set that defines the classes: each must be learnable
+            self._check_classes()
+
+    def _check_classes(self) -> None:
+        """Two classes at least, each with a readable image (torchvision's ImageFolder also
+        refuses an empty class): a class never seen in training is never predicted."""
+        if len(self.classes) < 2:
+            raise CnnlabError(
+                f"{str(self.root)!r} holds one class folder ({self.classes[0]!r}); a classifier "
+                "needs two at least"
+            )
+        seen = {label for _, label in self.samples}
+        empty = [name for label, name in enumerate(self.classes) if label not in seen]
+        if empty:
+            raise CnnlabError(f"{str(self.root)!r}: no readable image in class folder(s) {empty}")
 
     def _add(self, f: Path, label: int, strict: bool) -> None:
         """Keep ``f`` if it decodes; else skip it with a warning (``strict``: raise)."""
@@ -302,7 +337,14 @@ def synthetic_dataset(
     """Learnable random images: a fixed pattern per class plus noise (normalised floats).
 
     ``seed`` fixes the class patterns; ``part`` draws different samples (train 0, val 1).
+    Sizes whose images memory cannot hold are refused before anything is drawn.
     """
+    pixels = pre.in_chans * pre.size * pre.size
+    require_memory(  # the images and the noise they are made of, float32, at least
+        (2 * n + num_classes) * pixels * 4, torch.device("cpu"),
+        f"the synthetic data ({n} images of {pre.in_chans}x{pre.size}x{pre.size})",
+        "use a smaller --img-size",
+    )  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     patterns = torch.randn(num_classes, pre.in_chans, pre.size, pre.size, generator=g)
     g.manual_seed(seed * 1000 + 1 + part)

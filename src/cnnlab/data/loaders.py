@@ -10,6 +10,7 @@ ImageFolder tree (``train/`` and ``val/`` sub-folders, or one folder split by ``
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from cnnlab.data.datasets import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_STATS,
+    IMAGE_SUFFIXES,
     IMAGENET_STATS,
     ImageFolderDataset,
     TensorImageDataset,
@@ -28,6 +30,7 @@ from cnnlab.data.datasets import (
     fashion_mnist_folder,
     find_fashion_mnist,
     load_fashion_mnist,
+    missing_fashion_files,
     synthetic_dataset,
 )
 from cnnlab.data.transforms import Preprocess
@@ -134,6 +137,14 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
     return Subset(ds, range(limit))
 
 
+def _is_split(folder: Path) -> bool:
+    """``folder`` holds class folders and no image of its own: a split (``train/``), not a
+    class that happens to be named like one (CIFAR-100 has a class "train")."""
+    entries = list(folder.iterdir())
+    images = any(e.suffix.lower() in IMAGE_SUFFIXES for e in entries)
+    return any(e.is_dir() for e in entries) and not images
+
+
 def _datasets(
     data: str,
     img_size: int,
@@ -164,6 +175,10 @@ def _datasets(
         raise CnnlabError(
             f"data {data!r} is neither 'fashion-mnist', 'synthetic' nor an existing folder"
         )
+    if missing := missing_fashion_files(path):  # not an ImageFolder: IDX files, some missing
+        raise CnnlabError(
+            f"{data!r} holds part of Fashion-MNIST; missing: {', '.join(missing)} (.gz or not)"
+        )
     stats = IMAGENET_STATS
     pre = Preprocess(img_size, in_chans, *stats)
     sub = {d.name for d in path.iterdir() if d.is_dir()}
@@ -174,6 +189,11 @@ def _datasets(
         if val_split is not None:
             raise ValueError(f"{data!r} has train/ and {val_name}/; --val-split is for one folder")
         return train_ds, val_ds, train_ds.classes
+    if "train" in sub and _is_split(path / "train"):  # a tree missing its validation half
+        raise CnnlabError(
+            f"{data!r} has train/ but no val/ or test/; add one, or pass "
+            f"--data {str(path / 'train')!r} with --val-split (e.g. 0.1)"
+        )
     if val_split is None:
         raise CnnlabError(
             f"{data!r} has no train/ and val/ sub-folders; pass --val-split (e.g. 0.1) to hold "
@@ -222,8 +242,8 @@ def build_loaders(
     ``strict`` makes a corrupt image in an ImageFolder an error instead of a skipped, counted
     warning.
     """
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if batch_size is not None and not 1 <= batch_size <= sys.maxsize:  # the DataLoader's range
+        raise ValueError(f"batch_size must be positive and at most 2**63 - 1, got {batch_size}")
     rank, world = _world()
     if batch_size is not None and batch_size % world:
         raise ValueError(f"batch size {batch_size} does not divide among {world} processes")

@@ -16,7 +16,6 @@ GFLOP/s measured in the same rounds (its best round), and the training throughpu
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -32,9 +31,8 @@ from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
 from cnnlab.detect.loss import multibox_loss
 from cnnlab.detect.train import batch_targets
-from cnnlab.devices import autocast, autocast_dtype
+from cnnlab.devices import autocast, autocast_dtype, available_memory, require_memory
 from cnnlab.devices import compiled as compile_model
-from cnnlab.errors import CnnlabError
 from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
 from cnnlab.registry import build_model, match_models, model_info
 from cnnlab.saved import load
@@ -61,7 +59,6 @@ TORCHVISION_DETECTORS = {
     "ssd300_vgg16": "ssd300_vgg16",
 }
 MATMUL_SIZE = 1024  # n of the n x n x n fp32 matmul that measures the peak
-GIB = 2**30
 
 
 @dataclass
@@ -151,21 +148,6 @@ def _sync(device: torch.device) -> Callable[[], Any]:
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors: the GPU's free memory, or the machine's available RAM
-    (``MemAvailable``; free pages where /proc/meminfo is missing)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def memory_needed(model: nn.Module, size: tuple[int, ...], batch: int, train: bool) -> int:
     """Bytes one benchmark of ``model`` at ``batch`` x ``size`` holds at least: the input (and
     its channels-last copy), every activation of a forward pass, the weights twice (the model
@@ -181,14 +163,10 @@ def memory_needed(model: nn.Module, size: tuple[int, ...], batch: int, train: bo
 def _check_memory(model: nn.Module, size: tuple[int, ...], batch: int, train: bool,
                   device: torch.device) -> None:  # fmt: skip
     """Refuse, before allocating anything, a batch or image size the device cannot hold."""
-    need, free = memory_needed(model, size, batch, train), available_memory(device)
-    if need > free:
-        name = getattr(model, "model_name", type(model).__name__)
-        raise CnnlabError(
-            f"{name} at batch {batch}, input {'x'.join(map(str, size))} needs about "
-            f"{need / GIB:,.1f} GiB, but {free / GIB:,.1f} GiB are free on {device}; "
-            "use a smaller --batch-size or --img-size"
-        )
+    name = getattr(model, "model_name", type(model).__name__)
+    what = f"{name} at batch {batch}, input {'x'.join(map(str, size))}"
+    need = memory_needed(model, size, batch, train)
+    require_memory(need, device, what, "use a smaller --batch-size or --img-size")
 
 
 @contextlib.contextmanager

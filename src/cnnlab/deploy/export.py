@@ -144,8 +144,11 @@ def export_onnx(
     ``path + ".data"`` beside the graph instead of inside it. The file is verified before it is
     moved into place: onnxruntime and PyTorch (the original model, eval mode) must agree to
     ``atol`` on a random batch (``atol`` times the largest |logit| where that exceeds 1).
-    Raises ``CnnlabError`` if export or verification fails.
+    Raises ``CnnlabError`` if export or verification fails, ``ValueError`` for an ``atol``
+    that is negative or not finite (NaN would let any difference pass).
     """
+    if not 0 <= atol < float("inf"):
+        raise ValueError(f"atol must be a finite number >= 0, got {atol}")
     require_onnx()
     target, folder = _destination(path)
     shape = _input_shape(model, img_size, batch_size=2 if dynamic_batch else 1)

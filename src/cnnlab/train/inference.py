@@ -70,12 +70,29 @@ def model_and_loaders(
         raise CnnlabError(
             f"{meta['path']} has {meta['num_classes']} classes, {data!r} has {len(classes)}"
         )
+    _check_class_order(meta, classes, data)
     meta["data_classes"] = list(classes)
     if "class_names" in meta["assumed"]:  # the data names the classes the file does not
         meta["class_names"] = list(classes)
         meta["assumed"] = [a for a in meta["assumed"] if a != "class_names"]
     _note_assumed(meta, log)
     return model, meta, train, val
+
+
+def _check_class_order(meta: dict[str, Any], classes: list[str], data: str) -> None:
+    """Refuse data that names a class of the file at another index: its images would be scored
+    against another class's output (names the file lacks, or that differ altogether, such
+    as ``0..9`` against ``class0..class9``, are matched by index)."""
+    if "class_names" in meta["assumed"]:
+        return
+    index = {name: i for i, name in enumerate(meta["class_names"])}
+    moved = [(name, i) for i, name in enumerate(classes) if index.get(name, i) != i]
+    if moved:
+        name, i = moved[0]
+        raise CnnlabError(
+            f"{meta['path']} and {data!r} number the classes differently: {name!r} is class "
+            f"{index[name]} in the file but {i} in the data ({len(moved)} class(es) moved)"
+        )
 
 
 def evaluate_checkpoint(

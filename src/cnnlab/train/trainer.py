@@ -36,7 +36,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cnnlab.config import option
+from cnnlab.config import MAX_FACTOR, option
 from cnnlab.data import (
     FASHION_MNIST_NAMES,
     IMAGE_SUFFIXES,
@@ -55,7 +55,7 @@ from cnnlab.devices import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
-from cnnlab.registry import build_model, build_on_meta
+from cnnlab.registry import COMMON_KEYWORDS, build_model, build_on_meta
 from cnnlab.saved import MAX_IMG_SIZE, SCALARS, load_weights, read_meta, save_weights
 from cnnlab.train.checkpoint import (
     LAST_STATE,
@@ -81,6 +81,9 @@ SCHEDULES = ("cosine", "step", "onecycle", "constant")
 DEFAULT_LR = {"sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 MAX_SEED = 2**63 - 1
+# What the run sets itself: the classes come from the data, the channels from --in-chans, the
+# weights from --init-from (init, the paper's or another scheme, stays the model's to take).
+RUN_KEYWORDS = tuple(k for k in COMMON_KEYWORDS if k != "init")
 MIN_STEPS, STEPS_TARGET = 300, 500  # below MIN_STEPS optimizer steps in a run: a note
 # Settings that may differ when resuming without changing the result.
 RESUME_FREE = {"workers", "device", "precision", "channels_last", "compile", "reuse_memory"}
@@ -164,10 +167,11 @@ class TrainConfig:
                "an integer >= 1", self.batch_size)  # fmt: skip
         for name in ("lr", "clip_grad_norm"):
             value = getattr(self, name)
-            _check(value is None or _real(value, 0, open_low=True), name, "a finite number > 0",
-                   value)  # fmt: skip
-        _check(self.weight_decay is None or _real(self.weight_decay, 0), "weight_decay",
-               "a finite number >= 0", self.weight_decay)  # fmt: skip
+            _check(value is None or _real(value, 0, MAX_FACTOR, open_low=True), name,
+                   "a number > 0, at most 3.4e38 (float32)", value)  # fmt: skip
+        _check(self.weight_decay is None or _real(self.weight_decay, 0, MAX_FACTOR),
+               "weight_decay", "a number >= 0, at most 3.4e38 (float32)",
+               self.weight_decay)  # fmt: skip
         _check(self.img_size is None or _int(self.img_size, 1, MAX_IMG_SIZE), "img_size",
                f"an integer in 1..{MAX_IMG_SIZE}", self.img_size)  # fmt: skip
         _check(self.in_chans in (None, 1, 3), "in_chans", "1 or 3", self.in_chans)
@@ -188,6 +192,10 @@ class TrainConfig:
         _check(isinstance(self.model_kwargs, dict) and all(
             isinstance(k, str) and isinstance(v, SCALARS) for k, v in self.model_kwargs.items()
         ), "model_kwargs", "a dict of names to plain values", self.model_kwargs)  # fmt: skip
+        _check(not set(self.model_kwargs) & set(RUN_KEYWORDS), "model_kwargs",
+               f"the model's own keywords, not {', '.join(RUN_KEYWORDS)} (the data sets the "
+               "classes, --in-chans the channels, --init-from the weights)",
+               self.model_kwargs)  # fmt: skip
         _check(self.precision in (None, *PRECISIONS), "precision",
                f"one of {', '.join(PRECISIONS)}", self.precision)  # fmt: skip
         if self.freeze_backbone and self.freeze is not None:
