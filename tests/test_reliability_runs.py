@@ -128,6 +128,31 @@ def test_a_kill_at_every_write_step_leaves_a_run_that_continues(
                     p.name.startswith(".last-")], k  # fmt: skip
 
 
+def test_ctrl_c_at_every_write_step_of_the_cli_is_exit_130_and_a_summary_of_the_disk(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cnnlab train` cut by Ctrl-C while it writes a checkpoint: exit 130, no traceback, and
+    the summary (its epochs, top-1 and best top-1) is that of the committed checkpoint."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    with monkeypatch.context() as m:
+        total = _inject(m, 10**9, KeyboardInterrupt)
+        assert main([*TRAIN, "--out", str(tmp_path / "count")]) == 0
+    for k in range(1, total["n"] + 1):
+        out = tmp_path / f"k{k}"
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            _inject(m, k, KeyboardInterrupt)
+            assert main([*TRAIN, "--out", str(out)]) == 130, k
+        said = capsys.readouterr().out.splitlines()[-1]
+        if (out / "last.json").exists():
+            best = load_state(out / "last.state.pt")["best_top1"]
+            assert said.startswith("tiny: val top-1") and f"(best top-1 {best:.2%})" in said, k
+        else:
+            assert "no checkpoint was written" in said, k
+        summary = fit(cfg(epochs=1), out, resume=(out / "last.json").exists(), **QUICK)
+        assert summary["epochs"] == 1 and not summary["interrupted"], k
+
+
 def test_checkpoint_manifest_names_a_complete_pair(tmp_path: Path) -> None:
     fit(cfg(), tmp_path, **QUICK)
     manifest = json.loads((tmp_path / "last.json").read_text())

@@ -702,10 +702,22 @@ def _on_interrupt(run: _Run) -> None:
         step, what = save_interrupted(
             run.out, lambda path: save_weights(run.model, path, {**run.meta, "step": -1})
         )
-        done = [r["epoch"] for r in run.history if r.get("step") == step]
-        run.saved_epoch = done[0] if done else run.saved_epoch
+        _keep_committed(run, step)
         saved += what + "; "
     run.say(saved + _kept(run))
+
+
+def _keep_committed(run: _Run, step: int | None) -> None:
+    """After a Ctrl-C, the history, best top-1 and saved epoch of the folder's committed
+    checkpoint (of ``step``; None: unreadable, then what this process committed): the cut may
+    have come before the commit of the last epoch (its row is dropped) or after it but
+    before ``run.best`` was set."""
+    if step is None:
+        run.history = run.history[: run.saved_epoch]
+    else:
+        run.history = [r for r in run.history if r["step"] <= step]
+    run.saved_epoch = run.history[-1]["epoch"] if run.history else 0
+    run.best = max([run.best, *(r.get("val_top1", -1.0) for r in run.history)])
 
 
 def _report(run: _Run) -> dict[str, Any]:
