@@ -602,12 +602,9 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
             on_batch=bar.update if bar else None, dtype=run.dtype,
         )  # fmt: skip
     except NonFiniteLossError as exc:
-        kept = "no checkpoint was written"
-        if run.history:
-            kept = f"the last good checkpoint is {str(run.last_w)!r} (epoch {len(run.history)})"
         raise CnnlabError(
             f"loss is {exc.value} at step {run.step + exc.batch + 1} (epoch {epoch + 1}, "
-            f"batch {exc.batch + 1}); stopped; {kept}"
+            f"batch {exc.batch + 1}); stopped; {_last_good(run)}"
         ) from None
     finally:
         if bar:
@@ -617,6 +614,11 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
     run.train_images += stats["images"]
     run.step += steps
     val = evaluate(run.net, run.val_loader, device=run.device, dtype=run.dtype)
+    if not math.isfinite(val["loss"]):  # the last steps diverged: keep the last good files
+        raise CnnlabError(
+            f"validation loss is {val['loss']} after epoch {epoch + 1} (the weights diverged); "
+            f"stopped; {_last_good(run)}"
+        )
     row = {
         "epoch": epoch + 1,
         "step": run.step,
@@ -631,6 +633,13 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
     }
     run.history.append(row)
     return row, val["top1"]
+
+
+def _last_good(run: _Run) -> str:
+    """Where a run stopped by a NaN stands on disk, for its error message."""
+    if not run.history:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is {str(run.last_w)!r} (epoch {len(run.history)})"
 
 
 def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> None:
