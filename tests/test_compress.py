@@ -193,6 +193,18 @@ def test_finetune_optimizer_defaults_to_the_retraining_one(
     assert built == ["SGD", expected]  # one prune/retrain round, then the centroids
 
 
+@pytest.mark.parametrize(("stage", "options"), [
+    ("retrain round 1/1 epoch 1/1", {"lr": 1e30}),
+    ("fine-tune epoch 1/1", {"finetune_lr": 1e30}),
+])  # fmt: skip
+def test_a_nan_loss_in_retraining_names_the_stage_and_the_batch(stage, options) -> None:
+    torch.manual_seed(0)
+    cfg = CompressionConfig(sparsity=0.5, **options)
+    with pytest.raises(CnnlabError, match=rf"^{stage}: loss is nan at batch 2 \(of 4\);") as e:
+        compress(Tiny(), _batches(4), _batches(1, seed=1), cfg)
+    assert "learning rate" in str(e.value)
+
+
 def test_gradual_schedule_is_cubic() -> None:
     ramp = gradual_sparsity(0.9, 4)
     assert ramp[-1] == pytest.approx(0.9)
