@@ -180,6 +180,19 @@ def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(
     assert main([*TRAIN, "--out", str(out)]) == 0
 
 
+def test_a_full_disk_when_taking_the_lock_names_the_lock_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(os, "pwrite", full)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    _one_error(capsys, f"No space left on device: {out / '.lock'}")
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
