@@ -323,12 +323,14 @@ def _train(run: _Run) -> dict[str, Any]:
 
 def _on_interrupt(run: _Run) -> None:
     """Ctrl-C, as in a classifier run: a commit it cut short finished, the weights of the
-    moment saved to ``interrupted.safetensors``, the history cut to the committed epochs;
+    moment saved to ``interrupted.safetensors``, the history cut to the committed epochs and
+    the best val loss theirs (the cut may come between the commit and ``run.best``);
     ``--resume`` restarts the epoch that was cut."""
     step, saved = save_interrupted(
         run.out, lambda path: save_weights(run.model, path, {**run.meta, "step": -1})
     )
     run.history = [r for r in run.history if step is not None and r["step"] <= step]
+    run.best = min([run.best, *(r.get("val_loss", run.best) for r in run.history)])
     epochs = [r["epoch"] for r in run.history if r["step"] == step]
     kept = (f"the last complete checkpoint is epoch {epochs[0]}; --resume continues from it"
             if epochs else "no epoch was completed; a new run starts afresh")  # fmt: skip
