@@ -100,6 +100,20 @@ def test_ctrl_c_just_after_the_commit_is_exit_130_with_the_committed_summary(
     assert said.startswith(f"{MODEL}: val loss") and "(best " in said
 
 
+def test_a_nan_validation_loss_stops_before_the_checkpoint(
+    data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = detect_run.evaluate_loss
+
+    def diverged(*args, **kwargs) -> dict:
+        return {**real(*args, **kwargs), "loss": float("nan")}
+
+    monkeypatch.setattr(detect_run, "evaluate_loss", diverged)
+    out = tmp_path / "run"
+    _one_error(capsys, _train(data, out), "validation loss is nan after epoch 1", "diverged")
+    assert not (out / "last.json").exists() and not (out / "best.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_resume_ends_where_an_uninterrupted_run_does(data: Path, tmp_path) -> None:
     def stop_after_epoch_1(line: str) -> None:  # said once epoch 1 is committed

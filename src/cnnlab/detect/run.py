@@ -16,6 +16,7 @@ the CPU a resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -207,6 +208,12 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     run.step += len(run.train)
     val = evaluate_loss(run.model, run.val, run.dtype)
+    if not math.isfinite(val["loss"]):  # the last steps diverged: keep the last good files
+        kept = f"the last good checkpoint is epoch {epoch - 1}" if epoch > 1 else "nothing saved"
+        raise CnnlabError(
+            f"validation loss is {val['loss']} after epoch {epoch} (the weights diverged); "
+            f"stopped; {kept}"
+        )
     row = {"epoch": epoch, "step": run.step,
            **{f"train_{k}": round(v, 6) for k, v in parts.items()},
            **{f"val_{k}": round(v, 6) for k, v in val.items()},
