@@ -193,6 +193,23 @@ def test_a_full_disk_when_taking_the_lock_names_the_lock_file(
     _one_error(capsys, f"No space left on device: {out / '.lock'}")
 
 
+def test_a_lock_that_is_a_symlink_or_a_fifo_is_refused_and_its_target_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's data\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(precious)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    _one_error(capsys, f"{str(out / '.lock')!r} is not a regular file")
+    assert precious.read_text() == "a user's data\n" and not (out / "last.json").exists()
+    (out / ".lock").unlink()
+    os.mkfifo(out / ".lock")
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    _one_error(capsys, f"{str(out / '.lock')!r} is not a regular file")
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
