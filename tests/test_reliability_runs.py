@@ -210,6 +210,19 @@ def test_a_lock_that_is_a_symlink_or_a_fifo_is_refused_and_its_target_kept(
     _one_error(capsys, f"{str(out / '.lock')!r} is not a regular file")
 
 
+def test_a_manifest_linked_to_a_huge_file_is_refused_without_reading_it(
+    trained: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    huge = trained.parent / "huge.bin"
+    with open(huge, "wb") as f:
+        f.truncate(2**40)  # sparse: 1 TiB that read_bytes() would try to hold
+    (trained / "last.json").unlink()
+    (trained / "last.json").symlink_to(huge)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda self: pytest.fail("read in full"))
+    assert main([*TRAIN, "--out", str(trained), "--resume"]) == 2
+    _one_error(capsys, "last.json", "above the manifest limit 4,096")
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()

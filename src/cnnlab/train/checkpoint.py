@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.codec import read_file_bytes
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
 from cnnlab.saved import torch_load_weights_only
@@ -74,6 +75,7 @@ STATE_FORMAT = "cnnlab.train-state/1"
 MANIFEST_FORMAT = "cnnlab.checkpoint/1"
 LAST_WEIGHTS, LAST_STATE = "last.safetensors", "last.state.pt"  # what --resume reads
 MANIFEST, LOCK = "last.json", ".lock"
+MAX_MANIFEST_BYTES = 4096
 # What a killed write leaves: atomic_path's ``.NAME.XXXX.tmp`` of the files a run writes, and
 # uncommitted pairs; nothing else (``--out .`` must not cost a user's own temp files).
 _PENDING = r"\.last-\d+\.(?:safetensors|state\.pt)"
@@ -187,8 +189,8 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     path = out / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_bytes()[:4096])
+    try:  # a link to a huge file is not read in full
+        manifest = json.loads(read_file_bytes(path, MAX_MANIFEST_BYTES, "manifest"))
     except (ValueError, UnicodeDecodeError):
         manifest = None
     pending = set(_pending(manifest.get("step", -1))) if isinstance(manifest, dict) else set()
