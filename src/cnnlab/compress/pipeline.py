@@ -257,8 +257,14 @@ def _ramps(recipe: recipes.Recipe, cfg: CompressionConfig) -> list[dict[str, flo
 
 
 def _stage(model: nn.Module, stage: str, top1_top5: Callable[[], dict[str, float]]) -> dict:
-    """One row of the report: top-1 / top-5 in % (rounded as stored) and the weights kept."""
+    """One row of the report: top-1 / top-5 in % (rounded as stored) and the weights kept;
+    a non-finite validation loss is an error (nothing broken is stored)."""
     metrics = top1_top5()
+    if not math.isfinite(metrics["loss"]):  # diverged retraining, or values float16 cannot hold
+        raise CnnlabError(
+            f"the {stage} model's validation loss is {metrics['loss']} (weights or outputs not "
+            "finite: a lower learning rate may help); stopped, nothing was saved"
+        )
     layers = prunable_layers(model).values()
     kept = sum(int((m.weight != 0).sum()) for m in layers)
     total = sum(m.weight.numel() for m in layers)
