@@ -153,6 +153,27 @@ def test_ctrl_c_at_every_write_step_of_the_cli_is_exit_130_and_a_summary_of_the_
         assert summary["epochs"] == 1 and not summary["interrupted"], k
 
 
+def test_a_killed_data_loader_worker_is_one_line_naming_the_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What PyTorch raises when the OOM killer takes a --workers process, in epoch 2."""
+    real, count = trainer_module.run_epoch, {"n": 0}
+
+    def killed_worker(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 2:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", killed_worker)
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--epochs", "2"]) == 2
+    _one_error(capsys, "DataLoader worker (pid 4242) is killed by signal: Killed",
+               "(epoch 1); --resume continues")  # fmt: skip
+    monkeypatch.setattr(trainer_module, "run_epoch", real)
+    assert main([*TRAIN, "--out", str(out), "--epochs", "2", "--resume"]) == 0
+
+
 def test_checkpoint_manifest_names_a_complete_pair(tmp_path: Path) -> None:
     fit(cfg(), tmp_path, **QUICK)
     manifest = json.loads((tmp_path / "last.json").read_text())

@@ -865,6 +865,13 @@ def _train(run: _Run, progress: bool, tensorboard: bool) -> dict[str, Any]:
             _say_epoch(run, row)
     except KeyboardInterrupt:
         _on_interrupt(run)
+    except RuntimeError as exc:
+        if not str(exc).startswith("DataLoader worker"):  # killed, e.g. by the OOM killer
+            raise
+        what = " ".join(str(exc).split()).rstrip(".")
+        raise CnnlabError(
+            f"{what} (out of memory? fewer --workers need less); {_kept(run)}"
+        ) from None
     finally:
         if writer is not None:
             writer.close()
