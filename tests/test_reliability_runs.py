@@ -244,6 +244,32 @@ def test_a_manifest_linked_to_a_huge_file_is_refused_without_reading_it(
     _one_error(capsys, "last.json", "above the manifest limit 4,096")
 
 
+def test_a_forked_data_loader_worker_does_not_keep_the_run_lock(tmp_path: Path) -> None:
+    """SIGKILL ends the training but its --workers processes live on for seconds: they must
+    not hold the lock that a --resume started at once needs."""
+    from cnnlab.train.checkpoint import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock(out)
+    (r, w), (ready_r, ready_w) = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker, started: alive until the test closes ``w``
+        os.close(w)
+        os.write(ready_w, b"1")
+        os.read(r, 1)
+        os._exit(0)
+    os.read(ready_r, 1)
+    for fd in (r, ready_r, ready_w):
+        os.close(fd)
+    try:
+        lock.release()  # the training process is gone
+        RunLock(out).release()  # a --resume takes the folder at once
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()

@@ -250,10 +250,26 @@ def remove_stale_files(out: Path) -> list[str]:
     return removed
 
 
+_HELD_LOCKS: set[int] = set()  # the descriptors of this process's RunLocks
+
+
+def _close_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the lock's open file: closing its copy
+    keeps it from holding the lock after its parent is killed (the parent's copy holds it)."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
 class RunLock:
     """An exclusive ``fcntl.flock`` on ``FOLDER/.lock``, which holds "pid host" of its owner.
     The OS drops it when the process ends (a kill included), so it never goes stale; a lock
-    file left by a dead process is simply taken over."""
+    file left by a dead process is simply taken over. Forked children do not keep it."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK
@@ -278,10 +294,12 @@ class RunLock:
             os.close(fd)
             raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         self.fd = fd
+        _HELD_LOCKS.add(fd)
 
     def release(self) -> None:
         """Drop the lock (the file stays: removing it would race with a new owner)."""
         if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)
             self.fd = None
 
