@@ -28,6 +28,7 @@ from cnnlab.compress import (
     load_state_dict,
     masks_for_sparsity,
     model_bytes,
+    pipeline,
     prune,
     read_header,
     save,
@@ -191,6 +192,38 @@ def test_finetune_optimizer_defaults_to_the_retraining_one(
     cfg = CompressionConfig(sparsity=0.5, finetune_optimizer=finetune_optimizer)
     compress(Tiny(), _batches(2), _batches(1, seed=1), cfg)
     assert built == ["SGD", expected]  # one prune/retrain round, then the centroids
+
+
+@pytest.mark.parametrize(("stage", "options"), [
+    ("retrain round 1/1 epoch 1/1", {"lr": 1e30}),
+    ("fine-tune epoch 1/1", {"finetune_lr": 1e30}),
+])  # fmt: skip
+def test_a_nan_loss_in_retraining_names_the_stage_and_the_batch(stage, options) -> None:
+    torch.manual_seed(0)
+    cfg = CompressionConfig(sparsity=0.5, **options)
+    with pytest.raises(CnnlabError, match=rf"^{stage}: loss is nan at batch 2 \(of 4\);") as e:
+        compress(Tiny(), _batches(4), _batches(1, seed=1), cfg)
+    assert "learning rate" in str(e.value)
+
+
+def test_diverged_weights_stop_compression_before_anything_is_stored(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every retraining loss finite, but the last step leaves non-finite weights: the stage's
+    validation loss is NaN, and compress stops instead of storing a broken model."""
+    real = pipeline.train_one_epoch
+
+    def diverging(model, *args, **kw):
+        stats = real(model, *args, **kw)
+        with torch.no_grad():
+            model.fc2.bias.fill_(float("inf"))
+        return stats
+
+    monkeypatch.setattr(pipeline, "train_one_epoch", diverging)
+    torch.manual_seed(0)
+    with pytest.raises(CnnlabError, match=r"^the pruned model's validation loss is nan"):
+        compress(Tiny(), _batches(2), _batches(1, seed=1),
+                 CompressionConfig(sparsity=0.5, finetune_epochs=0))  # fmt: skip
 
 
 def test_gradual_schedule_is_cubic() -> None:

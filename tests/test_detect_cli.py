@@ -85,6 +85,35 @@ def test_train_writes_a_committed_checkpoint_and_metrics(run: Path) -> None:
     assert json.loads((run / "last.json").read_text())["step"] == 2  # 8 images, batch 4
 
 
+def test_ctrl_c_just_after_the_commit_is_exit_130_with_the_committed_summary(
+    data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cut(out: Path) -> None:  # Ctrl-C once last.json is committed, before last.* are named
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detect_run, "recover_checkpoint", cut)
+    assert _train(data, tmp_path / "a", "--json") == 130
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["epochs"] == 1 and summary["best_val_loss"] == summary["val_loss"] > 0
+    assert _train(data, tmp_path / "b") == 130
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith(f"{MODEL}: val loss") and "(best " in said
+
+
+def test_a_nan_validation_loss_stops_before_the_checkpoint(
+    data: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = detect_run.evaluate_loss
+
+    def diverged(*args, **kwargs) -> dict:
+        return {**real(*args, **kwargs), "loss": float("nan")}
+
+    monkeypatch.setattr(detect_run, "evaluate_loss", diverged)
+    out = tmp_path / "run"
+    _one_error(capsys, _train(data, out), "validation loss is nan after epoch 1", "diverged")
+    assert not (out / "last.json").exists() and not (out / "best.safetensors").exists()
+
+
 @pytest.mark.slow
 def test_resume_ends_where_an_uninterrupted_run_does(data: Path, tmp_path) -> None:
     def stop_after_epoch_1(line: str) -> None:  # said once epoch 1 is committed

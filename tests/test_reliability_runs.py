@@ -128,6 +128,52 @@ def test_a_kill_at_every_write_step_leaves_a_run_that_continues(
                     p.name.startswith(".last-")], k  # fmt: skip
 
 
+def test_ctrl_c_at_every_write_step_of_the_cli_is_exit_130_and_a_summary_of_the_disk(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cnnlab train` cut by Ctrl-C while it writes a checkpoint: exit 130, no traceback, and
+    the summary (its epochs, top-1 and best top-1) is that of the committed checkpoint."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+    with monkeypatch.context() as m:
+        total = _inject(m, 10**9, KeyboardInterrupt)
+        assert main([*TRAIN, "--out", str(tmp_path / "count")]) == 0
+    for k in range(1, total["n"] + 1):
+        out = tmp_path / f"k{k}"
+        capsys.readouterr()
+        with monkeypatch.context() as m:
+            _inject(m, k, KeyboardInterrupt)
+            assert main([*TRAIN, "--out", str(out)]) == 130, k
+        said = capsys.readouterr().out.splitlines()[-1]
+        if (out / "last.json").exists():
+            best = load_state(out / "last.state.pt")["best_top1"]
+            assert said.startswith("tiny: val top-1") and f"(best top-1 {best:.2%})" in said, k
+        else:
+            assert "no checkpoint was written" in said, k
+        summary = fit(cfg(epochs=1), out, resume=(out / "last.json").exists(), **QUICK)
+        assert summary["epochs"] == 1 and not summary["interrupted"], k
+
+
+def test_a_killed_data_loader_worker_is_one_line_naming_the_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What PyTorch raises when the OOM killer takes a --workers process, in epoch 2."""
+    real, count = trainer_module.run_epoch, {"n": 0}
+
+    def killed_worker(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 2:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "run_epoch", killed_worker)
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--epochs", "2"]) == 2
+    _one_error(capsys, "DataLoader worker (pid 4242) is killed by signal: Killed",
+               "(epoch 1); --resume continues")  # fmt: skip
+    monkeypatch.setattr(trainer_module, "run_epoch", real)
+    assert main([*TRAIN, "--out", str(out), "--epochs", "2", "--resume"]) == 0
+
+
 def test_checkpoint_manifest_names_a_complete_pair(tmp_path: Path) -> None:
     fit(cfg(), tmp_path, **QUICK)
     manifest = json.loads((tmp_path / "last.json").read_text())
@@ -153,6 +199,75 @@ def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(
     finally:
         lock.release()
     assert main([*TRAIN, "--out", str(out)]) == 0
+
+
+def test_a_full_disk_when_taking_the_lock_names_the_lock_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(os, "pwrite", full)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    _one_error(capsys, f"No space left on device: {out / '.lock'}")
+
+
+def test_a_lock_that_is_a_symlink_or_a_fifo_is_refused_and_its_target_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's data\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(precious)
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    _one_error(capsys, f"{str(out / '.lock')!r} is not a regular file")
+    assert precious.read_text() == "a user's data\n" and not (out / "last.json").exists()
+    (out / ".lock").unlink()
+    os.mkfifo(out / ".lock")
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    _one_error(capsys, f"{str(out / '.lock')!r} is not a regular file")
+
+
+def test_a_manifest_linked_to_a_huge_file_is_refused_without_reading_it(
+    trained: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    huge = trained.parent / "huge.bin"
+    with open(huge, "wb") as f:
+        f.truncate(2**40)  # sparse: 1 TiB that read_bytes() would try to hold
+    (trained / "last.json").unlink()
+    (trained / "last.json").symlink_to(huge)
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda self: pytest.fail("read in full"))
+    assert main([*TRAIN, "--out", str(trained), "--resume"]) == 2
+    _one_error(capsys, "last.json", "above the manifest limit 4,096")
+
+
+def test_a_forked_data_loader_worker_does_not_keep_the_run_lock(tmp_path: Path) -> None:
+    """SIGKILL ends the training but its --workers processes live on for seconds: they must
+    not hold the lock that a --resume started at once needs."""
+    from cnnlab.train.checkpoint import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock(out)
+    (r, w), (ready_r, ready_w) = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker, started: alive until the test closes ``w``
+        os.close(w)
+        os.write(ready_w, b"1")
+        os.read(r, 1)
+        os._exit(0)
+    os.read(ready_r, 1)
+    for fd in (r, ready_r, ready_w):
+        os.close(fd)
+    try:
+        lock.release()  # the training process is gone
+        RunLock(out).release()  # a --resume takes the folder at once
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:

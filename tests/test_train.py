@@ -245,6 +245,33 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in _weights(tmp_path / "last.safetensors").values())
 
 
+def test_diverged_weights_stop_before_their_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last step of epoch 2 makes the weights infinite though every training loss was
+    finite: the validation loss is NaN, and the run stops before that epoch's checkpoint
+    replaces the last good one (or the best weights)."""
+    real, count = trainer_module.run_epoch, {"n": 0}
+
+    def diverging(model, *args, **kw):
+        stats = real(model, *args, **kw)
+        count["n"] += 1
+        if count["n"] == 2:
+            with torch.no_grad():
+                model.fc.weight.fill_(float("inf"))
+        return stats
+
+    monkeypatch.setattr(trainer_module, "run_epoch", diverging)
+    with pytest.raises(CnnlabError, match=r"validation loss is nan after epoch 2") as info:
+        fit(cfg(epochs=3), tmp_path, **QUICK)
+    assert "the last good checkpoint is" in str(info.value) and "(epoch 1)" in str(info.value)
+    assert load_state(tmp_path / "last.state.pt")["epoch"] == 1
+    for name in ("last", "best"):
+        weights = _weights(tmp_path / f"{name}.safetensors").values()
+        assert all(torch.isfinite(t).all() for t in weights), name
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 2
+
+
 class Evil:
     """Unpickling this would create a file: the loaders must refuse it."""
 

@@ -33,7 +33,14 @@ from cnnlab.compress.prune import (
 from cnnlab.compress.quantize import INITS, round_to_half, share_weights
 from cnnlab.compress.store import plain_state_dict
 from cnnlab.config import MAX_FACTOR, option
-from cnnlab.train import Distillation, build_optimizer, evaluate, train_one_epoch
+from cnnlab.errors import CnnlabError
+from cnnlab.train import (
+    Distillation,
+    NonFiniteLossError,
+    build_optimizer,
+    evaluate,
+    train_one_epoch,
+)
 
 __all__ = [
     "CompressionConfig",
@@ -171,9 +178,16 @@ def _retrain(
     steps = max(1, epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     for epoch in range(1, epochs + 1):
-        m = train_one_epoch(
-            model, loader, optimizer, device=device, scheduler=scheduler, distill=distill
-        )
+        try:
+            m = train_one_epoch(
+                model, loader, optimizer, device=device, scheduler=scheduler, distill=distill
+            )
+        except NonFiniteLossError as exc:
+            raise CnnlabError(
+                f"{label} epoch {epoch}/{epochs}: loss is {exc.value} at batch {exc.batch + 1} "
+                f"(of {len(loader)}); stopped before the step, nothing was saved (the learning "
+                "rate may be too high)"
+            ) from None
         if progress:
             progress(f"{label} epoch {epoch}/{epochs}: loss {m['loss']:.4f}, "
                      f"train top-1 {100 * m['top1']:.2f}%")  # fmt: skip
@@ -247,8 +261,14 @@ def _ramps(recipe: recipes.Recipe, cfg: CompressionConfig) -> list[dict[str, flo
 
 
 def _stage(model: nn.Module, stage: str, top1_top5: Callable[[], dict[str, float]]) -> dict:
-    """One row of the report: top-1 / top-5 in % (rounded as stored) and the weights kept."""
+    """One row of the report: top-1 / top-5 in % (rounded as stored) and the weights kept;
+    a non-finite validation loss is an error (nothing broken is stored)."""
     metrics = top1_top5()
+    if not math.isfinite(metrics["loss"]):  # diverged retraining, or values float16 cannot hold
+        raise CnnlabError(
+            f"the {stage} model's validation loss is {metrics['loss']} (weights or outputs not "
+            "finite: a lower learning rate may help); stopped, nothing was saved"
+        )
     layers = prunable_layers(model).values()
     kept = sum(int((m.weight != 0).sum()) for m in layers)
     total = sum(m.weight.numel() for m in layers)

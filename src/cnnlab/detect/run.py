@@ -16,6 +16,7 @@ the CPU a resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -207,6 +208,12 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     run.step += len(run.train)
     val = evaluate_loss(run.model, run.val, run.dtype)
+    if not math.isfinite(val["loss"]):  # the last steps diverged: keep the last good files
+        kept = f"the last good checkpoint is epoch {epoch - 1}" if epoch > 1 else "nothing saved"
+        raise CnnlabError(
+            f"validation loss is {val['loss']} after epoch {epoch} (the weights diverged); "
+            f"stopped; {kept}"
+        )
     row = {"epoch": epoch, "step": run.step,
            **{f"train_{k}": round(v, 6) for k, v in parts.items()},
            **{f"val_{k}": round(v, 6) for k, v in val.items()},
@@ -323,12 +330,14 @@ def _train(run: _Run) -> dict[str, Any]:
 
 def _on_interrupt(run: _Run) -> None:
     """Ctrl-C, as in a classifier run: a commit it cut short finished, the weights of the
-    moment saved to ``interrupted.safetensors``, the history cut to the committed epochs;
+    moment saved to ``interrupted.safetensors``, the history cut to the committed epochs and
+    the best val loss theirs (the cut may come between the commit and ``run.best``);
     ``--resume`` restarts the epoch that was cut."""
     step, saved = save_interrupted(
         run.out, lambda path: save_weights(run.model, path, {**run.meta, "step": -1})
     )
     run.history = [r for r in run.history if step is not None and r["step"] <= step]
+    run.best = min([run.best, *(r.get("val_loss", run.best) for r in run.history)])
     epochs = [r["epoch"] for r in run.history if r["step"] == step]
     kept = (f"the last complete checkpoint is epoch {epochs[0]}; --resume continues from it"
             if epochs else "no epoch was completed; a new run starts afresh")  # fmt: skip

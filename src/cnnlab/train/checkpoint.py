@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -35,6 +36,7 @@ import os
 import random
 import re
 import socket
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.codec import read_file_bytes
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes
 from cnnlab.saved import torch_load_weights_only
@@ -72,6 +75,7 @@ STATE_FORMAT = "cnnlab.train-state/1"
 MANIFEST_FORMAT = "cnnlab.checkpoint/1"
 LAST_WEIGHTS, LAST_STATE = "last.safetensors", "last.state.pt"  # what --resume reads
 MANIFEST, LOCK = "last.json", ".lock"
+MAX_MANIFEST_BYTES = 4096
 # What a killed write leaves: atomic_path's ``.NAME.XXXX.tmp`` of the files a run writes, and
 # uncommitted pairs; nothing else (``--out .`` must not cost a user's own temp files).
 _PENDING = r"\.last-\d+\.(?:safetensors|state\.pt)"
@@ -185,8 +189,8 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     path = out / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_bytes()[:4096])
+    try:  # a link to a huge file is not read in full
+        manifest = json.loads(read_file_bytes(path, MAX_MANIFEST_BYTES, "manifest"))
     except (ValueError, UnicodeDecodeError):
         manifest = None
     pending = set(_pending(manifest.get("step", -1))) if isinstance(manifest, dict) else set()
@@ -246,17 +250,33 @@ def remove_stale_files(out: Path) -> list[str]:
     return removed
 
 
+_HELD_LOCKS: set[int] = set()  # the descriptors of this process's RunLocks
+
+
+def _close_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the lock's open file: closing its copy
+    keeps it from holding the lock after its parent is killed (the parent's copy holds it)."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
 class RunLock:
     """An exclusive ``fcntl.flock`` on ``FOLDER/.lock``, which holds "pid host" of its owner.
     The OS drops it when the process ends (a kill included), so it never goes stale; a lock
-    file left by a dead process is simply taken over."""
+    file left by a dead process is simply taken over. Forked children do not keep it."""
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK
         self.fd: int | None = None
         if fcntl is None:  # pragma: no cover
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -267,15 +287,39 @@ class RunLock:
                 f"{str(folder)!r} is in use by another training ({who}); wait for it to end "
                 "or pass another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the error names the lock file
+            os.close(fd)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         self.fd = fd
+        _HELD_LOCKS.add(fd)
 
     def release(self) -> None:
         """Drop the lock (the file stays: removing it would race with a new owner)."""
         if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)
             self.fd = None
+
+
+def _open_lock(path: Path) -> int:
+    """``path`` opened for writing, created if missing; a symbolic link (a run folder from
+    elsewhere: its target would be overwritten), a FIFO or a device is refused."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    refused = CnnlabError(f"{str(path)!r} is not a regular file; a run's lock must be one "
+                          "(remove it)")  # fmt: skip
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise refused from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise refused
+    return fd
 
 
 def rng_state() -> dict[str, Any]:

@@ -610,12 +610,9 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
             on_batch=bar.update if bar else None, dtype=run.dtype,
         )  # fmt: skip
     except NonFiniteLossError as exc:
-        kept = "no checkpoint was written"
-        if run.history:
-            kept = f"the last good checkpoint is {str(run.last_w)!r} (epoch {len(run.history)})"
         raise CnnlabError(
             f"loss is {exc.value} at step {run.step + exc.batch + 1} (epoch {epoch + 1}, "
-            f"batch {exc.batch + 1}); stopped; {kept}"
+            f"batch {exc.batch + 1}); stopped; {_last_good(run)}"
         ) from None
     finally:
         if bar:
@@ -625,6 +622,11 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
     run.train_images += stats["images"]
     run.step += steps
     val = evaluate(run.net, run.val_loader, device=run.device, dtype=run.dtype)
+    if not math.isfinite(val["loss"]):  # the last steps diverged: keep the last good files
+        raise CnnlabError(
+            f"validation loss is {val['loss']} after epoch {epoch + 1} (the weights diverged); "
+            f"stopped; {_last_good(run)}"
+        )
     row = {
         "epoch": epoch + 1,
         "step": run.step,
@@ -639,6 +641,13 @@ def _epoch(run: _Run, epoch: int, progress: bool) -> tuple[dict[str, Any], float
     }
     run.history.append(row)
     return row, val["top1"]
+
+
+def _last_good(run: _Run) -> str:
+    """Where a run stopped by a NaN stands on disk, for its error message."""
+    if not run.history:
+        return "no checkpoint was written"
+    return f"the last good checkpoint is {str(run.last_w)!r} (epoch {len(run.history)})"
 
 
 def _checkpoint(run: _Run, row: dict[str, Any], top1: float, writer: Any) -> None:
@@ -710,10 +719,22 @@ def _on_interrupt(run: _Run) -> None:
         step, what = save_interrupted(
             run.out, lambda path: save_weights(run.model, path, {**run.meta, "step": -1})
         )
-        done = [r["epoch"] for r in run.history if r.get("step") == step]
-        run.saved_epoch = done[0] if done else run.saved_epoch
+        _keep_committed(run, step)
         saved += what + "; "
     run.say(saved + _kept(run))
+
+
+def _keep_committed(run: _Run, step: int | None) -> None:
+    """After a Ctrl-C, the history, best top-1 and saved epoch of the folder's committed
+    checkpoint (of ``step``; None: unreadable, then what this process committed): the cut may
+    have come before the commit of the last epoch (its row is dropped) or after it but
+    before ``run.best`` was set."""
+    if step is None:
+        run.history = run.history[: run.saved_epoch]
+    else:
+        run.history = [r for r in run.history if r["step"] <= step]
+    run.saved_epoch = run.history[-1]["epoch"] if run.history else 0
+    run.best = max([run.best, *(r.get("val_top1", -1.0) for r in run.history)])
 
 
 def _report(run: _Run) -> dict[str, Any]:
@@ -852,6 +873,13 @@ def _train(run: _Run, progress: bool, tensorboard: bool) -> dict[str, Any]:
             _say_epoch(run, row)
     except KeyboardInterrupt:
         _on_interrupt(run)
+    except RuntimeError as exc:
+        if not str(exc).startswith("DataLoader worker"):  # killed, e.g. by the OOM killer
+            raise
+        what = " ".join(str(exc).split()).rstrip(".")
+        raise CnnlabError(
+            f"{what} (out of memory? fewer --workers need less); {_kept(run)}"
+        ) from None
     finally:
         if writer is not None:
             writer.close()
