@@ -618,8 +618,9 @@ def test_export_refuses_a_tolerance_that_verifies_nothing(tmp_path, capsys, monk
 def test_json_of_a_diverged_model_is_valid_json(tmp_path, capsys) -> None:
     model = cnnlab.create_model("lenet_300_100", num_classes=10, in_chans=3)
     with torch.no_grad():
-        model.get_classifier().weight.fill_(float("nan"))  # as a run that diverged leaves it
-    path = tmp_path / "nan.safetensors"
+        # finite weights (NaN ones are refused at load) whose logits overflow to infinity
+        model.get_classifier().weight.fill_(3e38)
+    path = tmp_path / "huge.safetensors"
     save_checkpoint(model, path, class_names=[str(i) for i in range(10)], preprocess=PRE)
     argv = ["eval", "lenet_300_100", "--checkpoint", str(path), "--data", "synthetic", "--json"]
     code, out, _ = run(capsys, *argv, "--limit", "8")
