@@ -34,6 +34,7 @@ BATCH = 64
 ONEDNN_PASSES = ("forward", "grad-input", "grad-weight")
 PASSES = (*ONEDNN_PASSES, "grad-weight swapped")
 COLUMNS = ("channels-last", "NCHW", "each layer's faster")
+FASTER_GRAD_WEIGHT = "grad-weight, the faster way"  # oneDNN's or swapped, per layer
 LAYOUTS = {"channels-last": torch.channels_last, "NCHW": torch.contiguous_format}
 
 
@@ -133,15 +134,16 @@ def main() -> int:
                 totals[p, column] += count * seconds
         ways = [p for p in wanted if p.startswith("grad-weight")]
         for column, seconds in per_column(timing, ways).items():
-            totals["grad-weight, the faster way", column] += count * seconds
+            totals[FASTER_GRAD_WEIGHT, column] += count * seconds
     headers = ["convolution @map", "count", "pass", "channels-last ms", "GFLOP/s", "NCHW ms",
                "GFLOP/s", "rounds"]  # fmt: skip
     print(format_table(headers, rows))
     print()
-    faster = "grad-weight, the faster way"
-    steps = {"all, oneDNN's grad-weight": ONEDNN_PASSES,
-             "all, the faster grad-weight": ("forward", "grad-input", faster)}  # fmt: skip
-    summary = [(p, *(totals[p, c] for c in COLUMNS)) for p in (*ONEDNN_PASSES, faster)]
+    steps = {
+        "all, oneDNN's grad-weight": ONEDNN_PASSES,
+        "all, the faster grad-weight": ("forward", "grad-input", FASTER_GRAD_WEIGHT),
+    }
+    summary = [(p, *(totals[p, c] for c in COLUMNS)) for p in (*ONEDNN_PASSES, FASTER_GRAD_WEIGHT)]
     summary += [(name, *(sum(totals[p, c] for p in parts) for c in COLUMNS))
                 for name, parts in steps.items()]  # fmt: skip
     summary = [(name, *(f"{seconds * 1e3:,.0f}" for seconds in row)) for name, *row in summary]
