@@ -7,7 +7,8 @@ its sample is the second of two steps run back to back (``OwnProcess``). In this
 as ``cnnlab train`` does (``--no-reuse-memory`` here to skip it), freed memory is kept for
 reuse (``cnnlab.devices.reuse_freed_memory``), and the contenders are torchvision's model
 again (what the allocator alone gives) and cnnlab's with the options of ``cnnlab train``: as
-built, ``--channels-last``, ``--compile`` (``cnnlab.devices.compiled``: ``torch.compile``
+built, channels-last (the default), channels-last with ``--small-map-grads on``
+(``cnnlab.weight_grads``), ``--compile`` (``cnnlab.devices.compiled``: ``torch.compile``
 with static shapes; compilation happens in the warm-up, outside the timing) and, where the
 CPU computes bf16 natively, ``--precision bf16``. A step is forward, cross-entropy, backward,
 SGD with momentum (``cnnlab.deploy.training_step``). All are timed by
@@ -44,14 +45,14 @@ BATCH = 64
 
 
 def step(model: torch.nn.Module, x: torch.Tensor, layout: bool, bf16: bool,
-         compile_: bool) -> Callable[[], None]:  # fmt: skip
+         compile_: bool, small_map: bool = False) -> Callable[[], None]:  # fmt: skip
     """One training step of a copy of ``model`` with the given options."""
     model = copy.deepcopy(model)
     if layout:
         model = model.to(memory_format=torch.channels_last)
     if compile_:
         model = compiled(model)
-    run = training_step(model, x)
+    run = training_step(model, x, small_map)
 
     def timed() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -117,6 +118,7 @@ def contenders(name: str, size: int, use_compile: bool, reuse: bool) -> list[Con
     options = {"cnnlab": (False, False, False), "channels-last": (True, False, False)}
     if name not in TORCHVISION_NAMES:
         del options["cnnlab"]
+    options["channels-last + small-map grads"] = (True, False, False, True)
     if use_compile:
         options["channels-last + compile"] = (True, False, True)
     if native_bf16(torch.device("cpu")):

@@ -18,7 +18,8 @@ from cnnlab.tables import format_table, print_json
 # TrainConfig fields a detector run takes (the others must keep their defaults).
 TRAIN_FIELDS = {"model", "data", "epochs", "batch_size", "lr", "weight_decay", "augment",
                 "seed", "img_size", "in_chans", "strict", "init_from", "model_kwargs",
-                "device", "precision", "channels_last", "reuse_memory"}  # fmt: skip
+                "device", "precision", "channels_last", "reuse_memory",
+                "small_map_grads"}  # fmt: skip
 # eval / predict options that mean nothing for a detector: (name, default).
 EVAL_UNUSED = (("img_size", None), ("val_split", None), ("limit", None), ("plot", None),
                ("precision", None), ("workers", 0))  # fmt: skip
@@ -71,6 +72,7 @@ def run_train(cfg: Any, args: argparse.Namespace) -> int:
         lr=base.lr if cfg.lr is None else cfg.lr, augment=cfg.augment, seed=cfg.seed,
         weight_decay=base.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
         channels_last=cfg.channels_last, precision=cfg.precision, reuse_memory=cfg.reuse_memory,
+        small_map_grads=cfg.small_map_grads,
     )  # fmt: skip
     setup = RunSetup(in_chans=cfg.in_chans, image_size=cfg.img_size, init_from=cfg.init_from,
                      strict=cfg.strict, model_kwargs=dict(cfg.model_kwargs))  # fmt: skip

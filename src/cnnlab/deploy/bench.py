@@ -37,6 +37,7 @@ from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvis
 from cnnlab.registry import build_model, match_models, model_info
 from cnnlab.saved import load
 from cnnlab.timing import Contender, Timing, interleave, wait_policy
+from cnnlab.weight_grads import small_map_grads_wanted, small_map_weight_grads
 
 __all__ = [
     "BACKENDS",
@@ -456,10 +457,14 @@ def _backend(
     return Contender(backend, _no_grad(lambda: compiled(fx), x.device, dtype))
 
 
-def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def training_step(
+    model: nn.Module, x: torch.Tensor, small_map_grads: bool = False
+) -> Callable[[], None]:
     """One timed training step of ``model`` (put in training mode) on the batch ``x``:
     forward, loss, backward, SGD step. The loss is cross-entropy (auxiliary outputs ignored),
-    or for a detector the MultiBox loss of one box per image (:func:`_detector_loss`)."""
+    or for a detector the MultiBox loss of one box per image (:func:`_detector_loss`).
+    ``small_map_grads``: in :func:`cnnlab.weight_grads.small_map_weight_grads`, as ``cnnlab
+    train`` runs it."""
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -467,12 +472,13 @@ def training_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        if loss is not None:
-            loss(out).backward()
-        else:
-            logits = out[0] if isinstance(out, tuple) else out
-            nn.functional.cross_entropy(logits, target).backward()
+        with small_map_weight_grads(model) if small_map_grads else contextlib.nullcontext():
+            out = model(x)
+            if loss is not None:
+                loss(out).backward()
+            else:
+                logits = out[0] if isinstance(out, tuple) else out
+                nn.functional.cross_entropy(logits, target).backward()
         optimizer.step()
 
     return step
@@ -494,7 +500,8 @@ def _train_rate(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int) ->
     import copy
 
     try:
-        step = Contender("train", training_step(copy.deepcopy(model), x), sync=_sync(x.device))
+        run = training_step(copy.deepcopy(model), x, small_map_grads_wanted("auto", x.device))
+        step = Contender("train", run, sync=_sync(x.device))
         timing = interleave([step], repeats, warmup=warmup)
     except ValueError:  # BatchNorm cannot train on one value per channel (batch 1, 1x1 maps)
         return None

@@ -58,7 +58,7 @@ from cnnlab.train.checkpoint import (
 __all__ = ["RunSetup", "is_detector", "train_detector"]
 
 # Settings that may change on --resume: they change how fast a step runs, not what it learns.
-RESUME_FREE = {"epochs", "channels_last", "precision", "reuse_memory"}
+RESUME_FREE = {"epochs", "channels_last", "precision", "reuse_memory", "small_map_grads"}
 
 
 def is_detector(name: str) -> bool:
@@ -204,7 +204,8 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """One epoch (its data order drawn from seed and epoch) and the validation loss."""
     run.train.generator.manual_seed(run.config.seed * 100_003 + epoch)
     t0 = time.perf_counter()
-    parts = _train_epoch(run.model, run.train, run.opt, run.sched, run.step, run.dtype)
+    parts = _train_epoch(run.model, run.train, run.opt, run.sched, run.step, run.dtype,
+                         run.config.small_map_grads)  # fmt: skip
     seconds = time.perf_counter() - t0
     run.step += len(run.train)
     val = evaluate_loss(run.model, run.val, run.dtype)

@@ -18,6 +18,7 @@ uninterrupted one does.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from cnnlab.detect.loss import multibox_loss
 from cnnlab.devices import PRECISIONS, autocast, autocast_dtype, reuse_freed_memory
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
+from cnnlab.weight_grads import SMALL_MAP_GRADS, small_map_grads_wanted, small_map_weight_grads
 
 CPU = torch.device("cpu")
 
@@ -53,9 +55,10 @@ __all__ = [
 class DetectionConfig:
     """How :func:`fit` trains. Momentum and weight decay are SSD's (Sec. 3); the learning
     rate is ours (the paper's 1e-3 is for VGG-16 at batch 32, stepped down by 10x).
-    ``channels_last``, ``precision`` and ``reuse_memory`` are ``cnnlab train``'s: NHWC
-    weights, autocast to bf16 (``cnnlab.devices.autocast_dtype``; the loss is computed in
-    fp32), and freed memory kept for reuse (``cnnlab.devices.reuse_freed_memory``)."""
+    ``channels_last``, ``precision``, ``reuse_memory`` and ``small_map_grads`` are ``cnnlab
+    train``'s: NHWC weights, autocast to bf16 (``cnnlab.devices.autocast_dtype``; the loss is
+    computed in fp32), freed memory kept for reuse (``cnnlab.devices.reuse_freed_memory``),
+    and small-map weight gradients as forward convolutions (``cnnlab.weight_grads``)."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -69,11 +72,15 @@ class DetectionConfig:
     channels_last: bool = True
     precision: str | None = None
     reuse_memory: bool = True
+    small_map_grads: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in (None, *PRECISIONS):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, "
                              f"got {self.precision!r}")  # fmt: skip
+        if self.small_map_grads not in SMALL_MAP_GRADS:
+            raise ValueError(f"small_map_grads must be one of {', '.join(SMALL_MAP_GRADS)}, "
+                             f"got {self.small_map_grads!r}")  # fmt: skip
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -170,24 +177,27 @@ def evaluate_loss(
 
 def _train_epoch(
     model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer, sched: Any, step: int,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, small_map_grads: str = "off",
 ) -> dict[str, float]:  # fmt: skip
     """One pass over ``loader``: the mean loss and its parts. A NaN or infinite loss is a
-    ``CnnlabError`` naming the step (``step``: the steps done before this epoch)."""
+    ``CnnlabError`` naming the step (``step``: the steps done before this epoch).
+    ``small_map_grads``: ``DetectionConfig.small_map_grads``."""
     model.train()
     sums, steps = {"loss": 0.0, "loc": 0.0, "conf": 0.0}, 0
-    for images, targets in loader:
-        loss, parts = _losses(model, images, targets, dtype)
-        if not math.isfinite(loss.item()):
-            raise CnnlabError(f"loss is {loss.item()} at step {step + steps + 1}; stopped")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        sums["loss"] += loss.item()
-        sums["loc"] += parts["loc"]
-        sums["conf"] += parts["conf"]
-        steps += 1
+    wanted = small_map_grads_wanted(small_map_grads, CPU)
+    with small_map_weight_grads(model) if wanted else contextlib.nullcontext():
+        for images, targets in loader:
+            loss, parts = _losses(model, images, targets, dtype)
+            if not math.isfinite(loss.item()):
+                raise CnnlabError(f"loss is {loss.item()} at step {step + steps + 1}; stopped")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            sums["loss"] += loss.item()
+            sums["loc"] += parts["loc"]
+            sums["conf"] += parts["conf"]
+            steps += 1
     return {k: v / max(steps, 1) for k, v in sums.items()}
 
 
@@ -213,7 +223,10 @@ def fit(
     history = []
     for epoch in range(1, config.epochs + 1):
         done = (epoch - 1) * len(train)
-        row = {"epoch": epoch, **_train_epoch(model, train, opt, sched, done, dtype)}
+        row = {
+            "epoch": epoch,
+            **_train_epoch(model, train, opt, sched, done, dtype, config.small_map_grads),
+        }
         row["val"] = evaluate_loss(model, val, dtype)
         history.append(row)
         if log is not None:

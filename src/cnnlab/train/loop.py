@@ -10,6 +10,7 @@ on CUDA the inputs are channels_last.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from torch import nn
 
 from cnnlab.devices import autocast
 from cnnlab.errors import CnnlabError
+from cnnlab.weight_grads import small_map_weight_grads
 
 __all__ = ["Distillation", "NonFiniteLossError", "evaluate", "split_outputs", "train_one_epoch"]
 
@@ -97,34 +99,38 @@ def run_epoch(
     distill: Distillation | None = None,
     on_batch: Callable[[int, float, int, int], None] | None = None,
     dtype: torch.dtype | None = None,
+    small_map_grads: bool = False,
 ) -> dict[str, float]:
     """:func:`train_one_epoch` with a per-batch hook ``on_batch(n_images, loss, correct, i)``;
-    the forward pass and loss run under autocast to ``dtype`` (None: fp32)."""
+    the forward pass and loss run under autocast to ``dtype`` (None: fp32);
+    ``small_map_grads``: in :func:`cnnlab.weight_grads.small_map_weight_grads`."""
     device = torch.device(device)
     loss_fn = loss_fn or nn.functional.cross_entropy
     model.train()
     total_loss = 0.0
     correct = images = 0
-    for i, (x, y) in enumerate(loader):
-        x, y = _to(x, device), y.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits, loss = _forward_loss(model, x, y, loss_fn, aux_weight, distill)
-        value = loss.item()
-        _check_finite(value, i)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        n = y.shape[0]
-        hits = int((logits.detach().argmax(1) == y).sum())
-        total_loss += value * n
-        correct += hits
-        images += n
-        if on_batch is not None:
-            on_batch(n, value, hits, i)
+    hooks = small_map_weight_grads(model) if small_map_grads else contextlib.nullcontext()
+    with hooks:
+        for i, (x, y) in enumerate(loader):
+            x, y = _to(x, device), y.to(device, non_blocking=True)
+            with autocast(device, dtype):
+                logits, loss = _forward_loss(model, x, y, loss_fn, aux_weight, distill)
+            value = loss.item()
+            _check_finite(value, i)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            n = y.shape[0]
+            hits = int((logits.detach().argmax(1) == y).sum())
+            total_loss += value * n
+            correct += hits
+            images += n
+            if on_batch is not None:
+                on_batch(n, value, hits, i)
     stats = torch.tensor([total_loss, correct, images], dtype=torch.float64)
     if _distributed():
         dist.all_reduce(stats)
