@@ -13,8 +13,7 @@ trains an ungrouped kernel larger than 1x1 on an input map of at most
 ``MAX_INPUT_AREA`` pixels (fp32, CPU, no autocast) gets its weight gradient the swapped way;
 its forward pass and input gradient stay oneDNN's. :func:`small_map_weight_grads` enters
 it only inside the forward pass of a model's convolutions that could qualify, so that the
-rest of the model runs without its per-call cost (2-3% of a MobileNetV2 step at 32 px when
-it wrapped the whole forward pass); ``cnnlab train`` does that where
+rest of the model runs without its per-call Python cost; ``cnnlab train`` does that where
 :func:`small_map_grads_wanted` says so (``--small-map-grads``).
 """
 
