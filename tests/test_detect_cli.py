@@ -34,6 +34,7 @@ from cnnlab.detect import run as detect_run
 from cnnlab.detect import train as detect_train
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import read_weights
+from cnnlab.weight_grads import SmallMapWeightGrads
 
 FMNIST = fashion_mnist_folder(FASHION_MNIST_SYSTEM_DIR)
 pytestmark = pytest.mark.skipif(FMNIST is None, reason="Fashion-MNIST not installed")
@@ -374,3 +375,17 @@ def test_bad_input_is_one_error_line(data: Path, capsys, argv: list[str], words)
     image = str(next((data / "val").glob("*.png")))
     argv = [a.format(data=data, image=image) for a in argv]
     _one_error(capsys, main(argv), *words)
+
+
+def test_small_map_grads_reach_detector_training(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """``--small-map-grads on`` trains the detector with the small-map hooks, ``off`` without;
+    a bad value is refused by the config."""
+    entered, enter = [], SmallMapWeightGrads.__enter__
+    monkeypatch.setattr(SmallMapWeightGrads, "__enter__",
+                        lambda self: entered.append(1) or enter(self))  # fmt: skip
+    for setting in ("on", "off"):
+        entered.clear()
+        assert _train(data, tmp_path / setting, "--small-map-grads", setting) == 0
+        assert bool(entered) == (setting == "on")
+    with pytest.raises(ValueError, match="small_map_grads must be one of"):
+        DetectionConfig(small_map_grads="yes")

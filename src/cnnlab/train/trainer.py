@@ -143,7 +143,7 @@ class TrainConfig:
     )  # fmt: skip
     small_map_grads: str = option(
         "auto", "take the weight gradients of convolutions on maps of 7x7 and below as forward "
-        "convolutions (cnnlab.weight_grads; CPU, fp32, not with --compile): resnet18 trains "
+        "convolutions (cnnlab.weight_grads; CPU and fp32 only, not compiled): resnet18 trains "
         "1.6x faster at 32 px on an AVX2 CPU; auto: on where PyTorch's CPU capability is AVX2 "
         "(docs/performance.md)", choices=SMALL_MAP_GRADS,
     )  # fmt: skip
