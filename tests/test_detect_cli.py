@@ -34,7 +34,7 @@ from cnnlab.detect import run as detect_run
 from cnnlab.detect import train as detect_train
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import read_weights
-from cnnlab.weight_grads import SmallMapWeightGrads
+from cnnlab.weight_grads import small_map_weight_grads
 
 FMNIST = fashion_mnist_folder(FASHION_MNIST_SYSTEM_DIR)
 pytestmark = pytest.mark.skipif(FMNIST is None, reason="Fashion-MNIST not installed")
@@ -378,14 +378,18 @@ def test_bad_input_is_one_error_line(data: Path, capsys, argv: list[str], words)
 
 
 def test_small_map_grads_reach_detector_training(data: Path, tmp_path: Path, monkeypatch) -> None:
-    """``--small-map-grads on`` trains the detector with the small-map hooks, ``off`` without;
-    a bad value is refused by the config."""
-    entered, enter = [], SmallMapWeightGrads.__enter__
-    monkeypatch.setattr(SmallMapWeightGrads, "__enter__",
-                        lambda self: entered.append(1) or enter(self))  # fmt: skip
+    """``--small-map-grads on`` trains the detector inside the small-map hooks, ``off``
+    outside; a bad value is refused by the config."""
+    used = []
+
+    def spy(model: torch.nn.Module) -> object:
+        used.append(model)
+        return small_map_weight_grads(model)
+
+    monkeypatch.setattr(detect_train, "small_map_weight_grads", spy)
     for setting in ("on", "off"):
-        entered.clear()
+        used.clear()
         assert _train(data, tmp_path / setting, "--small-map-grads", setting) == 0
-        assert bool(entered) == (setting == "on")
+        assert bool(used) == (setting == "on")
     with pytest.raises(ValueError, match="small_map_grads must be one of"):
         DetectionConfig(small_map_grads="yes")

@@ -141,14 +141,21 @@ class SmallMapWeightGrads(TorchFunctionMode):
 @contextlib.contextmanager
 def small_map_weight_grads(model: nn.Module) -> Iterator[None]:
     """While inside, each of ``model``'s ``nn.Conv2d`` with an ungrouped kernel larger than
-    1x1 runs its forward pass in :class:`SmallMapWeightGrads` (hooks, removed on leaving)."""
-    mode = SmallMapWeightGrads()
+    1x1 runs its forward pass in :class:`SmallMapWeightGrads` when its input map is small
+    enough (hooks, removed on leaving); the rest of the model never enters the mode."""
+    mode, entered = SmallMapWeightGrads(), []
 
-    def enter(*_: Any) -> None:  # a pre-hook's return value would replace the input
-        mode.__enter__()
+    def enter(conv: nn.Module, args: tuple) -> None:  # a returned value would replace args
+        x = args[0] if args else None
+        small = isinstance(x, torch.Tensor) and x.dim() == 4 and (
+            x.shape[2] * x.shape[3] <= MAX_INPUT_AREA)  # fmt: skip
+        if small:
+            mode.__enter__()
+        entered.append(small)
 
     def leave(*_: Any) -> None:
-        mode.__exit__(None, None, None)
+        if entered.pop():
+            mode.__exit__(None, None, None)
 
     handles = []
     for conv in model.modules():
