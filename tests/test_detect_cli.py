@@ -382,9 +382,9 @@ def test_small_map_grads_reach_detector_training(data: Path, tmp_path: Path, mon
     outside; a bad value is refused by the config."""
     used = []
 
-    def spy(model: torch.nn.Module) -> object:
-        used.append(model)
-        return small_map_weight_grads(model)
+    def spy(model: torch.nn.Module, enabled: bool) -> object:
+        used.extend([model] if enabled else [])
+        return small_map_weight_grads(model, enabled)
 
     monkeypatch.setattr(detect_train, "small_map_weight_grads", spy)
     for setting in ("on", "off"):

@@ -139,10 +139,14 @@ class SmallMapWeightGrads(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def small_map_weight_grads(model: nn.Module) -> Iterator[None]:
+def small_map_weight_grads(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     """While inside, each of ``model``'s ``nn.Conv2d`` with an ungrouped kernel larger than
     1x1 runs its forward pass in :class:`SmallMapWeightGrads` when its input map is small
-    enough (hooks, removed on leaving); the rest of the model never enters the mode."""
+    enough (hooks, removed on leaving); the rest of the model never enters the mode.
+    ``enabled=False``: nothing changes."""
+    if not enabled:
+        yield
+        return
     mode, entered = SmallMapWeightGrads(), []
 
     def enter(conv: nn.Module, args: tuple) -> None:  # a returned value would replace args

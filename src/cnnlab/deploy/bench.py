@@ -472,7 +472,7 @@ def training_step(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with small_map_weight_grads(model) if small_map_grads else contextlib.nullcontext():
+        with small_map_weight_grads(model, small_map_grads):
             out = model(x)
             if loss is not None:
                 loss(out).backward()

@@ -18,7 +18,6 @@ uninterrupted one does.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable
@@ -184,8 +183,7 @@ def _train_epoch(
     ``small_map_grads``: ``DetectionConfig.small_map_grads``."""
     model.train()
     sums, steps = {"loss": 0.0, "loc": 0.0, "conf": 0.0}, 0
-    wanted = small_map_grads_wanted(small_map_grads, CPU)
-    with small_map_weight_grads(model) if wanted else contextlib.nullcontext():
+    with small_map_weight_grads(model, small_map_grads_wanted(small_map_grads, CPU)):
         for images, targets in loader:
             loss, parts = _losses(model, images, targets, dtype)
             if not math.isfinite(loss.item()):

@@ -10,7 +10,6 @@ on CUDA the inputs are channels_last.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -109,8 +108,7 @@ def run_epoch(
     model.train()
     total_loss = 0.0
     correct = images = 0
-    hooks = small_map_weight_grads(model) if small_map_grads else contextlib.nullcontext()
-    with hooks:
+    with small_map_weight_grads(model, small_map_grads):
         for i, (x, y) in enumerate(loader):
             x, y = _to(x, device), y.to(device, non_blocking=True)
             with autocast(device, dtype):
