@@ -87,6 +87,19 @@ def test_the_mode_gives_pytorchs_gradients(layout) -> None:
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_the_hooks_enter_the_mode_only_for_small_inputs(monkeypatch) -> None:
+    """The 8x8 convolution of SmallNet never enters the mode; the 4x4 one does, once."""
+    entered, enter = [], SmallMapWeightGrads.__enter__
+    monkeypatch.setattr(SmallMapWeightGrads, "__enter__",
+                        lambda self: entered.append(1) or enter(self))  # fmt: skip
+    model = SmallNet()
+    with small_map_weight_grads(model):
+        model(torch.randn(2, 3, 8, 8))
+        assert len(entered) == 1
+        model(torch.randn(2, 3, 32, 32))  # both maps too large
+        assert len(entered) == 1
+
+
 def test_the_hooks_scope_the_mode_to_convolutions_and_go_away() -> None:
     torch.manual_seed(0)
     model, x = SmallNet(), torch.randn(6, 3, 8, 8)
@@ -98,7 +111,7 @@ def test_the_hooks_scope_the_mode_to_convolutions_and_go_away() -> None:
         )
     with small_map_weight_grads(model):
         got = _grads(model, x, False)
-        assert torch._C._len_torch_function_stack() == 0  # only inside the convolutions
+        assert torch._C._len_torch_function_stack() == 0  # left after each convolution
         with pytest.raises(RuntimeError):
             model(torch.randn(6, 4, 8, 8))  # a convolution that fails
         assert torch._C._len_torch_function_stack() == 0
