@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "cnnlab"
 # Lower numbers are lower floors; a module may import its own floor or any below it.
 FLOORS = {
     "errors": 0, "io": 0, "config": 0, "devices": 0, "registry": 0, "layers": 0, "codec": 0,
-    "timing": 0, "weight_grads": 0,
+    "timing": 0, "weight_grads": 0, "signals": 0,
     "tables": 0,
     "models": 1, "data": 1, "analysis": 1, "interop": 1, "saved": 1, "plots": 1,
     "train": 2, "deploy": 2, "factory": 2, "detect": 2,

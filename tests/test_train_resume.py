@@ -39,8 +39,14 @@ def _run(out: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, *ARGS, "--out", str(out), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
+
+
+def _after_first_checkpoint(proc: subprocess.Popen, out: Path) -> None:
+    state, deadline = out / "last.state.pt", time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 @pytest.mark.slow
@@ -50,9 +56,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     killed = tmp_path / "killed"
     proc = _run(killed)
     state = killed / "last.state.pt"
-    deadline = time.monotonic() + 120
-    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
+    _after_first_checkpoint(proc, killed)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
@@ -72,3 +76,25 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
     b = load_file(str(killed / "last.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_sigterm_to_the_group_stops_as_ctrl_c_does(tmp_path: Path, workers: str) -> None:
+    """SIGTERM to the process group, DataLoader workers included (as ``timeout`` or a batch
+    scheduler sends it): one line, exit 143, the weights of the moment saved; --resume ends
+    the run."""
+    out = tmp_path / "run"
+    proc = _run(out, "--workers", workers)
+    _after_first_checkpoint(proc, out)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err.decode()
+    assert err.decode() == "cnnlab: terminated\n"  # no traceback, not even an ignored one
+    assert (out / "interrupted.safetensors").is_file()
+    assert load_state(out / "last.state.pt")["epoch"] < 4  # it really was cut short
+
+    resumed = _run(out, "--resume", "--workers", workers)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err.decode()
+    assert load_state(out / "last.state.pt")["epoch"] == 4

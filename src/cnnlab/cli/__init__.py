@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cnnlab
 from cnnlab.errors import CnnlabError
+from cnnlab.signals import Terminated, sigterm_as_interrupt
 
 COMMAND_MODULES = ["zoo", "analysis", "training", "compression", "deployment", "experiment", "data"]
 # A full disk, a quota or a read-only file system: what the machine says, as one line.
@@ -131,9 +132,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _run_command(args: argparse.Namespace) -> int:
     try:
-        code = int(args.func(args) or 0)
+        with sigterm_as_interrupt() as terminated:
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
-        return code
+        if not terminated.is_set():
+            return code
+        raise Terminated  # a run that stopped as on Ctrl-C (its weights saved) and returned
+    except Terminated:
+        print("cnnlab: terminated", file=sys.stderr)
+        return 143  # 128 + SIGTERM
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return 130

@@ -35,6 +35,7 @@ from cnnlab.data.datasets import (
 )
 from cnnlab.data.transforms import Preprocess
 from cnnlab.errors import CnnlabError
+from cnnlab.signals import worker_exits_on_sigterm
 
 __all__ = [
     "FASHION_MNIST_NAMES",
@@ -253,7 +254,7 @@ def build_loaders(
     local = batch_size // world
     common = {"num_workers": workers, "collate_fn": collate_batch, "persistent_workers": False}
     if workers > 0:
-        common["prefetch_factor"] = 4
+        common.update(prefetch_factor=4, worker_init_fn=worker_exits_on_sigterm)
     sampler = EpochSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     train_loader = DataLoader(
         train, batch_size=local, sampler=sampler, drop_last=len(train) >= batch_size, **common

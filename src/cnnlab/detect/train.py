@@ -35,6 +35,7 @@ from cnnlab.detect.loss import multibox_loss
 from cnnlab.devices import PRECISIONS, autocast, autocast_dtype, reuse_freed_memory
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
+from cnnlab.signals import raise_if_terminated
 from cnnlab.weight_grads import SMALL_MAP_GRADS, small_map_grads_wanted, small_map_weight_grads
 
 CPU = torch.device("cpu")
@@ -165,6 +166,7 @@ def evaluate_loss(
     model.eval()
     total = {"loc": 0.0, "conf": 0.0, "positives": 0}
     for images, targets in loader:
+        raise_if_terminated()
         _, parts = _losses(model, images, targets, dtype)
         total["loc"] += parts["loc"] * parts["positives"]
         total["conf"] += parts["conf"] * parts["positives"]
@@ -185,6 +187,7 @@ def _train_epoch(
     sums, steps = {"loss": 0.0, "loc": 0.0, "conf": 0.0}, 0
     with small_map_weight_grads(model, small_map_grads_wanted(small_map_grads, CPU)):
         for images, targets in loader:
+            raise_if_terminated()
             loss, parts = _losses(model, images, targets, dtype)
             if not math.isfinite(loss.item()):
                 raise CnnlabError(f"loss is {loss.item()} at step {step + steps + 1}; stopped")
