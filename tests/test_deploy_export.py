@@ -11,6 +11,7 @@ from torch import nn
 import cnnlab
 from cnnlab.cli import main
 from cnnlab.deploy import benchmark, export_onnx, onnxruntime_session
+from cnnlab.devices import max_parallel
 from cnnlab.errors import CnnlabError
 
 pytest.importorskip("onnxruntime")
@@ -124,6 +125,16 @@ def test_checkpoint_weights_are_exported(tmp_path) -> None:
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), model.eval()(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("threads", ["0", "100000"])
+def test_bench_threads_are_bounded(capsys, threads: str) -> None:
+    """At least one, at most PARALLEL_PER_CPU per usable CPU: 100,000 OpenMP threads would
+    exhaust the memory (a MemoryError traceback once)."""
+    assert main(["bench", "lenet5", "--threads", threads, "--repeats", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cnnlab: error: --threads must be in 1..{max_parallel()} (4 per CPU this " \
+        f"process may use), got {threads}\n"  # fmt: skip
 
 
 def test_bench_json_reports_every_figure(capsys) -> None:

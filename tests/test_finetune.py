@@ -184,6 +184,7 @@ BAD_OPTIONS = [
     (["--seed", "-1"], "seed"),
     (["--seed", str(2**63)], "seed"),
     (["--workers", "-1"], "workers"),
+    (["--workers", "100000"], "workers must be an integer in 0.."),  # not 100,000 processes
     (["--limit", "0"], "limit"),
     (["--val-split", "1"], "val_split"),
     (["--freeze-backbone", "--freeze", "conv"], "mutually exclusive"),

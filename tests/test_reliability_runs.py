@@ -336,7 +336,7 @@ def _images(folder: Path, n: int = 2, size: int = 10) -> list[Path]:
 @pytest.mark.parametrize(
     "option",
     [("--batch-size", "0"), ("--seed", "-1"), ("--img-size", "0"), ("--limit", "0"),
-     ("--val-split", "1.5"), ("--workers", "-2")],
+     ("--val-split", "1.5"), ("--workers", "-2"), ("--workers", "100000")],
 )  # fmt: skip
 def test_eval_numeric_options(trained: Path, capsys, option: tuple[str, str]) -> None:
     args = ["eval", "tiny", "--checkpoint", str(trained), "--data", "synthetic", *option]

@@ -1,7 +1,8 @@
 """Where and how to compute: ``resolve_device`` turns ``--device`` into a usable
 ``torch.device``, ``autocast_dtype`` turns ``--precision`` into an autocast dtype,
-``compiled`` is ``torch.compile`` with its one common failure explained, and
-``reuse_freed_memory`` keeps the C allocator from handing large tensors back to the OS."""
+``compiled`` is ``torch.compile`` with its one common failure explained,
+``reuse_freed_memory`` keeps the C allocator from handing large tensors back to the OS, and
+``max_parallel`` bounds ``--threads`` and ``--workers``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ __all__ = [
     "autocast_dtype",
     "available_memory",
     "compiled",
+    "max_parallel",
     "native_bf16",
     "require_memory",
     "resolve_device",
@@ -36,6 +38,18 @@ PRECISIONS = ("fp32", "bf16", "auto")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _HEAP_BLOCK_MAX = 2**31 - 1
 GIB = 2**30
+PARALLEL_PER_CPU = 4  # threads or worker processes per usable CPU
+
+
+def max_parallel() -> int:
+    """The most threads (``--threads``) or worker processes (``--workers``) cnnlab starts:
+    ``PARALLEL_PER_CPU`` per CPU this process may run on. More only contend for the cores,
+    and each costs memory: 100,000 OpenMP threads exhaust it."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS)
+        cpus = os.cpu_count() or 1
+    return PARALLEL_PER_CPU * cpus
 
 
 def resolve_device(name: str | None = None) -> torch.device:

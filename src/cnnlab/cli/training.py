@@ -14,7 +14,7 @@ import sys
 
 from cnnlab.cli import detection
 from cnnlab.cli.config_options import add_config_options, config_from_args
-from cnnlab.devices import PRECISIONS, resolve_device
+from cnnlab.devices import PRECISIONS, max_parallel, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import MAX_IMG_SIZE
 from cnnlab.tables import format_table, note, print_json
@@ -114,7 +114,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     """The numeric options of eval / predict, checked before any work (one error line)."""
     rules = {
         "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-        "workers": (lambda v: v >= 0, "an integer >= 0"),
+        "workers": (lambda v: 0 <= v <= max_parallel(), f"an integer in 0..{max_parallel()}"),
         "seed": (lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**63 - 1]"),
         "img_size": (lambda v: 1 <= v <= MAX_IMG_SIZE, f"an integer in 1..{MAX_IMG_SIZE}"),
         "limit": (lambda v: v >= 1, "an integer >= 1"),

@@ -31,7 +31,14 @@ from cnnlab.deploy.export import export_onnx, onnxruntime_session
 from cnnlab.deploy.fuse import fuse
 from cnnlab.detect.loss import multibox_loss
 from cnnlab.detect.train import batch_targets
-from cnnlab.devices import autocast, autocast_dtype, available_memory, require_memory
+from cnnlab.devices import (
+    PARALLEL_PER_CPU,
+    autocast,
+    autocast_dtype,
+    available_memory,
+    max_parallel,
+    require_memory,
+)
 from cnnlab.devices import compiled as compile_model
 from cnnlab.interop import TORCHVISION_NAMES, convert_by_position, from_torchvision
 from cnnlab.registry import build_model, match_models, model_info
@@ -174,8 +181,9 @@ def _check_memory(model: nn.Module, size: tuple[int, ...], batch: int, train: bo
 def _threads(threads: int | None) -> Iterator[int]:
     before = torch.get_num_threads()
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
+        if not 1 <= threads <= max_parallel():
+            raise ValueError(f"--threads must be in 1..{max_parallel()} ({PARALLEL_PER_CPU} "
+                             f"per CPU this process may use), got {threads}")  # fmt: skip
         torch.set_num_threads(threads)
     try:
         yield torch.get_num_threads()

@@ -47,9 +47,11 @@ from cnnlab.data import (
     skipped_files,
 )
 from cnnlab.devices import (
+    PARALLEL_PER_CPU,
     PRECISIONS,
     autocast_dtype,
     compiled,
+    max_parallel,
     resolve_device,
     reuse_freed_memory,
 )
@@ -189,7 +191,9 @@ class TrainConfig:
                "in [0, 1)", self.label_smoothing)  # fmt: skip
         _check(_real(self.aux_weight, 0), "aux_weight", "a finite number >= 0", self.aux_weight)
         _check(_int(self.seed, 0, MAX_SEED), "seed", "an integer in [0, 2**63 - 1]", self.seed)
-        _check(_int(self.workers, 0), "workers", "an integer >= 0", self.workers)
+        _check(_int(self.workers, 0, max_parallel()), "workers",
+               f"an integer in 0..{max_parallel()} ({PARALLEL_PER_CPU} per usable CPU)",
+               self.workers)  # fmt: skip
         _check(self.limit is None or _int(self.limit, 1), "limit", "an integer >= 1", self.limit)
         _check(self.val_split is None or _real(self.val_split, 0, 1, True, True), "val_split",
                "in (0, 1)", self.val_split)  # fmt: skip
