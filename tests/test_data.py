@@ -22,6 +22,7 @@ from cnnlab.data import (
     skipped_files,
 )
 from cnnlab.errors import CnnlabError
+from cnnlab.train.inference import image_files
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -200,6 +201,22 @@ def test_image_folder_skips_and_counts_corrupt_images(tmp_path: Path) -> None:
     assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]
     with pytest.raises(CnnlabError, match="corrupt image"):
         build_loaders(str(tmp_path), img_size=16, in_chans=3, strict=True)
+
+
+@pytest.mark.filterwarnings("error")  # a hidden file is not a corrupt image to warn about
+def test_hidden_entries_are_neither_classes_nor_images(tmp_path: Path) -> None:
+    """Jupyter's .ipynb_checkpoints, macOS's ._x.png resource forks and .DS_Store."""
+    _image_folder(tmp_path / "train")
+    _image_folder(tmp_path / "val", per_class=2)
+    _image_folder(tmp_path / "train" / ".ipynb_checkpoints")  # images that are not a class
+    for split in ("train", "val"):
+        (tmp_path / split / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        (tmp_path / split / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "val" / ".ipynb_checkpoints").mkdir()  # not an unknown class either
+    train, val, classes = build_loaders(str(tmp_path), img_size=16, in_chans=3, batch_size=4)
+    assert classes == ["cat", "dog", "owl"] and not skipped_files(train)
+    assert len(train.dataset) == 12 and len(val.dataset) == 6
+    assert [f.name for f in image_files([str(tmp_path / "val" / "cat")])] == ["0.jpg", "1.png"]
 
 
 def test_image_folder_single_folder_needs_val_split(tmp_path: Path) -> None:

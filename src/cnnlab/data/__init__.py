@@ -24,6 +24,7 @@ from cnnlab.data.datasets import (
     missing_fashion_files,
     open_image,
     synthetic_dataset,
+    visible_entries,
 )
 from cnnlab.data.idx import read_idx
 from cnnlab.data.loaders import (
@@ -69,4 +70,5 @@ __all__ = [
     "resolve_data",
     "skipped_files",
     "synthetic_dataset",
+    "visible_entries",
 ]

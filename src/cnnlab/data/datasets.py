@@ -35,6 +35,7 @@ __all__ = [
     "missing_fashion_files",
     "open_image",
     "synthetic_dataset",
+    "visible_entries",
 ]
 
 FASHION_MNIST_CLASSES = [
@@ -50,6 +51,12 @@ FASHION_MNIST_FILES = {
 }
 MAX_IMAGE_PIXELS = 8192 * 8192  # 64 Mpixel: a decoded RGB image of at most 192 MiB
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def visible_entries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` sorted by name, without hidden ones (``.ipynb_checkpoints``,
+    macOS's ``._x.png`` resource forks, ``.DS_Store``): never a class nor an image."""
+    return sorted(e for e in folder.iterdir() if not e.name.startswith("."))
 
 
 class TensorImageDataset(Dataset):
@@ -254,7 +261,8 @@ def _check_image(path: Path, size: int) -> str | None:
 
 
 class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>``; every image is decoded once up front.
+    """``root/<class>/<image>``; every image is decoded once up front. Hidden entries (names
+    starting with ".") are neither classes nor images.
 
     An unreadable or corrupt image is skipped with a warning naming it and listed in
     ``skipped`` (``strict=True`` raises instead).
@@ -269,7 +277,7 @@ class ImageFolderDataset(Dataset):
         strict: bool = False,
     ) -> None:
         self.root = Path(root)
-        found = sorted(d.name for d in self.root.iterdir() if d.is_dir())
+        found = [d.name for d in visible_entries(self.root) if d.is_dir()]
         self.classes = classes if classes is not None else found
         if not self.classes:
             raise CnnlabError(f"{str(self.root)!r} holds no class folders (root/<class>/*.png)")
@@ -283,7 +291,7 @@ class ImageFolderDataset(Dataset):
         self.skipped: list[str] = []
         for label, name in enumerate(self.classes):
             folder = self.root / name
-            files = sorted(folder.iterdir()) if folder.is_dir() else []
+            files = visible_entries(folder) if folder.is_dir() else []
             for f in files:
                 if f.suffix.lower() not in IMAGE_SUFFIXES:
                     continue

@@ -32,6 +32,7 @@ from cnnlab.data.datasets import (
     load_fashion_mnist,
     missing_fashion_files,
     synthetic_dataset,
+    visible_entries,
 )
 from cnnlab.data.transforms import Preprocess
 from cnnlab.errors import CnnlabError
@@ -141,7 +142,7 @@ def _limit(ds: Dataset, limit: int | None) -> Dataset:
 def _is_split(folder: Path) -> bool:
     """``folder`` holds class folders and no image of its own: a split (``train/``), not a
     class that happens to be named like one (CIFAR-100 has a class "train")."""
-    entries = list(folder.iterdir())
+    entries = visible_entries(folder)
     images = any(e.suffix.lower() in IMAGE_SUFFIXES for e in entries)
     return any(e.is_dir() for e in entries) and not images
 
@@ -182,7 +183,7 @@ def _datasets(
         )
     stats = IMAGENET_STATS
     pre = Preprocess(img_size, in_chans, *stats)
-    sub = {d.name for d in path.iterdir() if d.is_dir()}
+    sub = {d.name for d in visible_entries(path) if d.is_dir()}
     if "train" in sub and ({"val", "test"} & sub):
         train_ds = ImageFolderDataset(path / "train", pre, augment=augment, strict=strict)
         val_name = "val" if "val" in sub else "test"

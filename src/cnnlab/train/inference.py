@@ -23,6 +23,7 @@ from cnnlab.data import (
     build_loaders,
     image_transform,
     load_image,
+    visible_entries,
 )
 from cnnlab.devices import autocast_dtype, resolve_device
 from cnnlab.errors import CnnlabError
@@ -158,13 +159,14 @@ def _bar(total: int) -> Any:
 
 def image_files(paths: list[str | os.PathLike[str]]) -> list[Path]:
     """The files to predict: each path as given, a folder replaced by its image files
-    (by suffix, sorted by name, not recursive); a folder without images is an error."""
+    (by suffix, sorted by name, not hidden, not recursive); a folder without images is an
+    error."""
     files: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
             files.append(path)
             continue
-        found = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        found = [f for f in visible_entries(path) if f.suffix.lower() in IMAGE_SUFFIXES]
         if not found:
             raise CnnlabError(f"folder {str(path)!r} holds no image files")
         files.extend(found)
