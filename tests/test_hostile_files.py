@@ -597,7 +597,10 @@ def test_weights_holding_nan_or_infinity_are_refused(
     with torch.no_grad():
         broken.features.c1.weight[0, 0, 0, 0] = value
     files = [tmp_path / "w.safetensors", tmp_path / "w.pth", tmp_path / "w.cnz"]
-    cnnlab.save(broken, files[0])
+    with pytest.raises(CnnlabError, match=r"features\.c1\.weight holds NaN .*: not saved"):
+        cnnlab.save(broken, files[0])  # a file no command would load
+    assert not files[0].exists()
+    save_weights(broken, files[0], {"model": "lenet5"})  # as another writer could
     torch.save(broken.state_dict(), files[1])
     save_cnz(broken, files[2])
     target = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)

@@ -123,7 +123,8 @@ def save(
 
     ``model`` is a registry model (``cnnlab.create_model``); ``class_names`` (one per output)
     and ``preprocess`` are checked and stored where given (:func:`load` assumes defaults for
-    what is missing, and says so); ``meta`` adds entries (plain JSON data).
+    what is missing, and says so); ``meta`` adds entries (plain JSON data). Weights holding
+    NaN or infinity are refused, as :func:`load` refuses them.
     """
     name = getattr(model, "model_name", None)
     if not isinstance(name, str):
@@ -133,6 +134,10 @@ def save(
             f"save() takes a whole {name}; save that, and rebuild the feature maps with "
             f"create_model({name!r}, pretrained=PATH, features_only=True)"
         )
+    broken = next((k for k, v in model.state_dict().items() if not _finite(v)), None)
+    if broken is not None:
+        raise CnnlabError(f"{broken} holds NaN or infinite values (diverged?): not saved, as "
+                          "no command would load the file")  # fmt: skip
     if isinstance(preprocess, Preprocess):
         preprocess = preprocess.as_dict()
     given = {"class_names": class_names, "preprocess": preprocess}
