@@ -179,6 +179,14 @@ def test_out_that_is_a_folder_is_refused(tmp_path, ckpt, capsys, no_baseline) ->
     assert code == 2 and "is a folder, not a file name" in one_error_line(err)
 
 
+@pytest.mark.parametrize("name", ["m.safetensors", "m.pth", "m"])
+def test_compress_out_must_be_a_cnz(tmp_path, ckpt, capsys, no_baseline, name) -> None:
+    """A .cnz under another suffix would be taken for safetensors or pickle by other tools."""
+    code, out, err = run(capsys, *compress_args(ckpt, tmp_path / name, *NO_WORK))
+    assert code == 2 and out == "" and not (tmp_path / name).exists()
+    assert one_error_line(err).startswith("cnnlab: error: --out must end in .cnz, got ")
+
+
 # -------------------------------------------------------------- item 10: bench memory
 
 

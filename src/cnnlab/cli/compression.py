@@ -138,6 +138,9 @@ def _log(args: argparse.Namespace) -> Any:
 def run_compress(args: argparse.Namespace) -> int:
     device = _check_common(args)
     check_output(args.out)  # before the data, the baseline and the pipeline
+    if not args.out.endswith(".cnz"):  # a .cnz named .safetensors fools other tools
+        raise CnnlabError(f"--out must end in .cnz, got {args.out!r} (`cnnlab decompress` "
+                          "writes .safetensors)")  # fmt: skip
     cfg = config_from_args(
         CompressionConfig,
         args,
