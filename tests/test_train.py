@@ -30,6 +30,7 @@ from cnnlab.train import (
     train_one_epoch,
 )
 from cnnlab.train import trainer as trainer_module
+from test_data import write_fashion
 from test_train_helpers import TINY_MODELS, TinyNet
 
 QUICK = {"progress": False, "tensorboard": False, "log": None}
@@ -216,6 +217,24 @@ def test_resume_after_interrupt_is_exact(tmp_path: Path, monkeypatch: pytest.Mon
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(CnnlabError, match="changed: lr"):
         fit(cfg(epochs=3, lr=0.1), tmp_path / "cut", resume=True, **QUICK)
+
+
+def test_resume_takes_another_spelling_of_the_same_settings(tmp_path: Path, monkeypatch) -> None:
+    """Fashion-MNIST by name or by its folder (through a link), and --img-size left to the
+    default or given as the size the run chose: the same run; another folder is not."""
+    folder = write_fashion(tmp_path / "fm")
+    (tmp_path / "link").symlink_to(folder)
+    monkeypatch.setenv("CNNLAB_DATA", str(folder))
+    fit(cfg(data="fashion-mnist", img_size=None, epochs=1), tmp_path / "run", **QUICK)
+    size = read_meta(tmp_path / "run")["preprocess"]["size"]
+    again = cfg(data=str(tmp_path / "link"), img_size=size, epochs=2)
+    assert fit(again, tmp_path / "run", resume=True, **QUICK)["epochs"] == 2
+    other = write_fashion(tmp_path / "other")
+    with pytest.raises(CnnlabError, match="changed: data"):
+        fit(cfg(data=str(other), img_size=size, epochs=3), tmp_path / "run", resume=True, **QUICK)
+    with pytest.raises(CnnlabError, match=f"changed: img_size {size} -> {size + 4}"):
+        fit(cfg(data=str(folder), img_size=size + 4, epochs=3), tmp_path / "run", resume=True,
+            **QUICK)  # fmt: skip
 
 
 class NaNAfter(TinyNet):

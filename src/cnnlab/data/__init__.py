@@ -35,6 +35,7 @@ from cnnlab.data.loaders import (
     auto_batch_size,
     build_loaders,
     data_channels,
+    data_source,
     resolve_data,
     skipped_files,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "build_loaders",
     "collate_batch",
     "data_channels",
+    "data_source",
     "download_fashion_mnist",
     "fashion_mnist_folder",
     "find_fashion_mnist",

@@ -96,6 +96,19 @@ def _fashion_folder(data: str) -> Path | None:
     return fashion_mnist_folder(path) if path.is_dir() else None
 
 
+def data_source(data: str) -> str:
+    """What ``data`` reads, to compare two spellings of it: the resolved folder of
+    Fashion-MNIST's IDX files (``fashion-mnist`` and its path agree) or of any other folder;
+    else ``data`` itself (``synthetic``, a missing path)."""
+    if data == "synthetic":
+        return data
+    try:
+        folder = _fashion_folder(data) or Path(data)
+    except CnnlabError:  # Fashion-MNIST by name, not found
+        return data
+    return str(folder.resolve()) if folder.is_dir() else data
+
+
 def data_channels(data: str) -> int:
     """The natural number of channels of ``data``: 1 for Fashion-MNIST, else 3 (RGB)."""
     if data == "synthetic":

@@ -42,6 +42,7 @@ from cnnlab.data import (
     IMAGE_SUFFIXES,
     build_loaders,
     data_channels,
+    data_source,
     fashion_mnist_folder,
     open_image,
     skipped_files,
@@ -335,17 +336,18 @@ def _setup_distributed(device: str | None) -> tuple[torch.device, int, int]:
     return resolved, rank, world
 
 
-def _check_resume(state: dict[str, Any], cfg: TrainConfig) -> None:
+def _check_resume(state: dict[str, Any], cfg: TrainConfig, stored_size: Any) -> None:
     """The settings must be the saved run's, but for RESUME_FREE ones and ``epochs``, which
-    may grow (to extend the run), never below the epochs already done."""
+    may grow (to extend the run), never below the epochs already done. Two spellings of one
+    setting agree: the data by what it reads, a default and its value (``--img-size``: the
+    ``stored_size`` of the run's weights; ``--batch-size``: the run's own)."""
     saved, now = state["config"], asdict(cfg)
     defaults = asdict(TrainConfig(model=cfg.model))  # a field newer than the saved state
     diff = [
         f"{k} {saved.get(k, defaults[k])!r} -> {now[k]!r}"
         for k in now
         if k not in RESUME_FREE | {"epochs"}
-        and saved.get(k, defaults[k]) != now[k]
-        and not (k == "batch_size" and now[k] is None)  # the default: the run's own
+        and not _same_setting(k, saved.get(k, defaults[k]), now[k], stored_size)
     ]
     if diff:
         raise CnnlabError(
@@ -356,6 +358,16 @@ def _check_resume(state: dict[str, Any], cfg: TrainConfig) -> None:
             f"--resume: the run has done {state['epoch']} epochs already; --epochs "
             f"{cfg.epochs} is fewer (pass at least {state['epoch']})"
         )
+
+
+def _same_setting(key: str, saved: Any, now: Any, stored_size: Any) -> bool:
+    if saved == now or (key == "batch_size" and now is None):
+        return True
+    if key == "img_size":
+        return (saved or stored_size) == (now or stored_size)
+    if key == "data" and isinstance(saved, str) and isinstance(now, str):
+        return data_source(saved) == data_source(now)
+    return False
 
 
 @dataclass
@@ -412,9 +424,9 @@ def _open_state(cfg: TrainConfig, out: Path, resume: bool, writes: bool) -> dict
         return None
     if not last_s.is_file():
         raise CnnlabError(f"nothing to resume: {str(last_s)!r} does not exist")
-    state = load_state(last_s)
-    _check_resume(state, cfg)
-    if read_meta(last_w).get("step") != state["step"]:
+    state, meta = load_state(last_s), read_meta(last_w)
+    _check_resume(state, cfg, meta.get("preprocess", {}).get("size"))
+    if meta.get("step") != state["step"]:
         raise CnnlabError(
             f"{str(last_w)!r} and {str(last_s)!r} are from different steps (files of "
             "different runs, or of an older cnnlab killed while saving): this run cannot be "
