@@ -57,6 +57,7 @@ class ModelEntry:
     reference_macs: int | None
     source: str
     task: str = "classification"
+    train_lr: float | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -72,6 +73,7 @@ class ModelEntry:
             "reference_macs": self.reference_macs,
             "source": self.source,
             "task": self.task,
+            "train_lr": self.train_lr,
             "defaults": dict(self.defaults),
         }
 
@@ -96,6 +98,7 @@ def register_model(
     reference_macs: int | None = None,
     source: str = "",
     task: str = "classification",
+    train_lr: float | None = None,
     **defaults: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``builder(num_classes, in_chans, **kwargs)`` under ``name``.
@@ -104,8 +107,10 @@ def register_model(
     otherwise, and what the reference figures count). ``reference_macs`` is multiply-accumulates
     of Conv and Linear layers at batch 1 and the native ``input_size``; ``defaults`` are
     keyword arguments that make a preset (for example ``alpha=0.75`` for
-    ``mobilenet_v1_075``); ``task`` is one of :data:`TASKS`. Decorators stack, so one builder
-    serves several names.
+    ``mobilenet_v1_075``); ``task`` is one of :data:`TASKS`; ``train_lr`` is the SGD learning
+    rate of the paper's recipe where the default (0.05) makes the model diverge (``cnnlab
+    train`` takes it when no ``--lr`` is given). Decorators stack, so one builder serves
+    several names.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -126,6 +131,7 @@ def register_model(
             reference_macs=reference_macs,
             source=source,
             task=task,
+            train_lr=train_lr,
             defaults=defaults,
         )
         return builder

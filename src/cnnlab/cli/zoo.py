@@ -45,9 +45,12 @@ def _details(row: dict) -> str:
     levels = ", ".join(
         f"{f['module']} ({f['num_chs']} ch, /{f['reduction']})" for f in row["feature_info"]
     )
+    lr = row.get("train_lr")
+    lr_line = f"\ntraining: SGD lr {lr} unless --lr is given (the default 0.05 diverges)"
     return (
         f"\nkeywords: {keywords}\n"
         f"feature levels: {levels or 'none (no feature maps: features_only is refused)'}"
+        + (lr_line if lr else "")
     )
 
 

@@ -218,6 +218,7 @@ _KRIZHEVSKY12 = (
         "paper Sec. 3.5 and Figure 2, counted layer by layer; MobileNet paper Table 9 "
         "(60M params, 720M mult-adds)"
     ),
+    train_lr=0.01,  # paper Sec. 5; cnnlab's default 0.05 diverges within 12 steps
 )
 def alexnet(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = DROPOUT) -> AlexNet:
     """The 2012 two-tower AlexNet with LRN (Krizhevsky et al. 2012, Sec. 3.5); ``drop_rate``:

@@ -411,6 +411,7 @@ def lenet5(
     reference_params=431_080,
     reference_macs=2_293_000,
     source="Deep Compression Table 3 (431K weights); Caffe examples/mnist/lenet.prototxt",
+    train_lr=0.01,  # Caffe's lenet_solver.prototxt; cnnlab's default 0.05 diverges in 7 steps
 )
 def lenet5_caffe(num_classes: int = 10, in_chans: int = 1, drop_rate: float = 0.0) -> LeNet5Caffe:
     """Caffe's 20-50-500-10 LeNet (Deep Compression Table 3); ``drop_rate``: dropout on fc1's

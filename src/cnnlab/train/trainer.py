@@ -58,7 +58,7 @@ from cnnlab.devices import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.factory import load_pretrained
-from cnnlab.registry import COMMON_KEYWORDS, build_model, build_on_meta
+from cnnlab.registry import COMMON_KEYWORDS, build_model, build_on_meta, model_info
 from cnnlab.saved import MAX_IMG_SIZE, SCALARS, load_weights, read_meta, save_weights
 from cnnlab.train.checkpoint import (
     LAST_STATE,
@@ -108,7 +108,11 @@ class TrainConfig:
         None, "global batch, all processes (default 128; on a small training set the power of "
         "two that gives ~100 steps per epoch, at least 16)",
     )  # fmt: skip
-    lr: float | None = option(None, "learning rate (default 0.05 for sgd, 1e-3 for adamw)")
+    lr: float | None = option(
+        None,
+        "learning rate (default: sgd 0.05, or the paper's where "
+        "0.05 diverges (cnnlab models NAME); adamw 1e-3)",
+    )
     optimizer: str = option("sgd", "SGD (momentum 0.9, Nesterov) or AdamW", choices=OPTIMIZERS)
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
     warmup_epochs: float = option(0.0, "linear warm-up epochs (not with onecycle)")
@@ -218,7 +222,10 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+        if self.lr is not None:
+            return self.lr
+        paper = model_info(self.model).get("train_lr") if self.optimizer == "sgd" else None
+        return paper or DEFAULT_LR[self.optimizer]
 
     @property
     def decay(self) -> float:
