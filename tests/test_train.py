@@ -237,6 +237,16 @@ def test_resume_takes_another_spelling_of_the_same_settings(tmp_path: Path, monk
             **QUICK)  # fmt: skip
 
 
+def test_families_that_diverge_at_the_default_lr_take_their_recipes() -> None:
+    """SGD lr 0.05 gave a NaN loss within 12 steps for these (docs/training.md)."""
+    for name in ("lenet5_caffe", "alexnet", "vgg16_bn", "vgg11"):
+        assert TrainConfig(model=name).learning_rate == 0.01
+        assert TrainConfig(model=name, lr=0.2).learning_rate == 0.2
+        assert TrainConfig(model=name, optimizer="adamw").learning_rate == 1e-3
+    assert TrainConfig(model="lenet5").learning_rate == 0.05
+    assert TrainConfig(model="resnet18").learning_rate == 0.05
+
+
 class NaNAfter(TinyNet):
     """Produces NaN logits from the 12th training forward pass on (epoch 2, batch 4)."""
 

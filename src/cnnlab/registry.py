@@ -108,8 +108,8 @@ def register_model(
     of Conv and Linear layers at batch 1 and the native ``input_size``; ``defaults`` are
     keyword arguments that make a preset (for example ``alpha=0.75`` for
     ``mobilenet_v1_075``); ``task`` is one of :data:`TASKS`; ``train_lr`` is the SGD learning
-    rate of the paper's recipe where the default (0.05) makes the model diverge (``cnnlab
-    train`` takes it when no ``--lr`` is given). Decorators stack, so one builder serves
+    rate of the paper's recipe, given to families that diverge at cnnlab's default 0.05
+    (``cnnlab train`` takes it when no ``--lr`` is given). Decorators stack, so one builder serves
     several names.
     """
     if task not in TASKS:
