@@ -278,20 +278,26 @@ _VALUES_ONLY = {
     torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
     torch.Tensor.erfinv_, torch.Tensor.clamp_, torch.Tensor.mul_, torch.Tensor.add_,
     torch.Tensor.copy_, torch.nn.functional.batch_norm, torch.batch_norm,
-    torch.nn.functional.local_response_norm,
+    torch.nn.functional.local_response_norm, torch.nn.functional.hardtanh, torch.tanh,
+    *(getattr(torch.nn.init, f"{name}_") for name in (
+        "normal", "uniform", "trunc_normal", "constant", "zeros", "ones", "kaiming_normal",
+        "kaiming_uniform", "xavier_normal", "xavier_uniform")),
 }  # fmt: skip
 
 
 class ShapesOnly(TorchFunctionMode):
-    """Skip, on ``meta`` tensors, the calls that change only values: the in-place ops of weight
-    initialisation, BatchNorm and LRN (whose outputs have their input's shape: the input
-    stands for them). PyTorch runs them on ``meta`` through slow Python reference kernels:
-    they took half the time of ``cnnlab models``."""
+    """Skip, on ``meta`` tensors, the calls that change only values: weight initialisation
+    (``torch.nn.init`` and the in-place ops under it), BatchNorm, LRN, ReLU6 and tanh (their
+    outputs have their input's shape: the input stands for them). PyTorch runs them on
+    ``meta`` through slow Python reference kernels: they took half the time of ``cnnlab
+    models``."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _VALUES_ONLY and args and getattr(args[0], "is_meta", False):
-            return args[0]
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        first = args[0] if args else kwargs.get("tensor")  # torch.nn.init passes tensor=
+        if func in _VALUES_ONLY and isinstance(first, torch.Tensor) and first.is_meta:
+            return first
+        return func(*args, **kwargs)
 
 
 def build_on_meta(name: str, *args: Any, **kwargs: Any) -> nn.Module:
