@@ -7,6 +7,7 @@ The memory checks use ``tracemalloc``, which sees numpy's allocations (the .cnz 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -587,6 +588,28 @@ def test_a_pth_of_non_dense_tensors_is_one_error(
         cnnlab.load(path, "lenet5")
     assert main(["summary", "lenet5", "--checkpoint", str(path)]) == 2
     _assert_error_names(capsys.readouterr().err, "odd.pth", message)
+
+
+def test_legacy_torch_files_load_and_a_lying_storage_size_is_one_line(
+    tmp_path: Path, capsys
+) -> None:
+    """torch.save's pre-1.6 format (a pickle, then raw storages): read weights-only; a storage
+    that claims 2**31 - 1 elements is refused in words, not torch's unfilled "%ld"."""
+    model = cnnlab.create_model("lenet5", num_classes=10, in_chans=1)
+    good = tmp_path / "old.pt"
+    torch.save(model.state_dict(), good, _use_new_zipfile_serialization=False)
+    loaded, meta = cnnlab.load(good, "lenet5")
+    assert meta["kind"] == "state-dict"
+    want = model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in loaded.state_dict().items())
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(70_000)}, buffer, _use_new_zipfile_serialization=False)
+    numel = b"J" + struct.pack("<i", 70_000)  # BININT: the storage's size and the shape
+    assert buffer.getvalue().count(numel) == 2
+    lying = tmp_path / "lying.pt"
+    lying.write_bytes(buffer.getvalue().replace(numel, b"J" + struct.pack("<i", 2**31 - 1)))
+    assert main(["predict", "lenet5", "--checkpoint", str(lying), "x.png"]) == 2
+    _assert_error_names(capsys.readouterr().err, "lying.pt", "not the size its header declares")
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("-inf")])

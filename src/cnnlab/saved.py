@@ -629,7 +629,14 @@ def torch_load_weights_only(path: str | os.PathLike[str], what: str = "weights f
             f"{str(p)!r} is not a readable {what}: {_unpickler_detail(exc)}"
         ) from None
     except Exception as exc:  # any failure to parse an untrusted file is a bad file
-        raise CnnlabError(f"{str(p)!r} is not a readable {what}: {_first_line(exc)}") from None
+        raise CnnlabError(f"{str(p)!r} is not a readable {what}: {_torch_detail(exc)}") from None
+
+
+def _torch_detail(exc: BaseException) -> str:
+    """Why torch.load failed, in one line; torch's own words where they read well."""
+    if "storage has wrong byte size" in str(exc):  # torch prints it with unfilled %ld
+        return "a tensor's data is not the size its header declares (truncated or altered)"
+    return _first_line(exc)
 
 
 def _read_foreign_weights(p: Path, wanted: str | None, layout: str | None) -> Read:
