@@ -29,7 +29,7 @@ def test_sigterm_raises_terminated_inside_and_nothing_is_left_behind() -> None:
         signals.raise_if_terminated()
 
 
-def test_a_lost_raise_is_quiet_and_raised_at_the_next_check(capsys) -> None:
+def test_a_lost_raise_is_quiet_and_raised_before_the_next_batch(capsys) -> None:
     class RaisesInDel:
         def __del__(self) -> None:  # Python ignores what a __del__ raises
             _sigterm_self()
@@ -39,7 +39,26 @@ def test_a_lost_raise_is_quiet_and_raised_at_the_next_check(capsys) -> None:
         assert received.is_set()
         assert capsys.readouterr().err == ""  # not shown as "Exception ignored in ..."
         with pytest.raises(signals.Terminated):
-            signals.raise_if_terminated()
+            next(signals.batches([1, 2]))
+
+
+def test_batches_hold_the_raise_while_the_iterator_starts() -> None:
+    """A DataLoader cut while starting its workers cannot clean up (its __del__ fails)."""
+
+    class StartsSlowly:
+        started = False
+
+        def __iter__(self):
+            _sigterm_self()  # arrives while the workers would start
+            StartsSlowly.started = True
+            return iter([1, 2])
+
+    with signals.sigterm_as_interrupt() as received:
+        seen = []
+        with pytest.raises(signals.Terminated):
+            for item in signals.batches(StartsSlowly()):
+                seen.append(item)
+        assert StartsSlowly.started and received.is_set() and seen == []
 
 
 def _stops_as_a_run_does(args: object) -> int:

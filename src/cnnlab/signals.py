@@ -3,8 +3,10 @@ batch scheduler) stops and saves the weights of the moment instead of dying mid-
 
 Python runs a signal handler between bytecodes of the main thread. Where that falls inside a
 callback whose exceptions Python ignores (an at-fork hook while a DataLoader starts its
-workers, a ``__del__``), the exception the handler raises is lost (quietly); so the handler
-also records the signal, and the batch loops call :func:`raise_if_terminated`.
+workers, a ``__del__``), the exception the handler raises is lost (quietly); where it falls
+inside a DataLoader starting its workers, the half-built iterator's clean-up fails. So the
+handler also records the signal, and the batch loops iterate through :func:`batches`, which
+holds the raise back while the workers start and checks for the signal before every batch.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 __all__ = [
     "Terminated",
+    "batches",
     "raise_if_terminated",
     "sigterm_as_interrupt",
     "worker_exits_on_sigterm",
 ]
 
 _received = threading.Event()  # that of the innermost sigterm_as_interrupt scope
+_held = threading.Event()  # set while batches() starts an iterator: record, do not raise
 
 
 class Terminated(KeyboardInterrupt):
@@ -58,7 +62,21 @@ def sigterm_as_interrupt() -> Iterator[threading.Event]:
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     _received.set()
-    raise Terminated
+    if not _held.is_set():
+        raise Terminated
+
+
+def batches(loader: Iterable[Any]) -> Iterator[Any]:
+    """The items of ``loader``; SIGTERM raises :class:`Terminated` before each one, never
+    while ``iter(loader)`` starts DataLoader workers (an iterator cut there cannot clean up)."""
+    _held.set()
+    try:
+        items = iter(loader)
+    finally:
+        _held.clear()
+    for item in items:
+        raise_if_terminated()
+        yield item
 
 
 def raise_if_terminated() -> None:

@@ -35,7 +35,7 @@ from cnnlab.detect.loss import multibox_loss
 from cnnlab.devices import PRECISIONS, autocast, autocast_dtype, reuse_freed_memory
 from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
-from cnnlab.signals import raise_if_terminated
+from cnnlab.signals import batches
 from cnnlab.weight_grads import SMALL_MAP_GRADS, small_map_grads_wanted, small_map_weight_grads
 
 CPU = torch.device("cpu")
@@ -165,8 +165,7 @@ def evaluate_loss(
     """The MultiBox loss over ``loader`` in eval mode, weighted by each batch's positives."""
     model.eval()
     total = {"loc": 0.0, "conf": 0.0, "positives": 0}
-    for images, targets in loader:
-        raise_if_terminated()
+    for images, targets in batches(loader):
         _, parts = _losses(model, images, targets, dtype)
         total["loc"] += parts["loc"] * parts["positives"]
         total["conf"] += parts["conf"] * parts["positives"]
@@ -186,8 +185,7 @@ def _train_epoch(
     model.train()
     sums, steps = {"loss": 0.0, "loc": 0.0, "conf": 0.0}, 0
     with small_map_weight_grads(model, small_map_grads_wanted(small_map_grads, CPU)):
-        for images, targets in loader:
-            raise_if_terminated()
+        for images, targets in batches(loader):
             loss, parts = _losses(model, images, targets, dtype)
             if not math.isfinite(loss.item()):
                 raise CnnlabError(f"loss is {loss.item()} at step {step + steps + 1}; stopped")

@@ -22,7 +22,7 @@ from torch import nn
 
 from cnnlab.devices import autocast
 from cnnlab.errors import CnnlabError
-from cnnlab.signals import raise_if_terminated
+from cnnlab.signals import batches
 from cnnlab.weight_grads import small_map_weight_grads
 
 __all__ = ["Distillation", "NonFiniteLossError", "evaluate", "split_outputs", "train_one_epoch"]
@@ -110,8 +110,7 @@ def run_epoch(
     total_loss = 0.0
     correct = images = 0
     with small_map_weight_grads(model, small_map_grads):
-        for i, (x, y) in enumerate(loader):
-            raise_if_terminated()
+        for i, (x, y) in enumerate(batches(loader)):
             x, y = _to(x, device), y.to(device, non_blocking=True)
             with autocast(device, dtype):
                 logits, loss = _forward_loss(model, x, y, loss_fn, aux_weight, distill)
@@ -235,8 +234,7 @@ def evaluate(
     top5 = 0
     start = time.perf_counter()
     try:
-        for x, y in loader:
-            raise_if_terminated()
+        for x, y in batches(loader):
             x, y = _to(x, device), y.to(device)
             with autocast(device, dtype):
                 logits, _ = split_outputs(model(x))
