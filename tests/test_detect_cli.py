@@ -287,6 +287,17 @@ def test_missing_pycocotools_is_one_error_line(data: Path, monkeypatch, capsys) 
     _one_error(capsys, code, "pycocotools")
 
 
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [(("--top", "5"), ("--top does not apply",)), (("--score-thresh", "nan"), ("[0, 1]", "nan")),
+     (("--score-thresh", "-0.1"), ("[0, 1]",))],
+)  # fmt: skip
+def test_predict_options_that_do_not_fit_a_detector(tmp_path, capsys, option, words) -> None:
+    image = tmp_path / "x.png"
+    code = main(["predict", MODEL, "--checkpoint", "nowhere", str(image), *option])
+    _one_error(capsys, code, *words)
+
+
 @pytest.mark.slow
 def test_predict_json_and_draw(data: Path, run: Path, tmp_path, capsys) -> None:
     images = sorted(str(p) for p in (data / "val").glob("*.png"))[:2]

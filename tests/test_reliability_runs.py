@@ -351,6 +351,15 @@ def test_predict_top_must_be_positive(trained: Path, tmp_path: Path, capsys, top
     _one_error(capsys, "--top must be an integer >= 1")
 
 
+def test_predict_refuses_the_detectors_option_on_a_classifier(
+    trained: Path, tmp_path: Path, capsys
+) -> None:
+    image = _images(tmp_path / "img", 1)[0]
+    args = ["predict", "tiny", "--checkpoint", str(trained), str(image), "--score-thresh", "0.5"]
+    assert main(args) == 2
+    _one_error(capsys, "--score-thresh is for detectors")
+
+
 # ------------------------------------------------------------------ 10. one error line
 
 

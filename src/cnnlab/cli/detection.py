@@ -16,6 +16,8 @@ from cnnlab.io import check_output
 from cnnlab.tables import format_table, print_json
 
 # TrainConfig fields a detector run takes (the others must keep their defaults).
+DEFAULT_SCORE_THRESH = 0.3  # the lowest detection score `predict` shows
+
 TRAIN_FIELDS = {"model", "data", "epochs", "batch_size", "lr", "weight_decay", "augment",
                 "seed", "img_size", "in_chans", "strict", "init_from", "model_kwargs",
                 "device", "precision", "channels_last", "reuse_memory",
@@ -128,14 +130,15 @@ def run_predict(args: argparse.Namespace) -> int:
     from cnnlab.detect import draw_detections, load_detector, predict_images
 
     _device(args.device)
-    if args.top != 5:
+    if args.top is not None:
         raise CnnlabError("--top does not apply to a detector (see --score-thresh)")
-    if not 0 <= args.score_thresh <= 1:
-        raise CnnlabError(f"--score-thresh must be in [0, 1], got {args.score_thresh}")
+    thresh = DEFAULT_SCORE_THRESH if args.score_thresh is None else args.score_thresh
+    if not 0 <= thresh <= 1:
+        raise CnnlabError(f"--score-thresh must be in [0, 1], got {thresh}")
     images = _images(args.images)
     outs = _draw_paths(args.draw, images) if args.draw else []
     model, meta, pre = load_detector(args.model, args.checkpoint, not args.no_channels_last)
-    found = predict_images(model, images, pre, meta["class_names"], args.score_thresh)
+    found = predict_images(model, images, pre, meta["class_names"], thresh)
     for image, dets, out in zip(images, found, outs, strict=False):
         draw_detections(image, dets, out)
     if args.json:

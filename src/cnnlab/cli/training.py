@@ -20,6 +20,8 @@ from cnnlab.saved import MAX_IMG_SIZE
 from cnnlab.tables import format_table, note, print_json
 from cnnlab.train.trainer import MAX_SEED, TrainConfig
 
+DEFAULT_TOP = 5  # classes per image that `predict` shows
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser(
@@ -81,7 +83,10 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         help="image files, or folders (their images, sorted); an unreadable one is named on "
         "stderr and the others are still predicted (exit 2 only if none can be read)",
     )  # fmt: skip
-    p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument(
+        "--top", type=int, default=None,
+        help=f"classifiers: classes per image (default {DEFAULT_TOP})",
+    )  # fmt: skip
     _device_arg(p)
     p.add_argument(
         "--draw", metavar="OUT.png",
@@ -89,8 +94,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         "OUT-<image name>.png each)",
     )  # fmt: skip
     p.add_argument(
-        "--score-thresh", type=float, default=0.3, help="detectors: the lowest score shown"
-    )
+        "--score-thresh", type=float, default=None,
+        help=f"detectors: the lowest score shown (default {detection.DEFAULT_SCORE_THRESH})",
+    )  # fmt: skip
     _layout_arg(p)
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
     p.set_defaults(func=run_predict)
@@ -212,11 +218,13 @@ def run_predict(args: argparse.Namespace) -> int:
         return detection.run_predict(args)
     if args.draw:
         raise CnnlabError("--draw is for detectors (it draws boxes)")
+    if args.score_thresh is not None:
+        raise CnnlabError("--score-thresh is for detectors (a classifier shows its --top classes)")
     results = predict(
         args.model,
         args.checkpoint,
         args.images,
-        top=args.top,
+        top=DEFAULT_TOP if args.top is None else args.top,
         log=note,
         device=args.device,
         channels_last=not args.no_channels_last,
