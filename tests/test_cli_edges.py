@@ -187,6 +187,13 @@ def test_compress_out_must_be_a_cnz(tmp_path, ckpt, capsys, no_baseline, name) -
     assert one_error_line(err).startswith("cnnlab: error: --out must end in .cnz, got ")
 
 
+@pytest.mark.parametrize("name", ["m.onnx.tmp", "-1", "m.safetensors"])
+def test_export_out_must_be_an_onnx(tmp_path, capsys, name) -> None:
+    code, out, err = run(capsys, "export", "lenet5", "--out", str(tmp_path / name))
+    assert code == 2 and out == "" and not (tmp_path / name).exists()
+    assert one_error_line(err).startswith("cnnlab: error: --out must end in .onnx, got ")
+
+
 # -------------------------------------------------------------- item 10: bench memory
 
 

@@ -97,6 +97,8 @@ def _register_bench(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:
         raise CnnlabError(f"unsupported format {args.format!r}; choose from {', '.join(FORMATS)}")
+    if not args.out.endswith(".onnx"):  # what onnxruntime, Netron and the deploy tools expect
+        raise CnnlabError(f"--out must end in .onnx, got {args.out!r}")
     img_size = args.img_size
     if args.checkpoint:
         model, meta = cnnlab.load(args.checkpoint, args.model)
