@@ -644,3 +644,23 @@ def test_json_of_a_diverged_model_is_valid_json(tmp_path, capsys) -> None:
         raise AssertionError(f"{name} is not JSON")
 
     assert code == 0 and json.loads(out, parse_constant=refuse)["loss"] is None
+
+
+# ----------------------------------------------------- an empty value (a script's unset variable)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["eval", "lenet5", "--checkpoint", ""], ["summary", "lenet5", "--checkpoint", ""],
+     ["export", "lenet5", "--checkpoint", "", "--out", "m.onnx"], ["train", "", "--data", "x"],
+     ["predict", "lenet5", "--checkpoint", "run", ""], ["bench", "lenet5", "--checkpoint", ""],
+     ["gradients", "lenet5", "--data", ""]],
+)  # fmt: skip
+def test_an_empty_value_is_a_usage_error(capsys, argv: list[str]) -> None:
+    """Before, `eval --checkpoint ""` was a TypeError traceback, and `summary` and `export`
+    took it for no checkpoint: random weights, silently."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].endswith(": empty value"), err

@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import cnnlab
 from cnnlab.errors import CnnlabError
@@ -52,9 +53,15 @@ def _shows(default: object) -> bool:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Records the last usage error, so that ``main`` can repeat it as JSON (``--json``)."""
+    """Refuses an empty value (``--checkpoint ""`` is a script's unset variable, not a choice)
+    and records the last usage error, so that ``main`` can repeat it as JSON (``--json``)."""
 
     last_error: str | None = None
+
+    def _get_value(self, action: argparse.Action, arg_string: str) -> Any:
+        if arg_string == "" and not isinstance(action, argparse._SubParsersAction):
+            raise argparse.ArgumentError(action, "empty value")
+        return super()._get_value(action, arg_string)
 
     def error(self, message: str):  # type: ignore[override]
         _Parser.last_error = message
