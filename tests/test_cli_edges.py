@@ -320,6 +320,7 @@ def test_summary_measures_memory_on_the_given_device(capsys) -> None:
         (["--recipe", "paper"], "no per-layer table for"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--seed", str(2**70)], "--seed must be in 0..2**63-1"),
+        (["--img-size", str(10**14)], "--img-size must be at most 4096"),  # was a traceback
     ],
 )
 def test_compress_checks_every_argument_before_the_baseline(

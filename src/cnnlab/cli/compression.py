@@ -21,7 +21,7 @@ from cnnlab.compress.prune import parse_per_layer, prunable_layers
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes, check_output
-from cnnlab.saved import read_cnz
+from cnnlab.saved import MAX_IMG_SIZE, read_cnz
 from cnnlab.saved import save as save_checkpoint
 from cnnlab.tables import format_table, note, print_json
 from cnnlab.train import evaluate, model_and_loaders
@@ -79,6 +79,8 @@ def _check_common(args: argparse.Namespace) -> Any:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.img_size is not None and args.img_size > MAX_IMG_SIZE:
+        raise ValueError(f"--img-size must be at most {MAX_IMG_SIZE}, got {args.img_size}")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
     return resolve_device(args.device)
