@@ -51,3 +51,18 @@ def test_default_init_is_the_papers_and_bad_init_is_refused() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     with pytest.raises(ValueError, match="init must be one of he, xavier, normal"):
         cnnlab.create_model("resnet18", init="orthogonal")
+
+
+def test_he_init_starts_a_small_classifier_near_chance() -> None:
+    """He's fan-out on a 10-class linear layer (std sqrt(2 / 10)) gave VGG-11 logits with a
+    std of about 5 and a first loss of 9.45; linear layers take the fan-in (forward) case."""
+    torch.manual_seed(0)
+    model = cnnlab.create_model("vgg11", num_classes=10, in_chans=1, init="he").eval()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for layer in linears:
+        expected = math.sqrt(2 / layer.in_features)
+        assert float(layer.weight.detach().std()) == pytest.approx(expected, rel=0.05)
+    with torch.no_grad():
+        logits = model(torch.randn(16, 1, 32, 32))
+    loss = nn.functional.cross_entropy(logits, torch.randint(0, 10, (16,)))
+    assert float(loss) < 3.0  # ln 10 = 2.30

@@ -22,8 +22,9 @@ INITS = ("he", "xavier", "normal")
 def init_weights(model: nn.Module, scheme: str) -> nn.Module:
     """Re-initialise every Conv / Linear weight of ``model`` (biases to zero; norms untouched):
 
-    * ``"he"``: N(0, 2 / fan_out), He et al., "Delving Deep into Rectifiers" (ICCV 2015,
-      Sec. 2.2), what ResNet uses;
+    * ``"he"``: He et al., "Delving Deep into Rectifiers" (ICCV 2015, Sec. 2.2): convolutions
+      N(0, 2 / fan_out), what ResNet uses; linear layers N(0, 2 / fan_in), the forward case
+      (fan_out of a 10-class head would be 10: logits with a std of about 9 on VGG-11);
     * ``"xavier"``: U(+-sqrt(6 / (fan_in + fan_out))), Glorot & Bengio (AISTATS 2010, eq. 16);
     * ``"normal"``: N(0, 0.01^2), the fixed Gaussian of AlexNet (Krizhevsky et al. 2012, Sec. 5)
       and of VGG's shallow nets (Simonyan & Zisserman 2015, Sec. 3.1).
@@ -34,7 +35,8 @@ def init_weights(model: nn.Module, scheme: str) -> nn.Module:
         if not isinstance(module, nn.modules.conv._ConvNd | nn.Linear):
             continue
         if scheme == "he":
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            mode = "fan_in" if isinstance(module, nn.Linear) else "fan_out"
+            nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
         elif scheme == "xavier":
             nn.init.xavier_uniform_(module.weight)
         else:
