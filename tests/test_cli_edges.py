@@ -321,6 +321,7 @@ def test_summary_measures_memory_on_the_given_device(capsys) -> None:
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--seed", str(2**70)], "--seed must be in 0..2**63-1"),
         (["--img-size", str(10**14)], "--img-size must be at most 4096"),  # was a traceback
+        (["--distill", "0.5", "--distill-temperature", "inf"], "at most 3.4e38"),  # was a NaN
     ],
 )
 def test_compress_checks_every_argument_before_the_baseline(

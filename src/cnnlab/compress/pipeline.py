@@ -138,8 +138,11 @@ class CompressionConfig:
             )
         if self.prune_steps < 1 or self.retrain_epochs < 0 or self.finetune_epochs < 0:
             raise ValueError("prune_steps must be >= 1 and epochs >= 0")
-        if not 0 <= self.distill <= 1 or not self.distill_temperature > 0:
-            raise ValueError("distill must be in [0, 1] and distill_temperature > 0")
+        if not 0 <= self.distill <= 1 or not 0 < self.distill_temperature <= MAX_FACTOR:
+            raise ValueError(
+                "distill must be in [0, 1] and distill_temperature > 0 and at most 3.4e38 "
+                f"(float32), got {self.distill} and {self.distill_temperature}"
+            )
         for name in ("lr", "finetune_lr"):
             if not 0 < getattr(self, name) <= MAX_FACTOR:
                 raise ValueError(
