@@ -15,9 +15,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.io import check_output
 from cnnlab.tables import format_table, print_json
 
-# TrainConfig fields a detector run takes (the others must keep their defaults).
 DEFAULT_SCORE_THRESH = 0.3  # the lowest detection score `predict` shows
 
+# TrainConfig fields a detector run takes (the others must keep their defaults).
 TRAIN_FIELDS = {"model", "data", "epochs", "batch_size", "lr", "weight_decay", "augment",
                 "seed", "img_size", "in_chans", "strict", "init_from", "model_kwargs",
                 "device", "precision", "channels_last", "reuse_memory",
