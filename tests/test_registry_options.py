@@ -66,3 +66,21 @@ def test_he_init_starts_a_small_classifier_near_chance() -> None:
         logits = model(torch.randn(16, 1, 32, 32))
     loss = nn.functional.cross_entropy(logits, torch.randint(0, 10, (16,)))
     assert float(loss) < 3.0  # ln 10 = 2.30
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("resnet18", {"num_classes": 10**9}), ("vgg16", {"num_classes": 10**7}),
+     ("mobilenet_v2", {"alpha": 1e6})],
+)  # fmt: skip
+def test_weights_larger_than_memory_are_refused_before_allocating(name: str, kwargs: dict) -> None:
+    """Before, PyTorch's allocator failed with a RuntimeError (resnet18 at 10**9 classes), or
+    MobileNetV2 at alpha 1e6 took several GB of memory before failing."""
+    with pytest.raises(ValueError, match=r"GiB of weights; .* GiB of memory is free"):
+        cnnlab.create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize("keyword", ["num_classes", "in_chans"])
+def test_a_bool_is_not_a_size(keyword: str) -> None:
+    with pytest.raises(ValueError, match=f"{keyword} must be"):
+        cnnlab.create_model("resnet18", **{keyword: True})

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from cnnlab.devices import available_memory
 from cnnlab.layers import INITS, init_weights
 
 __all__ = [
@@ -174,11 +175,11 @@ def build_model(
     entry = _entry(name)
     num_classes = entry.num_classes if num_classes is None else num_classes
     in_chans = entry.input_size[0] if in_chans is None else in_chans
-    if not isinstance(num_classes, int) or num_classes < 0:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
     if num_classes == 0 and entry.task != "classification":
         raise ValueError(f"{name} is a {entry.task} model: num_classes must be >= 1")
-    if not isinstance(in_chans, int) or in_chans < 1:
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive integer, got {in_chans!r}")
     if init is not None and init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
@@ -188,6 +189,8 @@ def build_model(
             f"{name} does not take {', '.join(map(repr, unknown))}; it takes "
             f"{', '.join([*COMMON_KEYWORDS, *accepted_keywords(name)])}"
         )
+    if kwargs or in_chans not in (1, 3) or num_classes > entry.num_classes:
+        _check_fits(name, num_classes, in_chans, kwargs)
     built = {**entry.defaults, **kwargs}
     # Built with a classifier, then without (and without pooling for global_pool="").
     pool = built.pop("global_pool", None) if num_classes == 0 else None
@@ -206,6 +209,23 @@ def build_model(
     model.model_kwargs = dict(kwargs)
     model.num_classes = num_classes
     return model if init is None else init_weights(model, init)
+
+
+def _check_fits(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any]) -> None:
+    """A model whose size the caller chose (its own keywords, more classes or channels than
+    the paper's) is built on 'meta' first: weights larger than the memory available are a
+    ``ValueError``, before they take the machine's memory or fail half-allocated."""
+    if torch.empty(()).is_meta:  # this is that shapes-only build
+        return
+    model = build_on_meta(name, num_classes, in_chans, **kwargs)
+    need = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    have = available_memory(torch.device("cpu"))
+    if need > have:
+        raise ValueError(
+            f"{name} with num_classes={num_classes}, in_chans={in_chans}"
+            + "".join(f", {k}={v!r}" for k, v in kwargs.items())
+            + f" has {need / 2**30:,.1f} GiB of weights; {have / 2**30:,.1f} GiB of memory is free"
+        )
 
 
 def _keyword_parameters(name: str) -> dict[str, inspect.Parameter]:
