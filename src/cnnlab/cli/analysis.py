@@ -19,6 +19,7 @@ from cnnlab.analysis.profile import (
     measure_memory,
     profile,
 )
+from cnnlab.cli.checks import check_numbers
 from cnnlab.cli.config_options import key_value
 from cnnlab.devices import resolve_device
 from cnnlab.plots import check_plot_path, plot_comparison, plot_gradients
@@ -238,8 +239,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    check_numbers(args)
     if args.plot:
         check_plot_path(args.plot)
     rows = compare_models(
@@ -318,12 +318,9 @@ def run_gradients(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.plot:
         check_plot_path(args.plot)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    check_numbers(args)
     if args.checkpoint and len(args.models) != 1:
         raise ValueError("--checkpoint holds one model; name only that one")
-    if not 0 <= args.seed < 2**63:
-        raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
     if not 0 <= args.aux_weight < float("inf"):
         raise ValueError(f"--aux-weight must be >= 0 and finite, got {args.aux_weight}")
     reports = {}

@@ -14,6 +14,7 @@ from typing import Any
 
 import cnnlab
 from cnnlab import plots
+from cnnlab.cli.checks import check_numbers
 from cnnlab.cli.config_options import add_config_options, config_from_args
 from cnnlab.compress import CompressionConfig, compress, layer_table, model_bytes, save, sensitivity
 from cnnlab.compress.pipeline import check_config, on_device
@@ -21,7 +22,7 @@ from cnnlab.compress.prune import parse_per_layer, prunable_layers
 from cnnlab.devices import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.io import atomic_write_bytes, check_output
-from cnnlab.saved import MAX_IMG_SIZE, read_cnz
+from cnnlab.saved import read_cnz
 from cnnlab.saved import save as save_checkpoint
 from cnnlab.tables import format_table, note, print_json
 from cnnlab.train import evaluate, model_and_loaders
@@ -75,14 +76,7 @@ class _Progress:
 
 def _check_common(args: argparse.Namespace) -> Any:
     """The numeric options every command here takes, and the device (before any work)."""
-    for name in ("batch_size", "limit", "img_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.img_size is not None and args.img_size > MAX_IMG_SIZE:
-        raise ValueError(f"--img-size must be at most {MAX_IMG_SIZE}, got {args.img_size}")
-    if not 0 <= args.seed < 2**63:
-        raise ValueError(f"--seed must be in 0..2**63-1, got {args.seed}")
+    check_numbers(args)
     return resolve_device(args.device)
 
 

@@ -13,12 +13,12 @@ import os
 import sys
 
 from cnnlab.cli import detection
+from cnnlab.cli.checks import check_numbers
 from cnnlab.cli.config_options import add_config_options, config_from_args
-from cnnlab.devices import PRECISIONS, max_parallel, resolve_device
+from cnnlab.devices import PRECISIONS, resolve_device
 from cnnlab.errors import CnnlabError
-from cnnlab.saved import MAX_IMG_SIZE
 from cnnlab.tables import format_table, note, print_json
-from cnnlab.train.trainer import MAX_SEED, TrainConfig
+from cnnlab.train.trainer import TrainConfig
 
 DEFAULT_TOP = 5  # classes per image that `predict` shows
 
@@ -116,23 +116,6 @@ def _layout_arg(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
-    """The numeric options of eval / predict, checked before any work (one error line)."""
-    rules = {
-        "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-        "workers": (lambda v: 0 <= v <= max_parallel(), f"an integer in 0..{max_parallel()}"),
-        "seed": (lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**63 - 1]"),
-        "img_size": (lambda v: 1 <= v <= MAX_IMG_SIZE, f"an integer in 1..{MAX_IMG_SIZE}"),
-        "limit": (lambda v: v >= 1, "an integer >= 1"),
-        "val_split": (lambda v: 0 < v < 1, "a number in (0, 1)"),
-        "top": (lambda v: v >= 1, "an integer >= 1"),
-    }
-    for name, (ok, rule) in rules.items():
-        value = getattr(args, name, None)
-        if value is not None and not ok(value):
-            raise CnnlabError(f"--{name.replace('_', '-')} must be {rule}, got {value}")
-
-
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
@@ -182,7 +165,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from cnnlab.plots import check_plot_path, plot_confusion
     from cnnlab.train import evaluate_checkpoint
 
-    _check_numbers(args)
+    check_numbers(args)
     if detection.wants_detection(args.model, args.data):
         return detection.run_eval(args)
     if args.plot:
@@ -213,7 +196,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from cnnlab.train import predict
 
-    _check_numbers(args)
+    check_numbers(args)
     if detection.wants_detection(args.model, None):
         return detection.run_predict(args)
     if args.draw:
