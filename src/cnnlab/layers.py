@@ -24,7 +24,7 @@ def init_weights(model: nn.Module, scheme: str) -> nn.Module:
 
     * ``"he"``: He et al., "Delving Deep into Rectifiers" (ICCV 2015, Sec. 2.2): convolutions
       N(0, 2 / fan_out), what ResNet uses; linear layers N(0, 2 / fan_in), the forward case
-      (fan_out of a 10-class head would be 10: VGG-11's logits started with a std of 5.5);
+      (a 10-class head's fan_out is 10: weights of std sqrt(2 / 10), logits of several units);
     * ``"xavier"``: U(+-sqrt(6 / (fan_in + fan_out))), Glorot & Bengio (AISTATS 2010, eq. 16);
     * ``"normal"``: N(0, 0.01^2), the fixed Gaussian of AlexNet (Krizhevsky et al. 2012, Sec. 5)
       and of VGG's shallow nets (Simonyan & Zisserman 2015, Sec. 3.1).

@@ -215,7 +215,7 @@ def _check_fits(name: str, num_classes: int, in_chans: int, kwargs: dict[str, An
     """A model whose size the caller chose (its own keywords, more classes or channels than
     the paper's) is built on 'meta' first: weights larger than the memory available are a
     ``ValueError``, before they take the machine's memory or fail half-allocated."""
-    if torch.empty(()).is_meta:  # this is that shapes-only build
+    if torch.get_default_device().type == "meta":  # this is that shapes-only build
         return
     model = build_on_meta(name, num_classes, in_chans, **kwargs)
     need = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))

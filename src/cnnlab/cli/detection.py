@@ -11,11 +11,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from cnnlab.detect.predict import SCORE_THRESH
 from cnnlab.errors import CnnlabError
 from cnnlab.io import check_output
 from cnnlab.tables import format_table, print_json
-
-DEFAULT_SCORE_THRESH = 0.3  # the lowest detection score `predict` shows
 
 # TrainConfig fields a detector run takes (the others must keep their defaults).
 TRAIN_FIELDS = {"model", "data", "epochs", "batch_size", "lr", "weight_decay", "augment",
@@ -132,7 +131,7 @@ def run_predict(args: argparse.Namespace) -> int:
     _device(args.device)
     if args.top is not None:
         raise CnnlabError("--top does not apply to a detector (see --score-thresh)")
-    thresh = DEFAULT_SCORE_THRESH if args.score_thresh is None else args.score_thresh
+    thresh = SCORE_THRESH if args.score_thresh is None else args.score_thresh
     if not 0 <= thresh <= 1:
         raise CnnlabError(f"--score-thresh must be in [0, 1], got {thresh}")
     images = _images(args.images)

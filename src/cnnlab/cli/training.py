@@ -15,12 +15,12 @@ import sys
 from cnnlab.cli import detection
 from cnnlab.cli.checks import check_numbers
 from cnnlab.cli.config_options import add_config_options, config_from_args
+from cnnlab.detect.predict import SCORE_THRESH
 from cnnlab.devices import PRECISIONS, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.tables import format_table, note, print_json
+from cnnlab.train.inference import TOP_CLASSES
 from cnnlab.train.trainer import TrainConfig
-
-DEFAULT_TOP = 5  # classes per image that `predict` shows
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +85,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--top", type=int, default=None,
-        help=f"classifiers: classes per image (default {DEFAULT_TOP})",
+        help=f"classifiers: classes per image (default {TOP_CLASSES})",
     )  # fmt: skip
     _device_arg(p)
     p.add_argument(
@@ -95,7 +95,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--score-thresh", type=float, default=None,
-        help=f"detectors: the lowest score shown (default {detection.DEFAULT_SCORE_THRESH})",
+        help=f"detectors: the lowest score shown (default {SCORE_THRESH})",
     )  # fmt: skip
     _layout_arg(p)
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
@@ -207,7 +207,7 @@ def run_predict(args: argparse.Namespace) -> int:
         args.model,
         args.checkpoint,
         args.images,
-        top=DEFAULT_TOP if args.top is None else args.top,
+        top=TOP_CLASSES if args.top is None else args.top,
         log=note,
         device=args.device,
         channels_last=not args.no_channels_last,

@@ -21,7 +21,9 @@ from cnnlab.data import Preprocess, load_image
 from cnnlab.detect.data import normalise, resize_with_boxes
 from cnnlab.io import atomic_path
 
-__all__ = ["coco_results", "draw_detections", "predict_images", "to_image_pixels"]
+__all__ = ["SCORE_THRESH", "coco_results", "draw_detections", "predict_images", "to_image_pixels"]
+
+SCORE_THRESH = 0.3  # the lowest detection score predict_images() keeps by default
 
 
 def to_image_pixels(boxes: torch.Tensor, width: int, height: int, size: int) -> torch.Tensor:
@@ -45,7 +47,7 @@ def predict_images(
     paths: Sequence[str | os.PathLike[str]],
     pre: Preprocess,
     classes: Sequence[str],
-    score_thresh: float = 0.3,
+    score_thresh: float = SCORE_THRESH,
 ) -> list[list[dict[str, Any]]]:
     """Per image, its detections best first as ``{"box": [x1, y1, x2, y2], "label": name,
     "score": s}``, boxes in the image's own pixels (rounded to 0.01). ``pre`` must be the

@@ -30,7 +30,9 @@ from cnnlab.errors import CnnlabError
 from cnnlab.saved import load
 from cnnlab.train.loop import evaluate
 
-__all__ = ["evaluate_checkpoint", "image_files", "model_and_loaders", "predict"]
+__all__ = ["TOP_CLASSES", "evaluate_checkpoint", "image_files", "model_and_loaders", "predict"]
+
+TOP_CLASSES = 5  # classes per image that predict() gives by default
 
 
 def _note_assumed(meta: dict[str, Any], log: Callable[[str], None] | None) -> None:
@@ -188,7 +190,7 @@ def predict(
     model_name: str | None,
     checkpoint: str | os.PathLike[str],
     images: list[str | os.PathLike[str]],
-    top: int = 5,
+    top: int = TOP_CLASSES,
     log: Callable[[str], None] | None = None,
     device: str | None = "cpu",
     batch_size: int = 64,
